@@ -1,0 +1,3 @@
+from lungseg.cli import main
+
+main()

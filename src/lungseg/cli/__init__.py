@@ -1,0 +1,55 @@
+"""The ``lungseg`` command line: one subcommand per stage, each a thin wrapper over the library.
+
+Every subcommand lives in its own module here and registers itself on :data:`app`. User errors
+(:class:`~lungseg.errors.LungsegError`) are printed as one red line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from lungseg.errors import LungsegError
+
+app = typer.Typer(
+    name="lungseg",
+    help="Lung segmentation in chest X-rays: prepare, train, evaluate, compare, segment.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # Imported for their side effect: each module adds its commands to ``app``.
+    import importlib
+
+    for name in ("prepare",):
+        importlib.import_module(f"lungseg.cli.{name}")
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    """Lung segmentation in chest X-rays: prepare, train, evaluate, compare, segment."""
+    if version:
+        from lungseg import __version__
+
+        typer.echo(f"lungseg {__version__}")
+        raise typer.Exit()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``lungseg`` console script."""
+    _register()
+    try:
+        app(args=argv, prog_name="lungseg")
+    except LungsegError as exc:
+        from rich.console import Console
+        from rich.markup import escape
+
+        console = Console(stderr=True, highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""Data: sources, decoding, pairing, splitting and the prepared cache."""

@@ -1,0 +1,62 @@
+"""Progress reporting: a live bar on a terminal, a few plain lines otherwise (logs, CI)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def track(
+    items: Iterable[T], total: int, description: str, enabled: bool = True, unit: str = "img"
+) -> Iterator[T]:
+    """Yield ``items`` while showing progress on stderr.
+
+    On a terminal this is a rich progress bar with rate and time left; when stderr is not a
+    terminal it prints one summary line at the end, so logs stay readable.
+    """
+    if not enabled:
+        yield from items
+        return
+    if sys.stderr.isatty():
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        columns = (
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        start = time.perf_counter()
+        with Progress(*columns, transient=False) as bar:
+            task = bar.add_task(description, total=total)
+            for item in items:
+                yield item
+                bar.advance(task)
+        _summary(description, total, total, time.perf_counter() - start, unit)
+        return
+    start = time.perf_counter()
+    count = 0
+    for item in items:
+        count += 1
+        yield item
+    _summary(description, count, total, time.perf_counter() - start, unit)
+
+
+def _summary(description: str, count: int, total: int, elapsed: float, unit: str) -> None:
+    rate = count / elapsed if elapsed > 0 else float("inf")
+    print(
+        f"{description}: {count}/{total} {unit} in {elapsed:.1f}s ({rate:.0f} {unit}/s)",
+        file=sys.stderr,
+    )
