@@ -41,7 +41,7 @@ def clahe(image: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
-    """``uint8[H, W] -> uint8[H, W]``: min-max stretch to 0..255 (a constant image stays as is)."""
+    """``uint8[H, W] -> uint8[H, W]``: min-max stretch to 0..255 (a constant image becomes 0)."""
     return cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX)
 
 

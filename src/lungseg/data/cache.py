@@ -31,7 +31,7 @@ from lungseg.config import from_dict, load_yaml, save_yaml, to_dict
 from lungseg.data.dataset import METADATA_FILE, Record, discover
 from lungseg.data.io import binarize_mask, decode_image
 from lungseg.data.sources import DataSource, open_source
-from lungseg.data.split import SPLITS, split_records
+from lungseg.data.split import SPLITS, check_fractions, split_records
 from lungseg.errors import BadInputError, LungsegError
 from lungseg.io_utils import atomic_write, atomic_write_text, sha256_json
 from lungseg.preprocessing import PreprocessConfig, preprocess, resize_mask
@@ -52,6 +52,9 @@ class PrepareConfig:
     val_fraction: float = 0.2
     test_fraction: float = 0.1
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fractions(self.val_fraction, self.test_fraction)  # before hours of decoding
 
 
 @dataclass
@@ -196,14 +199,16 @@ def prepare(
     source = data if not isinstance(data, str | Path) else open_source(data)
     out = Path(out)
     found = discover(source)
-    problems = list(found.problems)
+    problems = [(_display(source, key), problem) for key, problem in found.problems]
     records = found.records
     if not records and not problems:
         raise LungsegError("no image/mask pairs found", source.name)
     digest = fingerprint(source, records, config)
     if not force and (out / MANIFEST).is_file():
         manifest = load_yaml(out / MANIFEST)
-        if manifest.get("fingerprint") == digest and not problems:
+        # A cache that left bad files out is only reused by a run that also skips them.
+        accepted = skip_bad or not (problems or manifest.get("n_skipped"))
+        if manifest.get("fingerprint") == digest and accepted:
             return load_cache(out)
     if hasattr(source, "download"):
         source.download([k for r in records for k in (r.image_key, r.mask_key) if k])
@@ -276,7 +281,9 @@ def _run(jobs: list[_Job], config: PreprocessConfig, workers: int | None):
     # spawn, not fork: the parent may hold torch/OpenMP threads that a forked child would inherit.
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-        yield from pool.map(_process_star, ((job, config) for job in jobs), chunksize=32)
+        # Small chunks keep both workers busy when a few huge originals dominate the work.
+        chunksize = max(1, min(32, len(jobs) // (4 * workers)))
+        yield from pool.map(_process_star, ((job, config) for job in jobs), chunksize=chunksize)
 
 
 def _write(out, images, masks, rows, problems, config, source, digest, has_ids) -> None:

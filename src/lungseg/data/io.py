@@ -84,13 +84,15 @@ def check_header(data: bytes, name: str) -> tuple[int, int]:
         ds = _read_dicom(data, name, pixels=False)
         height, width = int(ds.Rows), int(ds.Columns)
     else:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
         except Image.DecompressionBombError:
             raise LungsegError(_BOMB, name) from None
+        except UnidentifiedImageError:  # its text is only a repr of our in-memory buffer
+            raise LungsegError(f"corrupt {fmt.upper()} file (header unreadable)", name) from None
         except Exception as exc:
             raise LungsegError(f"corrupt {fmt.upper()} header ({exc})", name) from None
         if fmt == "png" and b"IEND" not in data[-12:]:
@@ -127,7 +129,7 @@ def decode_image(data: bytes, name: str) -> Decoded:
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         arr = _decode_with_pillow(data, name)
-    return _to_gray8(arr, name)
+    return to_gray8(arr, name)
 
 
 def _decode_with_pillow(data: bytes, name: str) -> np.ndarray:
@@ -146,7 +148,11 @@ def _decode_with_pillow(data: bytes, name: str) -> np.ndarray:
     return arr
 
 
-def _to_gray8(arr: np.ndarray, name: str) -> Decoded:
+def to_gray8(arr: np.ndarray, name: str = "image") -> Decoded:
+    """Any decoded array (gray, BGR, BGRA, 16-bit, float) -> :class:`Decoded` 8-bit grayscale.
+
+    Colour arrays are taken in OpenCV's BGR(A) channel order.
+    """
     source_dtype = arr.dtype
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]

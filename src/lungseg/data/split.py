@@ -18,6 +18,12 @@ from lungseg.errors import LungsegError
 SPLITS = ("train", "val", "test")
 
 
+def check_fractions(val: float, test: float) -> None:
+    """Both shares must be in ``[0, 1)``; raises :class:`LungsegError` naming them otherwise."""
+    if not 0 <= test < 1 or not 0 <= val < 1:
+        raise LungsegError(f"split fractions must be in [0, 1): val={val}, test={test}")
+
+
 def split_records(
     records: list[Record], val: float = 0.2, test: float = 0.1, seed: int = 0
 ) -> list[str]:
@@ -32,8 +38,7 @@ def split_records(
     Returns:
         The split name for each record, in the order given.
     """
-    if not 0 <= test < 1 or not 0 <= val < 1:
-        raise LungsegError(f"split fractions must be in [0, 1): val={val}, test={test}")
+    check_fractions(val, test)
     targets = np.array([(1 - test) * (1 - val), (1 - test) * val, test])
     rng = np.random.default_rng(seed)
     patients: dict[str, list[int]] = defaultdict(list)
