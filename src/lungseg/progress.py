@@ -39,7 +39,9 @@ def track(
             TimeRemainingColumn(),
         )
         start = time.perf_counter()
-        with Progress(*columns, transient=False) as bar:
+        from rich.console import Console
+
+        with Progress(*columns, transient=False, console=Console(stderr=True)) as bar:
             task = bar.add_task(description, total=total)
             for item in items:
                 yield item

@@ -1,0 +1,124 @@
+"""``lungseg compare``: prepare once, train each model, evaluate each on the same test split,
+and write the comparison report.
+
+Ablations use the same machinery: several preprocessing presets give one prepared cache and one
+run per (model, preset); several postprocessing presets give one evaluation (and table row) per
+run and preset. Finished runs are reused, so an interrupted comparison continues where it stopped
+(a half-finished run resumes from its ``last.pt``).
+
+Layout of ``OUT``::
+
+    cache-<preprocess>/                 prepared data, one per preprocessing preset
+    runs/<model>-<preprocess>/          run directories (best.pt, history.csv, ...)
+    runs/<model>-<preprocess>/eval-<postprocess>/   metrics.json, per_image.csv, masks/
+    report.md, report.html, figures/, comparison.json
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from lungseg.data.cache import PrepareConfig, prepare
+from lungseg.errors import LungsegError
+from lungseg.evaluation import evaluate
+from lungseg.preprocessing import PreprocessConfig
+from lungseg.report import Entry, build_report, load_entry
+
+
+def _label(model: str, pre: str, post: str, many_pre: bool, many_post: bool) -> str:
+    parts = [model]
+    if many_pre:
+        parts.append(f"pre={pre}")
+    if many_post:
+        parts.append(f"post={post}")
+    return " · ".join(parts)
+
+
+def compare(
+    data: str | Path,
+    out: str | Path,
+    train_config,
+    models: Sequence[str] = ("unet", "fcn", "deeplabv3"),
+    preprocess: Sequence[str] = ("seed",),
+    postprocess: Sequence[str] = ("seed",),
+    size: int = 256,
+    split: PrepareConfig | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run the whole comparison and return the path of ``report.html``.
+
+    Args:
+        data: dataset folder or ``az://`` URL.
+        out: output folder (see the module docstring).
+        train_config: a :class:`~lungseg.training.TrainConfig` with the shared training settings;
+            its ``model``, ``size`` and ``preprocess`` are set per run.
+        models: registered model names.
+        preprocess: preprocessing presets (one cache each).
+        postprocess: postprocessing presets (one evaluation each).
+        size: working size.
+        split: split settings (default: test 10 %, validation 20 %, seed 0).
+        progress: show progress bars.
+    """
+    from lungseg.models import list_models
+    from lungseg.training import train
+
+    unknown = [m for m in models if m not in list_models()]
+    if unknown:
+        raise LungsegError(
+            f"unknown model(s) {', '.join(unknown)}; valid models: {', '.join(list_models())}"
+        )
+    if not models:
+        raise LungsegError("--models is empty; name at least one model")
+    out = Path(out)
+    split = split or PrepareConfig()
+    entries: list[Entry] = []
+    for pre in preprocess:
+        settings = replace(split, preprocess=PreprocessConfig.preset_config(pre, size))
+        prepared = prepare(data, out / f"cache-{pre}", settings, progress=progress)
+        for model in models:
+            run_dir = out / "runs" / f"{model}-{pre}"
+            config = replace(train_config, model=model, size=size, preprocess=pre)
+            if not _finished(run_dir, config.epochs):
+                resume = (run_dir / "last.pt").is_file()
+                train(config, prepared, run_dir, resume=resume, progress=progress)
+            for post in postprocess:
+                eval_dir = run_dir / f"eval-{post}"
+                evaluate(run_dir, eval_dir, split="test", postprocess=[post], save_masks=True,
+                         device=config.device)  # fmt: skip
+                label = _label(model, pre, post, len(preprocess) > 1, len(postprocess) > 1)
+                entries.append(load_entry(run_dir, eval_dir, label))
+    return build_report(entries, out)
+
+
+def _finished(run_dir: Path, epochs: int) -> bool:
+    import json
+
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        return False
+    return json.loads(summary.read_text()).get("epochs", 0) >= epochs
+
+
+def report_from_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+    """Rebuild the report from existing run directories, without training.
+
+    Each run's ``eval-*`` folders become table rows; a run without any is evaluated on its test
+    split first (into ``eval-recorded``).
+    """
+    if not run_dirs:
+        raise LungsegError("--from-runs needs at least one run directory")
+    entries = []
+    for run in map(Path, run_dirs):
+        if not (run / "best.pt").is_file():
+            raise LungsegError("not a run directory (no best.pt)", run)
+        evals = sorted(p.parent for p in run.glob("eval-*/metrics.json"))
+        if not evals:
+            evaluate(run, run / "eval-recorded", split="test", save_masks=True)
+            evals = [run / "eval-recorded"]
+        for eval_dir in evals:
+            suffix = eval_dir.name.removeprefix("eval-")
+            label = run.name if len(evals) == 1 else f"{run.name} · post={suffix}"
+            entries.append(load_entry(run, eval_dir, label))
+    return build_report(entries, out)

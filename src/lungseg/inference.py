@@ -1,0 +1,327 @@
+"""Segmenting X-rays with a trained model: the Python API behind ``lungseg segment``.
+
+``load_model("unet")`` (a shipped model), ``load_model("path/to/best.pt")`` or
+``load_model("runs/unet")`` returns a :class:`Segmenter` that applies exactly the preprocessing and
+postprocessing recorded in the checkpoint::
+
+    import lungseg
+    model = lungseg.load_model("unet")
+    mask = model.predict("chest.png")          # bool[H, W] at the image's own resolution
+    prob = model.predict_proba(image_array)    # float32[H, W] in [0, 1]
+
+``load_model("ensemble")`` averages the probabilities of the three shipped models. A model
+exported to ONNX (``lungseg export``) loads the same way from its ``.onnx`` file and runs on
+ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from lungseg.config import from_dict, to_dict
+from lungseg.data.io import Decoded, decode_image, to_gray8
+from lungseg.errors import LungsegError
+from lungseg.postprocessing import PostprocessConfig, postprocess_batch
+from lungseg.preprocessing import PreprocessConfig, preprocess
+
+SHIPPED_MODELS = ("unet", "fcn", "deeplabv3")
+ImageLike = str | Path | bytes | np.ndarray | Decoded
+
+
+def shipped_weights(name: str) -> Path:
+    """Path of a shipped model's weights inside the installed package."""
+    if name not in SHIPPED_MODELS:
+        raise LungsegError(
+            f"no shipped model named {name!r}; shipped models: {', '.join(SHIPPED_MODELS)}, "
+            "ensemble (or give a checkpoint path)"
+        )
+    path = Path(str(resources.files("lungseg") / "weights" / f"{name}.pt"))
+    if not path.is_file():
+        raise LungsegError(
+            f"the shipped weights of {name!r} are not in this installation (none are released "
+            "yet); give a checkpoint or run directory instead, e.g. --model runs/unet/best.pt, "
+            "or train one with 'lungseg train'",
+            path,
+        )
+    return path
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else is checked."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LungsegError(f"--device {device} asked for, but no CUDA device is available")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise LungsegError(f"unknown device {device!r}; use auto, cpu or cuda[:N]")
+    return device
+
+
+class _TorchNetwork:
+    """A PyTorch model: ``float32[B, 1, S, S]`` in [0, 1] -> probabilities ``float32[B, S, S]``."""
+
+    def __init__(self, model: Any, device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = device
+        self.model = model.to(device).eval()
+        if device == "cpu":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device)
+            if self.device == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            return torch.sigmoid(self.model(x).float())[:, 0].cpu().numpy()
+
+
+class _OnnxNetwork:
+    """An exported model on ONNX Runtime, same contract as :class:`_TorchNetwork`."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise LungsegError(
+                "running an ONNX model needs onnxruntime: pip install 'lungseg[onnx]'"
+            ) from None
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise LungsegError(f"cannot load ONNX model ({exc})", path) from None
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        logits = self.session.run(None, {self.input: batch})[0]
+        return (1.0 / (1.0 + np.exp(-logits.astype(np.float32))))[:, 0]
+
+
+@dataclass
+class Segmenter:
+    """A model with the preprocessing and postprocessing it was trained and tuned with.
+
+    Attributes:
+        name: model name (``unet``, ``fcn``, ``deeplabv3``, ``ensemble``).
+        preprocess: the image pipeline the model saw in training.
+        postprocess: probability map -> mask settings.
+        networks: one network, or several whose probabilities are averaged (an ensemble), each
+            with its own preprocessing.
+        source: where it was loaded from.
+        info: the checkpoint's description (model kwargs, metrics...), for reports.
+    """
+
+    name: str
+    preprocess: PreprocessConfig
+    postprocess: PostprocessConfig
+    networks: list[tuple[Any, PreprocessConfig]]
+    source: str = ""
+    info: dict[str, Any] | None = None
+
+    @property
+    def size(self) -> int:
+        return self.preprocess.size
+
+    def prepare_inputs(self, images: Sequence[ImageLike]) -> list[Decoded]:
+        """Decode paths/bytes/arrays into 8-bit grayscale :class:`Decoded` images."""
+        return [_as_decoded(im) for im in images]
+
+    def proba_working(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """``uint8[H, W]`` images -> probabilities ``float32[N, S, S]`` at the working size."""
+        total = np.zeros((len(images), self.size, self.size), np.float32)
+        for network, config in self.networks:
+            batch = np.stack([preprocess(im, config) for im in images]).astype(np.float32)
+            prob = network(batch[:, None] / np.float32(255.0))
+            if config.size != self.size:
+                prob = np.stack([_resize_prob(p, (self.size, self.size)) for p in prob])
+            total += prob
+        return total / len(self.networks)
+
+    def predict_proba(self, image: ImageLike) -> np.ndarray:
+        """``float32[H, W]`` lung probability at the image's own resolution."""
+        decoded = _as_decoded(image)
+        prob = self.proba_working([decoded.pixels])[0]
+        return _resize_prob(prob, decoded.pixels.shape)
+
+    def predict(self, image: ImageLike) -> np.ndarray:
+        """``bool[H, W]`` lung mask at the image's own resolution."""
+        decoded = _as_decoded(image)
+        return self.predict_batch([decoded.pixels])[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Masks for several ``uint8[H, W]`` images (each at its own resolution)."""
+        prob = self.proba_working(images)
+        masks = postprocess_batch(prob, self.postprocess)
+        return [upscale_mask(m, im.shape) for m, im in zip(masks, images, strict=True)]
+
+
+def upscale_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``bool[S, S] -> bool[H, W]``: smooth resize (linear on 0/1, then > 0.5), not blocky."""
+    if mask.shape == tuple(shape):
+        return mask
+    h, w = shape
+    smooth = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    return smooth > 0.5
+
+
+def _resize_prob(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if prob.shape == tuple(shape):
+        return prob
+    h, w = shape
+    return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _as_decoded(image: ImageLike) -> Decoded:
+    if isinstance(image, Decoded):
+        return image
+    if isinstance(image, str | Path):
+        path = Path(image)
+        if not path.is_file():
+            raise LungsegError("image file not found", path)
+        return decode_image(path.read_bytes(), str(path))
+    if isinstance(image, bytes):
+        return decode_image(image, "image bytes")
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        # Python users hand over RGB(A) arrays (Pillow, imageio, matplotlib); OpenCV wants BGR(A).
+        arr = arr[..., [2, 1, 0, 3][: arr.shape[2]]]
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float32)
+    return to_gray8(arr, "image array")
+
+
+def load_model(
+    model: str | Path = "unet",
+    device: str = "auto",
+    postprocess: str | PostprocessConfig | None = None,
+    threads: int | None = None,
+) -> Segmenter:
+    """Load a model for segmentation.
+
+    Args:
+        model: a shipped model name (``unet``, ``fcn``, ``deeplabv3``, ``ensemble``), a checkpoint
+            file, a run directory (its ``best.pt``), or an exported ``.onnx`` file.
+        device: ``auto``, ``cpu`` or ``cuda`` (PyTorch models).
+        postprocess: override the recorded postprocessing (a preset name or a config).
+        threads: ONNX Runtime intra-op threads.
+    """
+    text = str(model)
+    if text == "ensemble":
+        members = [load_model(name, device, postprocess) for name in SHIPPED_MODELS]
+        return ensemble(members)
+    if text in SHIPPED_MODELS:
+        path = shipped_weights(text)
+    else:
+        path = Path(text)
+        if path.is_dir():
+            path = path / "best.pt"
+        if not path.is_file():
+            raise LungsegError(
+                f"model not found; give a shipped model ({', '.join(SHIPPED_MODELS)}, ensemble), "
+                "a checkpoint file, a run directory or an .onnx file",
+                path,
+            )
+    if path.suffix == ".onnx":
+        network, meta = _load_onnx(path, threads)
+    else:
+        from lungseg.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+        meta = load_checkpoint(path)
+        network = _TorchNetwork(model_from_checkpoint(meta), resolve_device(device))
+    pre = from_dict(PreprocessConfig, meta["preprocess"], f"{path}:preprocess")
+    post = _postprocess_config(postprocess, meta.get("postprocess"), path)
+    info = {k: v for k, v in meta.items() if k not in _HEAVY_KEYS}
+    return Segmenter(meta["model"]["name"], pre, post, [(network, pre)], str(path), info)
+
+
+_HEAVY_KEYS = frozenset({"state_dict", "optimizer", "scheduler", "rng"})
+
+
+def _postprocess_config(override, recorded, path) -> PostprocessConfig:
+    if isinstance(override, PostprocessConfig):
+        return override
+    if isinstance(override, str):
+        return PostprocessConfig.preset(override)
+    if recorded:
+        return from_dict(PostprocessConfig, recorded, f"{path}:postprocess")
+    return PostprocessConfig.preset("seed")
+
+
+def ensemble(members: Sequence[Segmenter]) -> Segmenter:
+    """Average the probabilities of several models; postprocess like the first member."""
+    first = members[0]
+    networks = [net for m in members for net in m.networks]
+    info = {"members": [m.source for m in members]}
+    return Segmenter("ensemble", first.preprocess, first.postprocess, networks, "ensemble", info)
+
+
+ONNX_METADATA_KEY = "lungseg"
+
+
+def _load_onnx(path: Path, threads: int | None) -> tuple[_OnnxNetwork, dict]:
+    network = _OnnxNetwork(path, threads)
+    props = network.session.get_modelmeta().custom_metadata_map
+    if ONNX_METADATA_KEY not in props:
+        raise LungsegError(
+            "ONNX model has no lungseg metadata (export it with 'lungseg export')", path
+        )
+    return network, json.loads(props[ONNX_METADATA_KEY])
+
+
+def export_onnx(model: str | Path, out: str | Path, opset: int = 17) -> Path:
+    """Export a checkpoint or shipped model to ONNX with a dynamic batch axis.
+
+    The file carries the model description, preprocessing and postprocessing as metadata, so
+    ``load_model("model.onnx")`` needs nothing else. Output: logits ``float32[B, 1, S, S]``.
+    """
+    import onnx
+    import torch
+
+    segmenter = load_model(model, device="cpu")
+    if len(segmenter.networks) != 1 or not isinstance(segmenter.networks[0][0], _TorchNetwork):
+        raise LungsegError("export needs a single PyTorch model (not an ensemble or ONNX file)")
+    net = segmenter.networks[0][0].model.to(memory_format=torch.contiguous_format).eval()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(2, 1, segmenter.size, segmenter.size)
+    torch.onnx.export(
+        net,
+        (example,),
+        str(out),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=opset,
+        dynamo=False,
+    )
+    proto = onnx.load(str(out))
+    meta = {
+        "model": segmenter.info["model"] if segmenter.info else {"name": segmenter.name},
+        "size": segmenter.size,
+        "preprocess": to_dict(segmenter.preprocess),
+        "postprocess": to_dict(segmenter.postprocess),
+        "source": segmenter.source,
+    }
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(meta)
+    onnx.save(proto, str(out))
+    return out

@@ -1,0 +1,417 @@
+"""The comparison report: which model segments lungs best, with statistics.
+
+Built from run directories alone (``history.csv``, ``summary.json``, ``best.pt``) and their
+evaluation folders (``metrics.json``, ``per_image.csv``, ``masks/``), so ``lungseg compare
+--from-runs`` can rebuild it without training. Writes ``report.md`` (figures next to it in
+``figures/``) and a self-contained ``report.html`` (figures embedded).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import itertools
+import json
+import math
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lungseg.errors import LungsegError
+from lungseg.evaluation import load_metrics, read_per_image
+from lungseg.io_utils import atomic_write_bytes, atomic_write_text
+from lungseg.metrics import paired_wilcoxon
+
+ALPHA = 0.05
+
+
+@dataclass
+class Entry:
+    """One row of the comparison: a trained model evaluated on the test split."""
+
+    label: str
+    run_dir: Path
+    eval_dir: Path
+    metrics: dict[str, Any]
+    per_image: list[dict[str, Any]]
+    history: list[dict[str, float]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dice_by_stem(self) -> dict[str, float]:
+        return {r["stem"]: r["dice"] for r in self.per_image}
+
+
+def load_entry(run_dir: str | Path, eval_dir: str | Path, label: str | None = None) -> Entry:
+    """Read a run directory and its evaluation folder."""
+    run_dir, eval_dir = Path(run_dir), Path(eval_dir)
+    metrics = load_metrics(eval_dir)
+    history = []
+    if (run_dir / "history.csv").is_file():
+        with open(run_dir / "history.csv", newline="") as fh:
+            history = [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    summary = {}
+    if (run_dir / "summary.json").is_file():
+        summary = json.loads((run_dir / "summary.json").read_text())
+    return Entry(
+        label or run_dir.name, run_dir, eval_dir, metrics, read_per_image(eval_dir), history,
+        summary,
+    )  # fmt: skip
+
+
+def _num(text: str) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def paired_tests(entries: list[Entry]) -> list[dict[str, Any]]:
+    """Wilcoxon signed-rank on per-image Dice for every pair, Holm-adjusted p-values.
+
+    Only images present in both evaluations are paired (matched by stem).
+    """
+    rows = []
+    for a, b in itertools.combinations(entries, 2):
+        da, db = a.dice_by_stem, b.dice_by_stem
+        stems = sorted(set(da) & set(db))
+        test = paired_wilcoxon([da[s] for s in stems], [db[s] for s in stems])
+        rows.append({"a": a.label, "b": b.label, **test})
+    # Holm's step-down correction keeps the family-wise error at ALPHA over all pairs.
+    order = sorted(range(len(rows)), key=lambda i: _nan_last(rows[i]["p_value"]))
+    running = 0.0
+    for rank, i in enumerate(order):
+        p = rows[i]["p_value"]
+        adjusted = min(1.0, (len(rows) - rank) * p) if not math.isnan(p) else math.nan
+        running = max(running, adjusted) if not math.isnan(adjusted) else running
+        rows[i]["p_holm"] = running if not math.isnan(adjusted) else math.nan
+        rows[i]["significant"] = bool(not math.isnan(adjusted) and running < ALPHA)
+    return rows
+
+
+def _nan_last(p: float) -> float:
+    return math.inf if math.isnan(p) else p
+
+
+def verdict(entries: list[Entry], tests: list[dict[str, Any]]) -> str:
+    """A plain sentence saying which differences in Dice are significant."""
+    if len(entries) < 2:
+        return "Only one model was evaluated, so there is nothing to compare."
+    best = max(entries, key=lambda e: e.metrics["dice_mean"])
+    significant = [t for t in tests if t["significant"]]
+    parts = [f"{best.label} has the highest mean Dice ({best.metrics['dice_mean']:.4f})."]
+    if not significant:
+        parts.append(
+            f"No difference in per-image Dice between the models is significant at "
+            f"α = {ALPHA} (Wilcoxon signed-rank, Holm-adjusted), so the data do not show that "
+            "any model is better than another."
+        )
+        return " ".join(parts)
+    for t in significant:
+        higher, lower = (t["a"], t["b"]) if t["median_difference"] > 0 else (t["b"], t["a"])
+        parts.append(
+            f"{higher} scores higher than {lower} (median per-image Dice difference "
+            f"{abs(t['median_difference']):.4f}, p = {t['p_holm']:.3g} after Holm adjustment)."
+        )
+    others = [t for t in tests if not t["significant"]]
+    if others:
+        pairs = ", ".join(f"{t['a']} vs {t['b']}" for t in others)
+        parts.append(f"The other differences ({pairs}) are not significant at α = {ALPHA}.")
+    return " ".join(parts)
+
+
+def curves_png(entries: list[Entry]) -> bytes:
+    """Loss, pixel accuracy and validation Dice per epoch for every model, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    panels = [("loss", "Loss (BCE)"), ("acc", "Pixel accuracy"), ("val_dice", "Validation Dice")]
+    for i, entry in enumerate(entries):
+        colour = colours[i % len(colours)]
+        epochs = [row["epoch"] for row in entry.history]
+        for ax, (key, title) in zip(axes, panels, strict=True):
+            if key == "val_dice":
+                ax.plot(epochs, [r.get("val_dice") for r in entry.history], color=colour,
+                        label=entry.label)  # fmt: skip
+            else:
+                ax.plot(epochs, [r.get(f"train_{key}") for r in entry.history], color=colour,
+                        linestyle="--", alpha=0.7, label=f"{entry.label} train")  # fmt: skip
+                ax.plot(epochs, [r.get(f"val_{key}") for r in entry.history], color=colour,
+                        label=f"{entry.label} val")  # fmt: skip
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def samples_png(entries: list[Entry], n_random: int = 3, seed: int = 0) -> tuple[bytes, list[str]]:
+    """A grid of test images: the image, the ground truth, each model's mask as an overlay.
+
+    Rows: a few random test images plus each model's worst image (by Dice). Images and ground
+    truth come from the prepared cache the evaluation used; masks from each ``masks/`` folder.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import cv2
+    import matplotlib.pyplot as plt
+
+    from lungseg.data.cache import load_cache
+
+    data = load_cache(_eval_cache(entries[0]))
+    index = {stem: i for i, stem in enumerate(data.stems)}
+    common = sorted(set.intersection(*(set(e.dice_by_stem) for e in entries)))
+    rng = np.random.default_rng(seed)
+    picks = list(rng.choice(common, size=min(n_random, len(common)), replace=False))
+    for e in entries:
+        worst = min(e.dice_by_stem, key=e.dice_by_stem.get)
+        if worst not in picks:
+            picks.append(worst)
+    cols = 2 + len(entries)
+    fig, axes = plt.subplots(len(picks), cols, figsize=(2.6 * cols, 2.7 * len(picks)),
+                             squeeze=False)  # fmt: skip
+    for r, stem in enumerate(picks):
+        image = np.asarray(data.images[index[stem]])
+        truth = np.asarray(data.masks[index[stem]]).astype(bool)
+        panels = [("image", image, None), ("ground truth", image, truth)]
+        for e in entries:
+            mask_file = e.eval_dir / "masks" / f"{stem}.png"
+            mask = cv2.imread(str(mask_file), cv2.IMREAD_GRAYSCALE)
+            mask = mask > 127 if mask is not None else np.zeros_like(truth)
+            panels.append((f"{e.label}\nDice {e.dice_by_stem[stem]:.3f}", image, mask))
+        for c, (title, img, mask) in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+            if mask is not None:
+                ax.imshow(np.ma.masked_where(~mask, mask), cmap="autumn", alpha=0.45)
+                ax.contour(truth, levels=[0.5], colors="cyan", linewidths=0.6)
+            ax.set_title(title if r == 0 or c >= 2 else "", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(stem[:22], fontsize=7)
+    fig.tight_layout()
+    return _png(fig), picks
+
+
+def _eval_cache(entry: Entry) -> Path:
+    from lungseg.data.cache import is_cache
+
+    data = entry.metrics.get("data", "")
+    if data and is_cache(data):
+        return Path(data)
+    prepared = sorted((entry.eval_dir / ".cache").glob("prepared-*"))
+    if prepared:
+        return prepared[0]
+    raise LungsegError("cannot find the prepared data this evaluation used", entry.eval_dir)
+
+
+def _png(fig) -> bytes:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of lungseg and the libraries that shape the numbers."""
+    import cv2
+    import torch
+
+    from lungseg import __version__
+
+    return {
+        "lungseg": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def comparison_table(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the main table."""
+    header = ["model", "parameters", "mDice", "95% CI", "mIoU", "MSE", "HD95 (px)",
+              "worst Dice", "pooled Dice", "train time", "inference ms/image"]  # fmt: skip
+    rows = []
+    for e in entries:
+        m, s = e.metrics, e.summary
+        low, high = m.get("dice_ci95") or [math.nan, math.nan]
+        params = s.get("parameters") or s.get("params")
+        seconds = s.get("train_seconds")
+        rows.append([
+            e.label,
+            f"{params / 1e6:.2f} M" if params else "–",
+            _fmt(m.get("dice_mean")),
+            f"{_fmt(low)}–{_fmt(high)}",
+            _fmt(m.get("iou_mean")),
+            _fmt(m.get("mse_mean"), 5),
+            _fmt(m.get("hd95_mean"), 2),
+            _fmt(m.get("dice_worst")),
+            _fmt(m.get("dice_pooled")),
+            f"{seconds / 60:.1f} min" if seconds else "–",
+            _fmt(m.get("inference_ms_per_image"), 2),
+        ])  # fmt: skip
+    return header, rows
+
+
+def _settings(entries: list[Entry]) -> list[tuple[str, str]]:
+    from lungseg.data.cache import load_cache
+
+    first = entries[0].metrics
+    items = []
+    try:
+        data = load_cache(_eval_cache(entries[0]))
+        counts = {s: len(data.indices(s)) for s in ("train", "val", "test")}
+        import yaml
+
+        manifest = yaml.safe_load((data.path / "prepare.yaml").read_text())
+        grouped = "grouped by patient" if manifest.get("grouped_by_patient") else "per image"
+        items += [
+            ("dataset", f"{data.source} — {len(data.rows)} images"),
+            ("split", f"train {counts['train']}, val {counts['val']}, test {counts['test']} "
+                      f"({grouped}, seed {data.config.seed})"),
+        ]  # fmt: skip
+    except LungsegError:
+        items.append(("dataset", str(first.get("data"))))
+    items.append(("evaluated on", f"{first.get('split')} split, {first.get('n_images')} images"))
+    for e in entries:
+        pre = e.metrics.get("preprocess", {})
+        steps = ", ".join(k for k in ("blur", "gradient", "clahe", "normalize") if pre.get(k))
+        post = e.metrics.get("postprocess")
+        items.append((
+            f"{e.label}",
+            f"preprocessing {pre.get('preset')} ({steps or 'none'}, size {pre.get('size')}); "
+            f"postprocessing {post}; best epoch {e.summary.get('best_epoch', '–')} of "
+            f"{e.summary.get('epochs', '–')}",
+        ))  # fmt: skip
+    return items
+
+
+def build_report(entries: list[Entry], out: str | Path, title: str = "lungseg comparison") -> Path:
+    """Write ``report.md``, ``report.html`` and ``figures/`` into ``out``; returns the HTML path."""
+    if not entries:
+        raise LungsegError("no evaluated models to report on")
+    out = Path(out)
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    tests = paired_tests(entries)
+    sentence = verdict(entries, tests)
+    header, rows = comparison_table(entries)
+    curves = curves_png(entries)
+    samples, picked = samples_png(entries)
+    atomic_write_bytes(figures / "curves.png", curves)
+    atomic_write_bytes(figures / "samples.png", samples)
+    settings = _settings(entries)
+    versions = software_versions()
+    atomic_write_text(out / "report.md", _markdown(title, header, rows, tests, sentence,
+                                                   settings, versions, picked))  # fmt: skip
+    page = _html(title, header, rows, tests, sentence, settings, versions, curves, samples, picked)
+    atomic_write_text(out / "report.html", page)
+    summary = {
+        "models": [e.label for e in entries],
+        "table": [dict(zip(header, r, strict=True)) for r in rows],
+        "paired_tests": tests,
+        "verdict": sentence,
+    }
+    atomic_write_text(out / "comparison.json", json.dumps(summary, indent=2, default=str) + "\n")
+    return out / "report.html"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _test_rows(tests: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    header = ["model A", "model B", "n", "median ΔDice (A−B)", "p (Wilcoxon)", "p (Holm)",
+              "significant"]  # fmt: skip
+    rows = [[t["a"], t["b"], str(t["n"]), _fmt(t["median_difference"]), _fmt(t["p_value"], 4),
+             _fmt(t["p_holm"], 4), "yes" if t["significant"] else "no"] for t in tests]  # fmt: skip
+    return header, rows
+
+
+def _markdown(title, header, rows, tests, sentence, settings, versions, picked) -> str:
+    parts = [f"# {title}", "", "## Results on the test split", "", _md_table(header, rows), ""]
+    parts += ["## Which model is best?", "", sentence, ""]
+    if tests:
+        parts += [_md_table(*_test_rows(tests)), ""]
+    parts += ["## Training curves", "", "![training curves](figures/curves.png)", ""]
+    parts += ["## Sample predictions", "",
+              f"Random test images and each model's worst image ({', '.join(picked)}); "
+              "cyan: ground-truth outline, orange: the model's mask.", "",
+              "![sample predictions](figures/samples.png)", ""]  # fmt: skip
+    parts += ["## Data and settings", ""] + [f"- **{k}**: {v}" for k, v in settings] + [""]
+    parts += ["## Software", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [""]
+    return "\n".join(parts)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; border: 1px solid #eee; }
+.verdict { background: #f6f8fa; border-left: 4px solid #0366d6; padding: 0.6em 1em; }
+"""
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(data: bytes, alt: str) -> str:
+    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _html(title, header, rows, tests, sentence, settings, versions, curves, samples, picked):
+    esc = html.escape
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
+        f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>",
+        "<h2>Results on the test split</h2>", _html_table(header, rows),
+        "<h2>Which model is best?</h2>", f"<p class='verdict'>{esc(sentence)}</p>",
+    ]  # fmt: skip
+    if tests:
+        parts.append(_html_table(*_test_rows(tests)))
+    parts += ["<h2>Training curves</h2>", _img(curves, "training curves")]
+    parts += [
+        "<h2>Sample predictions</h2>",
+        f"<p>Random test images and each model's worst image ({esc(', '.join(picked))}); "
+        "cyan: ground-truth outline, orange: the model's mask.</p>",
+        _img(samples, "sample predictions"),
+        "<h2>Data and settings</h2><ul>",
+        *[f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in settings],
+        "</ul><h2>Software</h2><ul>",
+        *[f"<li>{esc(k)}: {esc(v)}</li>" for k, v in versions.items()],
+        "</ul></body></html>",
+    ]
+    return "\n".join(parts)

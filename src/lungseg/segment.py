@@ -1,0 +1,199 @@
+"""``lungseg segment``: masks, overlays and lung measurements for new X-rays.
+
+For each input image this writes, at the image's **own resolution**:
+
+* ``OUT/masks/<stem>.png`` - 0/255 lung mask;
+* ``OUT/overlays/<stem>.png`` - the X-ray with the lungs tinted and outlined;
+* a row of ``OUT/measurements.csv`` - lung area in pixels and as a share of the image, right and
+  left lung separately (the patient's right lung is on the image's left, as radiographs are
+  viewed), and areas in cm² when the file states its pixel spacing (DICOM).
+
+A file that cannot be read is listed with its reason in ``OUT/errors.csv``; the others are done.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from lungseg.data.io import IMAGE_SUFFIXES, Decoded, decode_image
+from lungseg.errors import LungsegError
+from lungseg.inference import Segmenter
+from lungseg.io_utils import atomic_write_bytes
+from lungseg.progress import track
+
+MEASUREMENT_COLUMNS = (
+    "stem", "file", "height", "width", "lung_px", "lung_fraction", "right_lung_px", "left_lung_px",
+    "spacing_mm", "lung_cm2", "right_lung_cm2", "left_lung_cm2",
+)  # fmt: skip
+
+
+@dataclass
+class SegmentResult:
+    """What :func:`segment_files` did."""
+
+    n_done: int
+    n_failed: int
+    out: Path
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Expand files and folders (recursively) into image files, in a stable order."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise LungsegError("input not found", path)
+    if not files:
+        raise LungsegError(
+            f"no images found in {', '.join(map(str, inputs))} "
+            f"(looked for {', '.join(IMAGE_SUFFIXES)})"
+        )
+    return files
+
+
+def lung_areas(mask: np.ndarray) -> tuple[int, int]:
+    """``bool[H, W]`` -> (right lung px, left lung px) in the patient's frame.
+
+    Each connected component goes to the side of the image its centroid lies on; the image's
+    left half holds the patient's right lung in a frontal radiograph.
+    """
+    count, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8)
+    mid = mask.shape[1] / 2.0
+    right = left = 0
+    for i in range(1, count):
+        area = int(stats[i, cv2.CC_STAT_AREA])
+        if centroids[i][0] < mid:
+            right += area
+        else:
+            left += area
+    return right, left
+
+
+def measure(stem: str, file: str, mask: np.ndarray, spacing: tuple[float, float] | None) -> dict:
+    """One ``measurements.csv`` row for a mask at the image's resolution."""
+    h, w = mask.shape
+    total = int(mask.sum())
+    right, left = lung_areas(mask)
+    row = {
+        "stem": stem, "file": file, "height": h, "width": w, "lung_px": total,
+        "lung_fraction": round(total / (h * w), 6), "right_lung_px": right, "left_lung_px": left,
+        "spacing_mm": "", "lung_cm2": "", "right_lung_cm2": "", "left_lung_cm2": "",
+    }  # fmt: skip
+    if spacing is not None:
+        cm2 = spacing[0] * spacing[1] / 100.0
+        row.update(
+            spacing_mm=f"{spacing[0]:.4f}x{spacing[1]:.4f}",
+            lung_cm2=round(total * cm2, 3),
+            right_lung_cm2=round(right * cm2, 3),
+            left_lung_cm2=round(left * cm2, 3),
+        )
+    return row
+
+
+def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``uint8[H, W]`` X-ray + ``bool[H, W]`` mask -> ``uint8[H, W, 3]`` BGR overlay."""
+    bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    tint = bgr.copy()
+    tint[mask] = (0.5 * tint[mask] + np.array([0, 127, 0])).astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    thickness = max(1, round(max(image.shape) / 300))
+    cv2.drawContours(tint, contours, -1, (0, 255, 255), thickness)
+    return tint
+
+
+def _decode(path: Path) -> Decoded | LungsegError:
+    try:
+        return decode_image(path.read_bytes(), str(path))
+    except LungsegError as exc:
+        return exc
+    except Exception as exc:
+        return LungsegError(f"cannot read image ({exc})", path)
+
+
+def _decoded_batches(files: list[Path], batch: int) -> Iterator[list[tuple[Path, object]]]:
+    # Decoding (PNG/JPEG/DICOM) runs in threads, ahead of the model, which releases the GIL.
+    with ThreadPoolExecutor(4) as pool:
+        for start in range(0, len(files), batch):
+            chunk = files[start : start + batch]
+            yield list(zip(chunk, pool.map(_decode, chunk), strict=True))
+
+
+def segment_files(
+    segmenter: Segmenter,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> SegmentResult:
+    """Segment every image in ``inputs`` into ``out`` (see the module docstring)."""
+    files = find_images(inputs)
+    out = Path(out)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    stems = _unique_stems(files)
+    rows: list[dict] = []
+    errors: list[dict] = []
+    batches = _decoded_batches(files, batch_size)
+    n_batches = -(-len(files) // batch_size)
+    for chunk in track(batches, n_batches, "segment", enabled=progress, unit="batch"):
+        good = [(p, d) for p, d in chunk if isinstance(d, Decoded)]
+        for path, err in chunk:
+            if isinstance(err, LungsegError):
+                errors.append({"file": str(path), "problem": err.problem})
+        if not good:
+            continue
+        masks = segmenter.predict_batch([d.pixels for _, d in good])
+        for (path, decoded), mask in zip(good, masks, strict=True):
+            stem = stems[path]
+            _write_png(out / "masks" / f"{stem}.png", mask.astype(np.uint8) * 255)
+            _write_png(out / "overlays" / f"{stem}.png", overlay(decoded.pixels, mask))
+            rows.append(measure(stem, str(path), mask, decoded.spacing))
+    _write_csv(out / "measurements.csv", rows, MEASUREMENT_COLUMNS)
+    errors_csv = out / "errors.csv"
+    if errors:
+        _write_csv(errors_csv, errors, ("file", "problem"))
+    else:
+        errors_csv.unlink(missing_ok=True)
+    return SegmentResult(len(rows), len(errors), out)
+
+
+def _unique_stems(files: list[Path]) -> dict[Path, str]:
+    seen: dict[str, int] = {}
+    stems = {}
+    for path in files:
+        stem = path.stem
+        if stem in seen:
+            seen[stem] += 1
+            stem = f"{stem}-{seen[stem]}"
+        else:
+            seen[stem] = 0
+        stems[path] = stem
+    return stems
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise LungsegError("could not encode PNG", path)
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def _write_csv(path: Path, rows: list[dict], columns: Sequence[str]) -> None:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())

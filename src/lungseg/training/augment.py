@@ -1,0 +1,103 @@
+"""Data augmentation on whole batches, on the training device.
+
+One random affine transform per image (small rotation, scaling and shift) is applied to the
+image and its mask alike, through ``F.affine_grid`` + ``F.grid_sample``; brightness, contrast
+and gamma then change the image only. There is no flip: a chest X-ray is not left-right
+symmetric (the heart is on the left), and the model should keep that prior.
+
+Every random number comes from the ``torch.Generator`` passed in, which training seeds from
+``(seed, epoch, rank)``, so an epoch's augmentation is the same whether or not the run was
+interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lungseg.errors import LungsegError
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation switches and ranges (each drawn uniformly per image).
+
+    Attributes:
+        enabled: augment the training batches at all.
+        rotation: maximum rotation in degrees (``+-``).
+        scale: maximum relative zoom (``1 +- scale``).
+        shift: maximum shift as a fraction of the image side (``+-``, per axis).
+        brightness: maximum offset added to intensities in ``[0, 1]`` (``+-``).
+        contrast: maximum relative contrast change around the image mean (``1 +- contrast``).
+        gamma: maximum log-gamma change (``gamma = exp(+-log(1 + gamma))``).
+    """
+
+    enabled: bool = True
+    rotation: float = 10.0
+    scale: float = 0.1
+    shift: float = 0.08
+    brightness: float = 0.1
+    contrast: float = 0.1
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("rotation", "scale", "shift", "brightness", "contrast", "gamma"):
+            if getattr(self, name) < 0:
+                raise LungsegError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+        if self.scale >= 1 or self.contrast >= 1:
+            raise LungsegError("augment.scale and augment.contrast must be < 1")
+
+
+def _uniform(n: int, bound: float, generator: torch.Generator, device: torch.device):
+    """``n`` draws from ``U(-bound, bound)``."""
+    return (torch.rand(n, generator=generator, device=device) * 2 - 1) * bound
+
+
+def augment_batch(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    config: AugmentConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Randomly transform a batch.
+
+    Args:
+        images: ``float32[B, 1, H, W]`` in ``[0, 1]``.
+        masks: ``float32[B, 1, H, W]`` in ``{0, 1}``.
+        config: ranges of the transforms.
+        generator: source of all random numbers; must live on ``images.device``.
+
+    Returns:
+        ``(images, masks)`` of the same shapes; images stay in ``[0, 1]``, masks in ``{0, 1}``.
+        Pixels moved in from outside the image are 0 (black, background).
+    """
+    if not config.enabled:
+        return images, masks
+    n, device = images.shape[0], images.device
+    # Always draw every parameter, so the stream of random numbers does not depend on which
+    # ranges are zero.
+    angle = _uniform(n, math.radians(config.rotation), generator, device)
+    zoom = 1 + _uniform(n, config.scale, generator, device)
+    shift = _uniform(2 * n, 2 * config.shift, generator, device).view(n, 2)  # grid units: [-1, 1]
+    offset = _uniform(n, config.brightness, generator, device)
+    contrast = 1 + _uniform(n, config.contrast, generator, device)
+    gamma = torch.exp(_uniform(n, math.log1p(config.gamma), generator, device))
+
+    # affine_grid maps output coordinates to input ones: dividing by the zoom enlarges the image.
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    masks = F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    masks = (masks > 0.5).to(images.dtype)
+
+    view = (n, 1, 1, 1)
+    images = images.clamp(0, 1) ** gamma.view(view)
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    images = (images - mean) * contrast.view(view) + mean + offset.view(view)
+    return images.clamp(0, 1), masks

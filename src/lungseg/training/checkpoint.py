@@ -1,0 +1,166 @@
+"""Training checkpoints: self-describing dicts of plain values and tensors.
+
+A checkpoint holds everything needed to rebuild the model, apply the same preprocessing and
+postprocessing, and continue training exactly where it stopped. It contains only dicts, lists,
+strings, numbers, booleans, ``None`` and tensors, so it loads with
+``torch.load(path, weights_only=True)``: opening a checkpoint someone hands you never runs code.
+
+Keys (format 1):
+
+* ``format`` (int): version of this layout; a newer one is refused with a clear error.
+* ``lungseg_version`` (str): the package version that wrote it.
+* ``model``: ``{"name": str, "kwargs": dict}``, so ``create_model(name, **kwargs)`` rebuilds it.
+* ``size`` (int): the square input size the model was trained at.
+* ``preprocess`` (dict): the :class:`~lungseg.preprocessing.PreprocessConfig` of the training data.
+* ``postprocess`` (dict): the :class:`~lungseg.postprocessing.PostprocessConfig` to apply to the
+  model's probabilities (training writes the ``seed`` preset; evaluation may replace it).
+* ``epoch`` (int): epochs completed (1-based); ``best_epoch`` (int): the epoch of the best weights.
+* ``best_metric``: ``{"name": "val_loss" | "val_dice", "value": float}``.
+* ``metrics`` (dict): the last epoch's row of ``history``.
+* ``history`` (list of dict): one row per epoch (``epoch, train_loss, val_loss, train_acc,
+  val_acc, val_dice, lr, seconds``).
+* ``state_dict``: model weights, fp32, from the plain module (never DDP- or compile-wrapped).
+* ``optimizer``, ``scheduler`` (``None`` without a schedule): their ``state_dict()``.
+* ``rng``: ``{"torch": ByteTensor, "cuda": [ByteTensor, ...], "numpy": {...}}`` generator states.
+* ``train_config`` (dict): the :class:`~lungseg.training.TrainConfig` of the run.
+* ``data`` (dict): ``cache``, ``fingerprint``, ``n_train``, ``n_val`` of the training data.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lungseg import __version__
+from lungseg.errors import LungsegError
+from lungseg.io_utils import atomic_write
+
+#: Version of the checkpoint layout written by this code.
+CHECKPOINT_FORMAT = 1
+REQUIRED_KEYS = ("format", "model", "size", "preprocess", "postprocess", "state_dict")
+
+
+def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
+    """Write ``ckpt`` to ``path`` atomically (a crash leaves the previous file intact).
+
+    Args:
+        path: the ``.pt`` file.
+        ckpt: a checkpoint dict (see the module docstring); ``format`` and ``lungseg_version``
+            are filled in when missing.
+    """
+    ckpt = {"format": CHECKPOINT_FORMAT, "lungseg_version": __version__, **ckpt}
+    atomic_write(Path(path), lambda fh: torch.save(ckpt, fh))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, safely (``weights_only=True``).
+
+    Args:
+        path: the ``.pt`` file.
+        map_location: where tensors go (``"cpu"``, ``"cuda"``, a device).
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        LungsegError: the file is missing, unreadable or corrupt, is not a lungseg checkpoint,
+            or was written in a newer format than this version of lungseg reads.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LungsegError("checkpoint not found", path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LungsegError(
+            f"cannot read checkpoint (corrupt, truncated or not a PyTorch file): {first[:200]}",
+            path,
+        ) from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
+        raise LungsegError(
+            "not a lungseg checkpoint (expected a dict with keys " + ", ".join(REQUIRED_KEYS) + ")",
+            path,
+        )
+    fmt = ckpt["format"]
+    if not isinstance(fmt, int) or fmt > CHECKPOINT_FORMAT:
+        raise LungsegError(
+            f"checkpoint format {fmt} is newer than this lungseg reads ({CHECKPOINT_FORMAT}); "
+            f"it was written by lungseg {ckpt.get('lungseg_version', '?')}: upgrade lungseg",
+            path,
+        )
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """Rebuild the model of a checkpoint with its weights, in eval mode, on the CPU.
+
+    Args:
+        ckpt: a dict from :func:`load_checkpoint`.
+
+    Returns:
+        The model (``(B, 1, H, W) -> (B, 1, H, W)`` logits); ``model.to(device)`` as needed.
+    """
+    from lungseg.models import create_model
+
+    model = create_model(ckpt["model"]["name"], **ckpt["model"]["kwargs"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of ``model`` unwrapped from DDP / ``torch.compile``: CPU, contiguous, fp32."""
+    module = unwrap(model)
+    out = {}
+    for key, value in module.state_dict().items():
+        value = value.detach().to("cpu")
+        if value.is_floating_point():
+            value = value.float()
+        out[key] = value.contiguous().clone()
+    return out
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def rng_state() -> dict[str, Any]:
+    """The global torch, CUDA and numpy generator states, as tensors and plain values."""
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (CUDA states only where CUDA is available)."""
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    key = n["key"].cpu().numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], key, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = [s.cpu() for s in state["cuda"]][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda)

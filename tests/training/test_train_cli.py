@@ -1,0 +1,302 @@
+"""``lungseg train`` and ``train()``: real training on the shared data, run records, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from lungseg.cli import main
+from lungseg.config import from_dict
+from lungseg.data.cache import PrepareConfig, load_cache, prepare
+from lungseg.errors import LungsegError
+from lungseg.metrics import Confusion, dice_score
+from lungseg.plots import HISTORY_COLUMNS
+from lungseg.preprocessing import PreprocessConfig
+from lungseg.training import TrainConfig, load_checkpoint, model_from_checkpoint, train
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "covid-cxr"
+pytestmark = [
+    pytest.mark.shared_data,
+    pytest.mark.skipif(not DATA.is_dir(), reason=f"needs the shared dataset at {DATA}"),
+]
+#: One thread: the CPUs are shared, and OpenMP threads competing for them are far slower.
+FAST = ["--threads", "1"]
+
+
+def run_cli(*args: object) -> int:
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
+
+
+def _cache(folder: Path, out: Path, size: int) -> Path:
+    config = PrepareConfig(PreprocessConfig.preset_config("seed", size))
+    prepare(folder, out, config, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache64(tmp_path_factory) -> Path:
+    """The whole shared dataset at 64x64 (355 images; about 2 s to build)."""
+    return _cache(DATA, tmp_path_factory.mktemp("cache64"), 64)
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory) -> Path:
+    """A copy of 30 image/mask pairs of the shared dataset."""
+    root = tmp_path_factory.mktemp("subset")
+    for kind in ("images", "masks"):
+        (root / "COVID" / kind).mkdir(parents=True)
+    for image in sorted((DATA / "COVID" / "images").glob("*.png"))[:30]:
+        for kind in ("images", "masks"):
+            shutil.copy(DATA / "COVID" / kind / image.name, root / "COVID" / kind / image.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache32(subset, tmp_path_factory) -> Path:
+    return _cache(subset, tmp_path_factory.mktemp("cache32"), 32)
+
+
+def _val_dice(model: torch.nn.Module, cache: Path) -> float:
+    data = load_cache(cache)
+    idx = data.indices("val")
+    x = torch.from_numpy(data.images[idx]).float().div(255).unsqueeze(1)
+    with torch.no_grad():
+        pred = (model(x) > 0).squeeze(1).numpy()
+    target = data.masks[idx].astype(bool)
+    tp = (pred & target).sum((1, 2))
+    fp = (pred & ~target).sum((1, 2))
+    fn = (~pred & target).sum((1, 2))
+    return float(dice_score(Confusion(tp, fp, fn, np.zeros_like(tp))).mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model", "lr"), [("unet", "1e-3"), ("fcn", "3e-3"), ("deeplabv3", "2e-3")]
+)
+def test_each_model_learns_beyond_trivial_masks(cache64, tmp_path, capsys, model, lr):
+    out = tmp_path / model
+    code = run_cli(
+        "train", "--model", model, "--data", cache64, "--out", out, "--epochs", 2, "--lr", lr, *FAST
+    )
+    assert code == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "epoch 2/2  train_loss" in captured.err  # one line per epoch off a terminal
+    assert f"trained {model}" in captured.out
+
+    masks = load_cache(cache64)
+    val = masks.masks[masks.indices("val")].astype(bool)
+    lung = val.sum((1, 2))
+    all_lung_dice = float(np.mean(2 * lung / (lung + val[0].size)))  # predict lung everywhere
+    with open(out / "history.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == HISTORY_COLUMNS and len(rows) == 2
+    best_dice = max(float(r["val_dice"]) for r in rows)
+    assert best_dice > all_lung_dice + 0.1 > 0.1  # and above all-background (Dice 0)
+
+    assert {p.name for p in out.iterdir()} >= {
+        "config.yaml",
+        "best.pt",
+        "last.pt",
+        "history.csv",
+        "curves.png",
+        "summary.json",
+    }
+    summary = json.loads((out / "summary.json").read_text())
+    ckpt = load_checkpoint(out / "best.pt")
+    rebuilt = model_from_checkpoint(ckpt)
+    assert summary["params"] == sum(p.numel() for p in rebuilt.parameters())
+    assert summary["epochs"] == 2 and summary["train_seconds"] > 0
+    assert summary["images_per_second"] > 0
+    assert ckpt["epoch"] == ckpt["best_epoch"] == summary["best_epoch"]
+    assert ckpt["size"] == 64 and ckpt["preprocess"]["preset"] == "seed"
+    # The rebuilt best model scores on the validation images what training recorded for it
+    # (up to a few pixels whose logit is ~0: batching and memory layout change the rounding).
+    recorded = ckpt["history"][ckpt["best_epoch"] - 1]["val_dice"]
+    assert _val_dice(rebuilt, cache64) == pytest.approx(recorded, abs=1e-4)
+    settings = yaml.safe_load((out / "config.yaml").read_text())
+    assert from_dict(TrainConfig, settings["train"]).lr == float(lr)
+    assert settings["train"]["size"] == 64 and settings["train"]["preprocess"] == "seed"
+
+
+def test_library_options_and_run_result(cache32, tmp_path):
+    config = TrainConfig(
+        model="fcn",
+        n_filters=4,
+        epochs=2,
+        batch_size=4,
+        loss="bce_dice",
+        schedule="cosine",
+        select="dice",
+        threads=1,
+    )
+    threads = torch.get_num_threads()
+    result = train(config, cache32, tmp_path / "run", progress=False)
+    assert torch.get_num_threads() == threads  # the thread setting is restored, not leaked
+    assert result.epochs == 2 and len(result.history) == 2
+    assert result.best_metric["name"] == "val_dice"
+    best_row = result.history[result.best_epoch - 1]
+    assert result.best_metric["value"] == max(r["val_dice"] for r in result.history)
+    assert best_row["val_dice"] == result.best_metric["value"]
+    assert result.history[1]["lr"] < result.history[0]["lr"] == 1e-3  # cosine, per step
+    assert not result.model.training
+    assert result.best_checkpoint.is_file() and result.last_checkpoint.is_file()
+    last = load_checkpoint(result.last_checkpoint)
+    assert last["train_config"]["loss"] == "bce_dice"
+    assert last["scheduler"] is not None and last["epoch"] == 2
+
+
+def test_source_is_prepared_next_to_the_run(subset, tmp_path, capsys):
+    out = tmp_path / "runs" / "a"
+    args = [
+        "train",
+        "--model",
+        "fcn",
+        "--n-filters",
+        4,
+        "--data",
+        subset,
+        "--size",
+        32,
+        "--preprocess",
+        "none",
+        "--epochs",
+        1,
+        "--workers",
+        1,
+        *FAST,
+    ]
+    assert run_cli(*args, "--out", out) == 0, capsys.readouterr().err
+    caches = list((tmp_path / "runs" / ".cache").iterdir())
+    assert len(caches) == 1 and caches[0].name.startswith(f"{subset.name}-32-none-")
+    prepared = load_cache(caches[0])
+    assert prepared.size == 32 and prepared.config.preprocess.preset == "none"
+    # --cache puts it elsewhere.
+    assert run_cli(*args, "--out", tmp_path / "b", "--cache", tmp_path / "mine") == 0
+    assert load_cache(tmp_path / "mine").size == 32
+
+
+def test_yaml_then_flags_resolution(tmp_path):
+    from lungseg.cli.train import train_settings
+
+    config = tmp_path / "settings.yaml"
+    config.write_text("train:\n  epochs: 7\n  lr: 0.01\n  augment: false\nprepare: {}\n")
+    resolved = train_settings({"lr": 0.5, "model": "fcn"}, config, None)
+    assert (resolved.epochs, resolved.lr, resolved.model) == (7, 0.5, "fcn")
+    assert resolved.augment.enabled is False and resolved.batch_size == 16
+    config.write_text("train:\n  epoch: 7\n")
+    with pytest.raises(LungsegError, match="unknown setting.*epoch.*settings.yaml"):
+        train_settings({}, config, None)
+    config.write_text("train:\n  model: nope\n")
+    with pytest.raises(LungsegError, match="unknown model 'nope'; valid: deeplabv3, fcn, unet"):
+        train_settings({}, config, None)
+
+
+def _assert_error(capsys, code: int, *fragments: str) -> None:
+    err = capsys.readouterr().err
+    assert code == 2, err
+    flat = " ".join(err.split())
+    for fragment in fragments:
+        assert fragment in flat, err
+
+
+def test_unknown_model(cache32, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = run_cli("train", "--model", "resnet", "--data", cache32, "--out", out)
+    _assert_error(capsys, code, "resnet", "unet")
+    with pytest.raises(LungsegError, match="unknown model 'resnet'; valid: deeplabv3, fcn, unet"):
+        TrainConfig(model="resnet")
+    assert not out.exists()
+
+
+def test_size_the_model_cannot_take(subset, tmp_path, capsys):
+    cache40 = _cache(subset, tmp_path / "cache40", 40)
+    out = tmp_path / "run"
+    code = run_cli("train", "--model", "unet", "--data", cache40, "--out", out, *FAST)
+    _assert_error(capsys, code, "unet cannot take 40x40", "divisible by 16", "--size 32 or 48")
+    assert not out.exists()
+
+
+def test_empty_training_split(cache32, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    shutil.copytree(cache32, cache)
+    split = cache / "split.csv"
+    with open(split, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        row["split"] = "val" if row["split"] == "train" else row["split"]
+    with open(split, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "run"
+    code = run_cli("train", "--model", "fcn", "--data", cache, "--out", out, *FAST)
+    _assert_error(capsys, code, str(cache), "training split is empty", "train 0")
+    assert not out.exists()
+
+
+def test_cache_built_with_other_settings(cache32, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = run_cli("train", "--model", "fcn", "--data", cache32, "--out", out, "--size", 64)
+    _assert_error(capsys, code, str(cache32), "size: asked 64, cache has 32")
+    code = run_cli(
+        "train", "--model", "fcn", "--data", cache32, "--out", out, "--preprocess", "none"
+    )
+    _assert_error(capsys, code, "other settings", "preprocess.clahe: asked False, cache has True")
+    assert not out.exists()
+
+
+def test_missing_model_or_data(cache32, tmp_path, capsys):
+    _assert_error(
+        capsys, run_cli("train", "--data", cache32, "--out", tmp_path / "r"), "--model is required"
+    )
+    _assert_error(
+        capsys, run_cli("train", "--model", "fcn", "--out", tmp_path / "r"), "--data is required"
+    )
+    _assert_error(
+        capsys, run_cli("train", "--out", tmp_path / "r", "--resume"), "nothing to resume"
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_cuda_asked_without_cuda(cache32, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = run_cli("train", "--model", "fcn", "--data", cache32, "--out", out, "--device", "cuda")
+    _assert_error(capsys, code, "no CUDA device is available", "--device cpu")
+    assert not out.exists()
+
+
+def test_existing_run_bad_resume_and_changed_settings(cache32, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "--model", "fcn", "--n-filters", 4, "--data", cache32, "--out", out, *FAST]
+    assert run_cli(*base, "--epochs", 1) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    _assert_error(capsys, run_cli(*base, "--epochs", 1), "already holds a training run", "--resume")
+    _assert_error(
+        capsys,
+        run_cli(*base, "--epochs", 2, "--lr", 0.1, "--resume"),
+        "cannot resume with other settings",
+        "lr: run has 0.001, asked 0.1",
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    last = out / "last.pt"
+    last.write_bytes(before["last.pt"][:4096])
+    _assert_error(
+        capsys, run_cli("train", "--out", out, "--resume"), str(last), "cannot read checkpoint"
+    )
+    torch.save({"state": torch.zeros(2)}, last)
+    _assert_error(
+        capsys, run_cli("train", "--out", out, "--resume"), str(last), "not a lungseg checkpoint"
+    )
