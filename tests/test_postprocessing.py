@@ -139,8 +139,8 @@ def test_fill_holes_fills_enclosed_background_only():
 
 
 def test_presets_are_listed_and_unknown_ones_name_the_valid():
-    assert list_postprocess_presets() == ["none", "seed"]
-    with pytest.raises(LungsegError, match="valid presets: none, seed"):
+    assert list_postprocess_presets() == ["clean", "none", "seed"]
+    with pytest.raises(LungsegError, match="valid presets: clean, none, seed"):
         PostprocessConfig.preset("fancy")
 
 
@@ -154,6 +154,24 @@ def test_seed_preset_runs_every_step_and_none_only_thresholds():
         "fill_holes",
     ]
     assert PostprocessConfig.preset("none").enabled_steps() == ["global_threshold"]
+    assert PostprocessConfig.preset("clean").enabled_steps() == [
+        "global_threshold",
+        "keep_largest",
+        "fill_holes",
+    ]
+
+
+def test_clean_preset_thresholds_at_one_half_keeps_two_lungs_and_fills_holes():
+    prob = np.zeros((40, 40), np.float32)
+    prob[5:35, 3:15] = 0.9  # right lung
+    prob[5:35, 22:36] = 0.8  # left lung
+    prob[15:18, 8:10] = 0.2  # a hole in the right lung
+    prob[1:3, 18:20] = 0.7  # a speck between them
+    mask = postprocess(prob, "clean")
+    expected = np.zeros_like(mask)
+    expected[5:35, 3:15] = True
+    expected[5:35, 22:36] = True
+    assert np.array_equal(mask, expected)
 
 
 def test_none_preset_equals_threshold_at_one_half():
