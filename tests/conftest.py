@@ -34,3 +34,23 @@ def covid_cxr_fullres() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared real data not found at {path} (only on the project's machines)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(examples_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A tiny U-Net trained once per session on the examples (``trained.TinyRun``; about 6 s)."""
+    from trained import train_tiny
+
+    return train_tiny(examples_dir, tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """PyTorch on one thread for the module: on shared cores, OpenMP threads that wait for each
+    other make a small model's inference up to 30x slower than one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

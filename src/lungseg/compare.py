@@ -76,7 +76,9 @@ def compare(
     entries: list[Entry] = []
     for pre in preprocess:
         settings = replace(split, preprocess=PreprocessConfig.preset_config(pre, size))
-        prepared = prepare(data, out / f"cache-{pre}", settings, progress=progress)
+        prepared = prepare(
+            data, out / f"cache-{pre}", settings, workers=train_config.workers, progress=progress
+        )
         for model in models:
             run_dir = out / "runs" / f"{model}-{pre}"
             config = replace(train_config, model=model, size=size, preprocess=pre)

@@ -91,8 +91,24 @@ def _dataset_for(
         )
     from lungseg.io_utils import sha256_json
 
+    _require_masks(data)
     key = sha256_json({"data": str(data), "config": to_dict(want)})[:12]
     return prepare(data, cache_root / f"prepared-{key}", want, progress=False)
+
+
+def _require_masks(data: str | Path) -> None:
+    """One clear line for a folder of images without any masks (instead of one per image)."""
+    from lungseg.data.dataset import discover
+    from lungseg.data.sources import open_source
+
+    found = discover(open_source(data), require_masks=False)
+    if found.records and not any(r.mask_key for r in found.records):
+        raise LungsegError(
+            f"no ground-truth masks found for its {len(found.records)} images (expected "
+            "<Class>/masks/<stem>.png beside <Class>/images/); evaluation needs masks; to "
+            "segment images without masks use 'lungseg segment'",
+            data,
+        )
 
 
 def evaluate(
@@ -170,7 +186,7 @@ def evaluate(
         "preprocess": to_dict(segmenter.preprocess),
         "size": segmenter.size,
         "inference_ms_per_image": 1000.0 * seconds / len(indices),
-        "device": device,
+        "device": getattr(segmenter.networks[0][0], "device", "cpu (onnxruntime)"),
     }
     if len(results) > 1:
         metrics["postprocess_presets"] = {
@@ -198,6 +214,9 @@ def _probabilities(
     for (network, _), dataset in zip(segmenter.networks, datasets, strict=True):
         if dataset.stems != datasets[0].stems:
             raise LungsegError("ensemble members' prepared datasets list different images")
+        # One untimed image first: the first call pays for kernel selection and allocations,
+        # which on a small test split would dominate the time per image.
+        network(np.asarray(dataset.images[indices[:1]], dtype=np.float32)[:, None] / 255.0)
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
             batch = np.asarray(dataset.images[chunk], dtype=np.float32)[:, None] / 255.0

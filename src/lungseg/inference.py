@@ -17,6 +17,7 @@ ONNX Runtime.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -47,8 +48,9 @@ def shipped_weights(name: str) -> Path:
     if not path.is_file():
         raise LungsegError(
             f"the shipped weights of {name!r} are not in this installation (none are released "
-            "yet); give a checkpoint or run directory instead, e.g. --model runs/unet/best.pt, "
-            "or train one with 'lungseg train'",
+            "yet); use a run directory or checkpoint of your own instead (train one with "
+            "'lungseg train'), e.g. load_model('runs/unet'), segment --weights runs/unet, "
+            "evaluate --model runs/unet/best.pt",
             path,
         )
     return path
@@ -303,16 +305,20 @@ def export_onnx(model: str | Path, out: str | Path, opset: int = 17) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, 1, segmenter.size, segmenter.size)
-    torch.onnx.export(
-        net,
-        (example,),
-        str(out),
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=opset,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        # The models' input checks (channels, size divisible by 16) become constants in the
+        # trace, which is right: the exported graph takes the one working size it was made for.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            net,
+            (example,),
+            str(out),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
     proto = onnx.load(str(out))
     meta = {
         "model": segmenter.info["model"] if segmenter.info else {"name": segmenter.name},

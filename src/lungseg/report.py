@@ -27,6 +27,9 @@ from lungseg.io_utils import atomic_write_bytes, atomic_write_text
 from lungseg.metrics import paired_wilcoxon
 
 ALPHA = 0.05
+#: Colours of the sample grid; the caption names them, so change both together.
+MASK_COLOUR, MASK_COLOUR_NAME = "#e41a1c", "red"
+TRUTH_COLOUR, TRUTH_COLOUR_NAME = "cyan", "cyan"
 
 
 @dataclass
@@ -130,6 +133,7 @@ def curves_png(entries: list[Entry]) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -148,6 +152,7 @@ def curves_png(entries: list[Entry]) -> bytes:
                         label=f"{entry.label} val")  # fmt: skip
             ax.set_title(title)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     axes[2].legend(fontsize=7)
@@ -155,8 +160,18 @@ def curves_png(entries: list[Entry]) -> bytes:
     return _png(fig)
 
 
+def worst_images(entries: list[Entry]) -> dict[str, str]:
+    """``{label: stem}`` of each model's lowest-Dice image (NaN Dice is never the worst)."""
+    worst = {}
+    for e in entries:
+        scores = {s: d for s, d in e.dice_by_stem.items() if not math.isnan(d)}
+        if scores:
+            worst[e.label] = min(scores, key=scores.get)
+    return worst
+
+
 def samples_png(entries: list[Entry], n_random: int = 3, seed: int = 0) -> tuple[bytes, list[str]]:
-    """A grid of test images: the image, the ground truth, each model's mask as an overlay.
+    """A grid of test images: the input, the ground truth, each model's mask as an overlay.
 
     Rows: a few random test images plus each model's worst image (by Dice). Images and ground
     truth come from the prepared cache the evaluation used; masks from each ``masks/`` folder.
@@ -166,6 +181,7 @@ def samples_png(entries: list[Entry], n_random: int = 3, seed: int = 0) -> tuple
     matplotlib.use("Agg")
     import cv2
     import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
 
     from lungseg.data.cache import load_cache
 
@@ -173,18 +189,20 @@ def samples_png(entries: list[Entry], n_random: int = 3, seed: int = 0) -> tuple
     index = {stem: i for i, stem in enumerate(data.stems)}
     common = sorted(set.intersection(*(set(e.dice_by_stem) for e in entries)))
     rng = np.random.default_rng(seed)
-    picks = list(rng.choice(common, size=min(n_random, len(common)), replace=False))
-    for e in entries:
-        worst = min(e.dice_by_stem, key=e.dice_by_stem.get)
-        if worst not in picks:
-            picks.append(worst)
+    picks = [str(s) for s in rng.choice(common, size=min(n_random, len(common)), replace=False)]
+    worst_of: dict[str, list[str]] = {}
+    for label, stem in worst_images(entries).items():
+        worst_of.setdefault(stem, []).append(label)
+        if stem not in picks:
+            picks.append(stem)
+    fill = ListedColormap([MASK_COLOUR])
     cols = 2 + len(entries)
     fig, axes = plt.subplots(len(picks), cols, figsize=(2.6 * cols, 2.7 * len(picks)),
                              squeeze=False)  # fmt: skip
     for r, stem in enumerate(picks):
         image = np.asarray(data.images[index[stem]])
         truth = np.asarray(data.masks[index[stem]]).astype(bool)
-        panels = [("image", image, None), ("ground truth", image, truth)]
+        panels = [("input (preprocessed)", image, None), ("ground truth", image, truth)]
         for e in entries:
             mask_file = e.eval_dir / "masks" / f"{stem}.png"
             mask = cv2.imread(str(mask_file), cv2.IMREAD_GRAYSCALE)
@@ -194,12 +212,15 @@ def samples_png(entries: list[Entry], n_random: int = 3, seed: int = 0) -> tuple
             ax = axes[r][c]
             ax.imshow(img, cmap="gray", vmin=0, vmax=255)
             if mask is not None:
-                ax.imshow(np.ma.masked_where(~mask, mask), cmap="autumn", alpha=0.45)
-                ax.contour(truth, levels=[0.5], colors="cyan", linewidths=0.6)
+                ax.imshow(np.ma.masked_where(~mask, mask), cmap=fill, vmin=0, vmax=1, alpha=0.45)
+                ax.contour(truth, levels=[0.5], colors=TRUTH_COLOUR, linewidths=0.6)
             ax.set_title(title if r == 0 or c >= 2 else "", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[r][0].set_ylabel(stem[:22], fontsize=7)
+        label = stem if len(stem) <= 24 else stem[:22] + "…"
+        if stem in worst_of:
+            label += "\nworst of " + ", ".join(worst_of[stem])
+        axes[r][0].set_ylabel(label, fontsize=7)
     fig.tight_layout()
     return _png(fig), picks
 
@@ -244,6 +265,23 @@ def software_versions() -> dict[str, str]:
     }
 
 
+def _fmt_p(p: Any) -> str:
+    """A p-value: 4 decimals, or scientific notation below 0.0001 (never a bare 0.0000)."""
+    if p is None or math.isnan(p):
+        return "–"
+    return f"{p:.1e}" if p < 1e-4 else f"{p:.4f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if not seconds:
+        return "–"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -272,7 +310,7 @@ def comparison_table(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
             _fmt(m.get("hd95_mean"), 2),
             _fmt(m.get("dice_worst")),
             _fmt(m.get("dice_pooled")),
-            f"{seconds / 60:.1f} min" if seconds else "–",
+            _duration(seconds),
             _fmt(m.get("inference_ms_per_image"), 2),
         ])  # fmt: skip
     return header, rows
@@ -322,14 +360,15 @@ def build_report(entries: list[Entry], out: str | Path, title: str = "lungseg co
     sentence = verdict(entries, tests)
     header, rows = comparison_table(entries)
     curves = curves_png(entries)
-    samples, picked = samples_png(entries)
+    samples, _ = samples_png(entries)
+    caption = samples_caption(entries)
     atomic_write_bytes(figures / "curves.png", curves)
     atomic_write_bytes(figures / "samples.png", samples)
     settings = _settings(entries)
     versions = software_versions()
     atomic_write_text(out / "report.md", _markdown(title, header, rows, tests, sentence,
-                                                   settings, versions, picked))  # fmt: skip
-    page = _html(title, header, rows, tests, sentence, settings, versions, curves, samples, picked)
+                                                   settings, versions, caption))  # fmt: skip
+    page = _html(title, header, rows, tests, sentence, settings, versions, curves, samples, caption)
     atomic_write_text(out / "report.html", page)
     summary = {
         "models": [e.label for e in entries],
@@ -341,6 +380,17 @@ def build_report(entries: list[Entry], out: str | Path, title: str = "lungseg co
     return out / "report.html"
 
 
+def samples_caption(entries: list[Entry]) -> str:
+    """The sample grid's caption: what the rows are and what each colour means."""
+    worst = "; ".join(f"{label}: {stem}" for label, stem in worst_images(entries).items())
+    return (
+        f"Random test images, then each model's worst test image by Dice ({worst}). "
+        f"Filled {MASK_COLOUR_NAME}: the mask of the column (ground truth or the model's); "
+        f"{TRUTH_COLOUR_NAME} line: ground-truth outline. The input is shown as the models see "
+        "it, after preprocessing."
+    )
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -350,20 +400,18 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 def _test_rows(tests: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     header = ["model A", "model B", "n", "median ΔDice (A−B)", "p (Wilcoxon)", "p (Holm)",
               "significant"]  # fmt: skip
-    rows = [[t["a"], t["b"], str(t["n"]), _fmt(t["median_difference"]), _fmt(t["p_value"], 4),
-             _fmt(t["p_holm"], 4), "yes" if t["significant"] else "no"] for t in tests]  # fmt: skip
+    rows = [[t["a"], t["b"], str(t["n"]), _fmt(t["median_difference"]), _fmt_p(t["p_value"]),
+             _fmt_p(t["p_holm"]), "yes" if t["significant"] else "no"] for t in tests]  # fmt: skip
     return header, rows
 
 
-def _markdown(title, header, rows, tests, sentence, settings, versions, picked) -> str:
+def _markdown(title, header, rows, tests, sentence, settings, versions, caption) -> str:
     parts = [f"# {title}", "", "## Results on the test split", "", _md_table(header, rows), ""]
     parts += ["## Which model is best?", "", sentence, ""]
     if tests:
         parts += [_md_table(*_test_rows(tests)), ""]
     parts += ["## Training curves", "", "![training curves](figures/curves.png)", ""]
-    parts += ["## Sample predictions", "",
-              f"Random test images and each model's worst image ({', '.join(picked)}); "
-              "cyan: ground-truth outline, orange: the model's mask.", "",
+    parts += ["## Sample predictions", "", caption, "",
               "![sample predictions](figures/samples.png)", ""]  # fmt: skip
     parts += ["## Data and settings", ""] + [f"- **{k}**: {v}" for k, v in settings] + [""]
     parts += ["## Software", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [""]
@@ -392,7 +440,7 @@ def _img(data: bytes, alt: str) -> str:
     return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
-def _html(title, header, rows, tests, sentence, settings, versions, curves, samples, picked):
+def _html(title, header, rows, tests, sentence, settings, versions, curves, samples, caption):
     esc = html.escape
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
@@ -405,8 +453,7 @@ def _html(title, header, rows, tests, sentence, settings, versions, curves, samp
     parts += ["<h2>Training curves</h2>", _img(curves, "training curves")]
     parts += [
         "<h2>Sample predictions</h2>",
-        f"<p>Random test images and each model's worst image ({esc(', '.join(picked))}); "
-        "cyan: ground-truth outline, orange: the model's mask.</p>",
+        f"<p>{esc(caption)}</p>",
         _img(samples, "sample predictions"),
         "<h2>Data and settings</h2><ul>",
         *[f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in settings],

@@ -66,18 +66,44 @@ def lung_areas(mask: np.ndarray) -> tuple[int, int]:
     """``bool[H, W]`` -> (right lung px, left lung px) in the patient's frame.
 
     Each connected component goes to the side of the image its centroid lies on; the image's
-    left half holds the patient's right lung in a frontal radiograph.
+    left half holds the patient's right lung in a frontal radiograph. A component with at least
+    :data:`BILATERAL_SHARE` of its pixels on each side of the midline is both lungs joined across
+    the mediastinum (touching lungs, or a mask that spills over the heart): it is cut at its
+    narrowest column in the middle of the image, where the mediastinum is.
     """
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8)
-    mid = mask.shape[1] / 2.0
+    width = mask.shape[1]
+    mid = width / 2.0
     right = left = 0
     for i in range(1, count):
         area = int(stats[i, cv2.CC_STAT_AREA])
-        if centroids[i][0] < mid:
+        component = labels == i
+        on_right = int(component[:, : int(mid)].sum())
+        if min(on_right, area - on_right) >= BILATERAL_SHARE * area:
+            cut = _mediastinum_column(component)
+            on_right = int(component[:, :cut].sum())
+            right += on_right
+            left += area - on_right
+        elif centroids[i][0] < mid:
             right += area
         else:
             left += area
     return right, left
+
+
+#: Share of a component's pixels that must lie on each side of the midline for it to be taken
+#: as both lungs joined (and cut) rather than one lung reaching over the midline.
+BILATERAL_SHARE = 0.25
+
+
+def _mediastinum_column(component: np.ndarray) -> int:
+    """Column with the fewest pixels of ``component`` in the middle 40% of the image width; of
+    equally narrow columns, the one nearest the centre."""
+    width = component.shape[1]
+    lo, hi = int(0.3 * width), max(int(0.7 * width), int(0.3 * width) + 1)
+    counts = component[:, lo:hi].sum(axis=0)
+    candidates = lo + np.flatnonzero(counts == counts.min())
+    return int(candidates[np.argmin(np.abs(candidates - width / 2.0))])
 
 
 def measure(stem: str, file: str, mask: np.ndarray, spacing: tuple[float, float] | None) -> dict:

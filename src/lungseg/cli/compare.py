@@ -46,8 +46,15 @@ def compare_command(
         Path | None, typer.Option(help="YAML settings file (train: section).")
     ] = None,
     from_runs: Annotated[
+        bool,
+        typer.Option(
+            "--from-runs",
+            help="Rebuild the report from the RUNS given (run directories), without training.",
+        ),
+    ] = False,
+    runs: Annotated[
         list[Path] | None,
-        typer.Option("--from-runs", help="Rebuild the report from these run directories."),
+        typer.Argument(help="Run directories, with --from-runs.", show_default=False),
     ] = None,
 ) -> None:
     """Compare models: train each, evaluate on the same test split, write report.md/html."""
@@ -56,9 +63,12 @@ def compare_command(
     from lungseg.data.cache import PrepareConfig
     from lungseg.errors import LungsegError
 
+    # RUN_DIR... after one --from-runs (click options take one value each, arguments many).
+    if runs and not from_runs:
+        raise LungsegError("run directories given without --from-runs: --from-runs RUN_DIR ...")
     if from_runs:
-        path = report_from_runs(from_runs, out)
-        typer.echo(f"report of {len(from_runs)} run(s): {path}")
+        path = report_from_runs(runs or [], out)
+        typer.echo(f"report of {len(runs or [])} run(s): {path}")
         return
     if data is None:
         raise LungsegError("--data is required (or --from-runs RUN_DIR ...)")

@@ -1,0 +1,108 @@
+"""``lungseg export --onnx`` and ``lungseg segment --onnx``: dynamic batch, same probabilities as
+PyTorch on real X-rays, the preprocessing carried in the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lungseg.data.cache import load_cache
+from lungseg.errors import LungsegError
+from lungseg.inference import ONNX_METADATA_KEY, load_model
+from lungseg.training import load_checkpoint, model_from_checkpoint
+from trained import SIZE, dice, lungseg, read_gray
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    # lungseg exports with the TorchScript exporter on purpose (fast, no extra dependencies).
+    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
+]
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lungseg.inference import export_onnx
+
+    return export_onnx(tiny_run.run, tmp_path_factory.mktemp("onnx") / "unet.onnx")
+
+
+def test_export_cli(tiny_run, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "model.onnx"
+    code, stdout, stderr = lungseg(["export", "--model", tiny_run.run, "--onnx", out], capsys)
+    assert code == 0, stderr
+    assert out.is_file() and str(out) in stdout
+    assert "Warning" not in stderr, stderr
+    meta = onnx.load(str(out)).metadata_props
+    recorded = json.loads(next(p.value for p in meta if p.key == ONNX_METADATA_KEY))
+    ckpt = load_checkpoint(tiny_run.checkpoint)
+    assert recorded["preprocess"] == ckpt["preprocess"] and recorded["size"] == SIZE
+    assert recorded["postprocess"] == ckpt["postprocess"]
+
+
+def test_dynamic_batch_agrees_with_pytorch(tiny_run, onnx_file: Path) -> None:
+    data = load_cache(tiny_run.cache)
+    batch = np.asarray(data.images[:3], dtype=np.float32)[:, None] / 255.0
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    one = session.run(None, {name: batch[:1]})[0]
+    three = session.run(None, {name: batch})[0]
+    assert one.shape == (1, 1, SIZE, SIZE) and three.shape == (3, 1, SIZE, SIZE)
+    np.testing.assert_allclose(three[:1], one, atol=1e-5)
+    model = model_from_checkpoint(load_checkpoint(tiny_run.checkpoint))
+    with torch.no_grad():
+        expected = torch.sigmoid(model(torch.from_numpy(batch))).numpy()
+    np.testing.assert_allclose(1 / (1 + np.exp(-three)), expected, atol=1e-4)
+
+
+def test_onnx_and_pytorch_probabilities_on_real_images(
+    tiny_run, onnx_file: Path, examples_dir: Path
+) -> None:
+    from_onnx = load_model(onnx_file)
+    from_torch = load_model(tiny_run.run, device="cpu")
+    assert vars(from_onnx.preprocess) == vars(from_torch.preprocess)
+    assert vars(from_onnx.postprocess) == vars(from_torch.postprocess)
+    images = sorted((examples_dir / "COVID" / "images").glob("*.png"))
+    assert len(images) == 12
+    for path in images:
+        a, b = from_onnx.predict_proba(path), from_torch.predict_proba(path)
+        assert a.shape == read_gray(path).shape
+        np.testing.assert_allclose(a, b, atol=1e-4, err_msg=path.name)
+
+
+def test_segment_with_onnx(tiny_run, onnx_file: Path, examples_dir: Path, tmp_path, capsys):
+    images = examples_dir / "COVID" / "images"
+    runs = {}
+    for flag, model in (("--onnx", onnx_file), ("--weights", tiny_run.run)):
+        out = tmp_path / flag.strip("-")
+        code, stdout, stderr = lungseg(["segment", images, "--out", out, flag, model], capsys)
+        assert code == 0, stderr
+        assert "segmented 12 image(s)" in stdout
+        runs[flag] = out
+    for path in sorted(images.glob("*.png")):
+        a = read_gray(runs["--onnx"] / "masks" / path.name) > 127
+        b = read_gray(runs["--weights"] / "masks" / path.name) > 127
+        assert a.shape == read_gray(path).shape
+        assert a.any() and dice(a, b) > 0.99, path.name
+
+
+def test_onnx_errors(tiny_run, onnx_file: Path, tmp_path: Path, capsys) -> None:
+    proto = onnx.load(str(onnx_file))
+    del proto.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(proto, str(bare))
+    with pytest.raises(LungsegError, match="no lungseg metadata"):
+        load_model(bare)
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(LungsegError, match="cannot load ONNX model"):
+        load_model(tmp_path / "junk.onnx")
+    argv = ["segment", tmp_path, "--out", tmp_path / "o", "--onnx", onnx_file,
+            "--weights", tiny_run.run]  # fmt: skip
+    code, _, err = lungseg(argv, capsys)
+    assert code == 2 and "--weights or --onnx, not both" in err
