@@ -264,3 +264,36 @@ def test_from_runs_evaluates_a_run_without_evaluation(tiny_run, tmp_path: Path, 
     argv = ["compare", "--from-runs", tmp_path / "nothing", "--out", tmp_path / "r"]
     code, _, err = lungseg(argv, capsys)
     assert code == 2 and "not a run directory" in err
+
+
+def test_compare_shipped_evaluates_and_segments_without_training(
+    tiny_run, examples_dir: Path, tmp_path: Path, capsys
+) -> None:
+    # Two "shipped" models: the tiny run's checkpoint under two names, plus their ensemble.
+    first, second = tmp_path / "a" / "best.pt", tmp_path / "b" / "best.pt"
+    for target in (first, second):
+        target.parent.mkdir()
+        shutil.copy(tiny_run.checkpoint, target)
+    out = tmp_path / "results"
+    argv = ["compare", "--shipped", "--data", examples_dir, "--out", out,
+            "--models", f"{first},{second}"]  # fmt: skip
+    code, stdout, err = lungseg(argv, capsys)
+    assert code == 0, err
+    assert "report:" in stdout and (out / "report.html").is_file()
+    table = json.loads((out / "comparison.json").read_text())["table"]
+    assert [row["model"] for row in table] == ["a", "b"]
+    for label in ("a", "b"):
+        metrics = json.loads((out / "eval" / label / "metrics.json").read_text())
+        assert metrics["split"] == "all" and metrics["n_images"] == 12
+        # The history and the parameter count come from the checkpoint, not a run directory.
+        assert table[0]["parameters"] != "–" and table[0]["train time"] != "–"
+        masks = sorted((out / label / "masks").glob("*.png"))
+        assert len(masks) == 12
+        original = read_gray(examples_dir / "COVID" / "images" / masks[0].name)
+        assert read_gray(masks[0]).shape == original.shape  # original resolution
+        assert (out / label / "measurements.csv").is_file()
+    # Identical models: every per-image Dice equal, so no difference can be significant.
+    assert (
+        "No difference in per-image Dice"
+        in json.loads((out / "comparison.json").read_text())["verdict"]
+    )

@@ -24,7 +24,7 @@ from lungseg.data.cache import PrepareConfig, prepare
 from lungseg.errors import LungsegError
 from lungseg.evaluation import evaluate
 from lungseg.preprocessing import PreprocessConfig
-from lungseg.report import Entry, build_report, load_entry
+from lungseg.report import Entry, build_report, load_checkpoint_entry, load_entry
 
 
 def _label(model: str, pre: str, post: str, many_pre: bool, many_post: bool) -> str:
@@ -124,3 +124,42 @@ def report_from_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
             label = run.name if len(evals) == 1 else f"{run.name} · post={suffix}"
             entries.append(load_entry(run, eval_dir, label))
     return build_report(entries, out)
+
+
+def compare_shipped(
+    data: str | Path,
+    out: str | Path,
+    models: Sequence[str] = ("unet", "fcn", "deeplabv3"),
+    split: str = "all",
+    segment: bool = True,
+    device: str = "auto",
+    progress: bool = True,
+) -> Path:
+    """Evaluate the models shipped with lungseg (or any checkpoints) on ``data`` and report.
+
+    The main job on the bundled ``examples/``: each model segments the images (masks at the
+    original resolution, overlays and measurements in ``OUT/<model>/``), is scored against the
+    masks, and the comparison report is written, without training anything.
+    """
+    from lungseg.inference import load_model
+    from lungseg.segment import find_images, segment_files
+
+    out = Path(out)
+    entries = []
+    for name in models:
+        segmenter = load_model(name, device=device)
+        path = Path(name)
+        label = path.parent.name if path.suffix in (".pt", ".onnx") else path.name
+        eval_dir = out / "eval" / label
+        result = evaluate(segmenter, eval_dir, data=data, split=split, save_masks=True)
+        if segment:
+            images = [
+                result.data.source.rstrip("/") + "/" + result.data.rows[i]["image_key"]
+                for i in result.indices
+            ]
+            files = [p for p in images if Path(p).is_file()]
+            if files:
+                segment_files(segmenter, find_images(files), out / label, progress=progress)
+        entries.append(load_checkpoint_entry(eval_dir, label))
+    title = f"lungseg models on {data}"
+    return build_report(entries, out, title=title)

@@ -178,6 +178,7 @@ def evaluate(
     metrics = {
         "model": segmenter.name,
         "checkpoint": segmenter.source,
+        "checkpoints": [m for m in (segmenter.info or {}).get("members", [])] or [segmenter.source],
         "data": str(data),
         "split": split,
         **summary,

@@ -66,6 +66,32 @@ def load_entry(run_dir: str | Path, eval_dir: str | Path, label: str | None = No
     )  # fmt: skip
 
 
+def load_checkpoint_entry(eval_dir: str | Path, label: str | None = None) -> Entry:
+    """An evaluation of a model without a run directory (a shipped model, a checkpoint file):
+    the training history and summary come from the checkpoint the evaluation recorded."""
+    eval_dir = Path(eval_dir)
+    metrics = load_metrics(eval_dir)
+    history: list[dict[str, float]] = []
+    summary: dict[str, Any] = {}
+    for path in metrics.get("checkpoints") or [metrics.get("checkpoint")]:
+        if not path or not str(path).endswith(".pt"):
+            continue
+        from lungseg.training.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        if not history:
+            history = [{k: float(v) for k, v in row.items()} for row in ckpt.get("history", [])]
+        n_params = sum(v.numel() for k, v in ckpt["state_dict"].items() if "running" not in k
+                       and not k.endswith("num_batches_tracked"))  # fmt: skip
+        summary["parameters"] = summary.get("parameters", 0) + n_params
+        seconds = sum(row.get("seconds", 0.0) for row in ckpt.get("history", []))
+        summary["train_seconds"] = summary.get("train_seconds", 0.0) + seconds
+        summary.setdefault("best_epoch", ckpt.get("best_epoch"))
+        summary.setdefault("epochs", ckpt.get("epoch"))
+    name = label or metrics.get("model", eval_dir.name)
+    return Entry(name, eval_dir, eval_dir, metrics, read_per_image(eval_dir), history, summary)
+
+
 def _num(text: str) -> float:
     try:
         return float(text)

@@ -45,6 +45,13 @@ def compare_command(
     config: Annotated[
         Path | None, typer.Option(help="YAML settings file (train: section).")
     ] = None,
+    shipped: Annotated[
+        bool,
+        typer.Option(
+            "--shipped",
+            help="Evaluate the shipped models (or --models checkpoints) on --data; no training.",
+        ),
+    ] = False,
     from_runs: Annotated[
         bool,
         typer.Option(
@@ -59,7 +66,7 @@ def compare_command(
 ) -> None:
     """Compare models: train each, evaluate on the same test split, write report.md/html."""
     from lungseg.cli.train import train_settings
-    from lungseg.compare import compare, report_from_runs
+    from lungseg.compare import compare, compare_shipped, report_from_runs
     from lungseg.data.cache import PrepareConfig
     from lungseg.errors import LungsegError
 
@@ -72,6 +79,10 @@ def compare_command(
         return
     if data is None:
         raise LungsegError("--data is required (or --from-runs RUN_DIR ...)")
+    if shipped:
+        path = compare_shipped(data, out, _names(models), device=device or "auto")
+        _print_summary(out, path)
+        return
     flags = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss,
         "schedule": schedule, "select": select, "n_filters": n_filters, "seed": seed,
@@ -83,6 +94,10 @@ def compare_command(
         data, out, settings, models=_names(models), preprocess=_names(preprocess),
         postprocess=_names(postprocess), size=size, split=split,
     )  # fmt: skip
+    _print_summary(out, path)
+
+
+def _print_summary(out: Path, path: Path) -> None:
     import json
 
     summary = json.loads((out / "comparison.json").read_text())
