@@ -109,7 +109,8 @@ def cmd_package(args: argparse.Namespace) -> None:
     from lungseg.training.checkpoint import save_checkpoint
 
     work = Path(args.work)
-    WEIGHTS.mkdir(parents=True, exist_ok=True)
+    weights = Path(args.weights_dir)
+    weights.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     members = []
     for model in args.models:
@@ -119,7 +120,7 @@ def cmd_package(args: argparse.Namespace) -> None:
         best = max(presets, key=lambda name: presets[name]["dice_mean"])
         source = "../shared/data/covid-cxr (355 pairs, 217 patients), split seed 0"
         ckpt = shipped_checkpoint(run, best, source)
-        target = WEIGHTS / f"{model}.pt"
+        target = weights / f"{model}.pt"
         save_checkpoint(target, ckpt)
         data = run_cache(run)
         shipped = load_model(target, device="cpu")
@@ -140,9 +141,97 @@ def cmd_package(args: argparse.Namespace) -> None:
         data = run_cache(work / "runs" / args.models[0])
         ens = evaluate(ensemble(members), work / "eval" / "ensemble" / "test", data=data,
                        split="test", save_masks=True)  # fmt: skip
-        results["ensemble"] = {"test": ens.metrics}
+        results["ensemble"] = {
+            "test": ens.metrics,
+            "postprocess": f"{results[args.models[0]]['postprocess']} (mean probability)",
+        }
     (work / "shipped_results.json").write_text(json.dumps(results, indent=2, default=str))
+    (weights / "MODEL_CARD.md").write_text(model_card(results))
     print(json.dumps({m: r["test"]["dice_mean"] for m, r in results.items()}, indent=2))
+
+
+TABLE_HEADER = (
+    "| model | parameters | best / trained epochs | postprocessing | Dice | IoU | MSE | "
+    "HD95 (px) | worst Dice |\n|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _ci(metrics: dict, key: str = "dice") -> str:
+    low, high = metrics[f"{key}_ci95"]
+    return f"{metrics[f'{key}_mean']:.4f} ({low:.4f}–{high:.4f})"
+
+
+def model_card(results: dict) -> str:
+    """MODEL_CARD.md for the shipped weights, from the results of ``package``."""
+    first = next(iter(results.values()))
+    summary = first["summary"]
+    rows = []
+    for name, r in results.items():
+        t = r["test"]
+        s = r.get("summary", {})
+        params = f"{s['params'] / 1e6:.2f} M" if s.get("params") else "–"
+        epochs = f"{s.get('best_epoch', '–')} / {s.get('epochs', '–')}" if s else "–"
+        post = r.get("postprocess", t.get("postprocess", "–"))
+        rows.append(
+            f"| {name} | {params} | {epochs} | {post} | {_ci(t)} | {_ci(t, 'iou')} | "
+            f"{t['mse_mean']:.4f} | {t['hd95_mean']:.2f} | {t['dice_worst']:.4f} "
+            f"({t['dice_worst_stem']}) |"
+        )
+    val_rows = []
+    for name, r in results.items():
+        for preset, v in (r.get("val_presets") or {}).items():
+            chosen = " (chosen)" if preset == r["postprocess"] else ""
+            val_rows.append(f"| {name} | {preset}{chosen} | {v['dice_mean']:.4f} |")
+    n_test = first["test"]["n_images"]
+    drift = max(r.get("fp16_val_dice_drift", 0.0) for r in results.values())
+    return f"""# Model card: lungseg shipped lung-segmentation models
+
+Three models (U-Net, FCN, DeepLabV3) that segment both lungs in frontal chest X-rays, shipped
+inside the `lungseg` package (`src/lungseg/weights/*.pt`, fp16 weights) and used by
+`lungseg segment`, `lungseg evaluate --model NAME` and `lungseg.load_model(NAME)`.
+Reproduce them with `python scripts/train_shipped.py` (see its docstring).
+
+## Data
+- **Training data**: `../shared/data/covid-cxr` — 355 frontal chest radiographs (PA, AP, AP supine)
+  of about 217 patients (352 COVID-19, 2 normal, 1 unknown), images 299x299, lung masks 256x256,
+  in the COVID-19 Radiography Database layout.
+- **Images**: COVID-19 Image Data Collection (J. P. Cohen et al., arXiv:2006.11988 and
+  arXiv:2003.11597); per-image licences vary (CC BY, CC BY-NC-SA, CC BY-NC-ND, unstated).
+  **Masks**: V7 Labs COVID-19 chest X-ray dataset lung polygons (CC BY 4.0). Research use only.
+- **Split**: patient-grouped (no patient on two sides), stratified by class, seed 0:
+  train {summary.get("n_train", "–")}, validation {summary.get("n_val", "–")}, test {n_test}
+  images. Every choice below was made on the validation split; the test split was used only for
+  the numbers in this card.
+
+## Settings
+- Working size {summary.get("size")}x{summary.get("size")}, preprocessing preset
+  `{summary.get("preprocess")}` (chosen on validation Dice over `seed`, `clahe` and `none`).
+- Loss BCE + soft Dice, Adam with a cosine schedule, on-device augmentation (rotation ±10°,
+  scale ±10 %, shift ±8 %, brightness/contrast/gamma), best epoch by validation Dice.
+- Trained on a 2-core CPU (no GPU was available to the session that trained them).
+- Weights are stored in fp16; this changed validation mean Dice by at most {drift:.1e}.
+- Postprocessing preset per model chosen on validation Dice:
+
+| model | preset | validation mean Dice |
+|---|---|---|
+{chr(10).join(val_rows)}
+
+## Results on the test split ({n_test} images of patients never seen in training)
+
+Mean with 95 % bootstrap confidence interval.
+
+{TABLE_HEADER}
+{chr(10).join(rows)}
+
+## Known limits
+- Trained on COVID-19 chest X-rays, many of them figures cut out of papers (letters, arrows,
+  crops, tubes and wires over the lungs); performance on other populations, devices or paediatric
+  images is unknown.
+- The masks include the lung behind the heart down to the diaphragm, so areas are larger than
+  JSRT- or Montgomery-style masks.
+- The test split is small ({n_test} images), so confidence intervals are wide.
+- Not a medical device; not for clinical diagnosis.
+"""
 
 
 def run_cache(run: Path) -> Path:
@@ -166,6 +255,7 @@ def main() -> None:
     package = sub.add_parser("package")
     package.add_argument("--work", required=True)
     package.add_argument("--models", nargs="+", default=list(MODEL_SETTINGS))
+    package.add_argument("--weights-dir", default=str(WEIGHTS))
     args = parser.parse_args()
     {"train": cmd_train, "package": cmd_package}[args.command](args)
 
