@@ -1,0 +1,212 @@
+"""Inference latency (batch 1) and throughput (best batch) per model, and the MONAI peer.
+
+Each model is saved as a checkpoint and loaded back with :func:`lungseg.load_model`, the way a
+user runs it; on the CPU it is also exported with :func:`lungseg.inference.export_onnx` and
+loaded from the ``.onnx`` file on ONNX Runtime with 2 intra-op threads. What is timed is the
+network call the :class:`~lungseg.inference.Segmenter` makes: preprocessed ``float32[B, 1, S, S]``
+images in, probabilities ``float32[B, S, S]`` out as numpy (so a GPU run includes the copy back).
+Weights are freshly initialised: speed does not depend on their values. MONAI's UNet runs the
+plain PyTorch way and through the same ONNX Runtime settings, in the same run.
+
+One more figure per backend shows what a user waits for with U-Net: ``predict_batch`` on one
+decoded 299x299 image (preprocessing, network, postprocessing, resizing the mask back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from benchmarks import peer
+from benchmarks.common import Context, Section, ratio_stats, release_memory, repeat
+
+ORT_THREADS = 2
+GOAL_MS = 8.0  # U-Net ms/image, ONNX Runtime, batch 1, 2 threads
+GOAL_PEER = 2.0  # x faster than MONAI's UNet
+
+
+@dataclass(frozen=True)
+class Plan:
+    size: int
+    batches: tuple[int, ...]
+    latency_runs: int  # at least this many batch-1 calls...
+    latency_seconds: float  # ...and on until this much time is timed
+    throughput_runs: int
+    throughput_seconds: float
+
+
+QUICK = Plan(64, (1, 4), 2, 0.0, 1, 0.0)
+CPU = Plan(256, (1, 8, 32), 10, 2.0, 3, 2.0)
+CUDA = Plan(256, (1, 8, 32, 128), 50, 1.0, 10, 1.0)
+
+
+def run(ctx: Context) -> Section:
+    from lungseg.models import list_models
+
+    plan = QUICK if ctx.quick else CUDA if ctx.device == "cuda" else CPU
+    section = Section("infer", ctx)
+    prepared = ctx.prepared(plan.size, limit=24 if ctx.quick else None)
+    n = max(plan.batches)
+    batch = (np.asarray(prepared.images[np.arange(n) % len(prepared.images)]) / 255.0).astype(
+        np.float32
+    )[:, None]
+    saved_threads = torch.get_num_threads()
+    threads = ctx.threads or ORT_THREADS
+    if ctx.device == "cpu":
+        torch.set_num_threads(threads)
+    latency: dict[tuple[str, str], dict] = {}
+    try:
+        for name in list_models():
+            for backend, segmenter in _lungseg_networks(ctx, name, plan, threads):
+                network = segmenter.networks[0][0]
+                latency[name, backend] = _measure(ctx, section, name, backend, network, batch, plan)
+                if name == "unet":
+                    _end_to_end(ctx, section, backend, segmenter, plan)
+                del segmenter, network
+                release_memory()
+        model, why = peer.create()
+        if model is None:
+            section.notes.append(why)
+        else:
+            for backend, network in _peer_networks(ctx, model, plan, threads):
+                latency["peer", backend] = _measure(
+                    ctx, section, f"{peer.NAME} (peer)", backend, network, batch, plan
+                )
+            for backend in ("PyTorch", "ONNX Runtime"):
+                if ("peer", backend) in latency:
+                    section.add(
+                        f"unet speed-up over {peer.NAME}, batch-1 latency, {backend}",
+                        ratio_stats(latency["peer", backend], latency["unet", backend]),
+                        "x",
+                        "peer latency / unet latency, same run",
+                    )
+    finally:
+        torch.set_num_threads(saved_threads)
+    _goals(ctx, section, latency)
+    section.notes += [
+        f"Input: real images ({ctx.real_data()[1]}) preprocessed at {plan.size}x{plan.size} "
+        "(preset seed), float32 in [0, 1].",
+        "Latency: median milliseconds per batch-1 call after one warm-up call. Throughput: "
+        f"images/s of the best batch among {', '.join(map(str, plan.batches))}.",
+        (
+            f"CPU: PyTorch with {threads} thread(s) (channels-last, as lungseg runs on the "
+            f"CPU); ONNX Runtime CPUExecutionProvider with {threads} intra-op thread(s) "
+            "(opset 17, exported by lungseg export)."
+            if ctx.device == "cpu"
+            else "GPU: PyTorch float32, eval mode, inference_mode; the result is copied back "
+            "to the host each call, as Segmenter does."
+        ),
+    ]
+    return section
+
+
+def _checkpoint(ctx: Context, name: str, size: int):
+    from lungseg.config import to_dict
+    from lungseg.models import create_model
+    from lungseg.postprocessing import PostprocessConfig
+    from lungseg.preprocessing import PreprocessConfig
+    from lungseg.training.checkpoint import plain_state_dict, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model(name)
+    path = ctx.tmp / f"infer-{name}.pt"
+    save_checkpoint(
+        path,
+        {
+            "model": {"name": name, "kwargs": to_dict(model.init_kwargs)},
+            "size": size,
+            "preprocess": to_dict(PreprocessConfig.preset_config("seed", size)),
+            "postprocess": to_dict(PostprocessConfig.preset("seed")),
+            "state_dict": plain_state_dict(model),
+        },
+    )
+    return path
+
+
+def _lungseg_networks(ctx: Context, name: str, plan: Plan, threads: int):
+    """``(backend, network)`` for each backend measured on this device."""
+    from lungseg.inference import export_onnx, load_model
+
+    ckpt = _checkpoint(ctx, name, plan.size)
+    yield "PyTorch", load_model(ckpt, device=ctx.device)
+    if ctx.device == "cpu":
+        onnx = export_onnx(ckpt, ctx.tmp / f"infer-{name}.onnx")
+        yield "ONNX Runtime", load_model(onnx, threads=threads)
+
+
+def _peer_networks(ctx: Context, model, plan: Plan, threads: int):
+    yield "PyTorch", peer.PlainNetwork(model, ctx.device)
+    if ctx.device == "cpu":
+        path = peer.export_onnx(model, ctx.tmp / "infer-peer.onnx", plan.size)
+        yield "ONNX Runtime", peer.onnx_network(path, threads)
+
+
+def _measure(ctx, section, name, backend, network, batch, plan) -> dict:
+    """Batch-1 latency and best-batch throughput of ``network``; returns the latency figure."""
+    times = repeat(
+        lambda: network(batch[:1]),
+        repeats=plan.latency_runs,
+        min_seconds=plan.latency_seconds,
+        max_repeats=1000,
+    )
+    latency = section.add(
+        f"{name}: latency, batch 1, {backend}", [t * 1000 for t in times], "ms/image"
+    )
+    best = None
+    for size in plan.batches:
+        times = repeat(
+            lambda size=size: network(batch[:size]),
+            repeats=plan.throughput_runs,
+            min_seconds=plan.throughput_seconds,
+            max_repeats=200,
+        )
+        speed = [size / t for t in times]
+        if best is None or np.median(speed) > np.median(best[1]):
+            best = (size, speed)
+    assert best is not None
+    section.add(
+        f"{name}: throughput, best batch, {backend}",
+        best[1],
+        "images/s",
+        f"best batch {best[0]} of {', '.join(map(str, plan.batches))}",
+    )
+    return latency
+
+
+def _end_to_end(ctx: Context, section: Section, backend: str, segmenter, plan: Plan) -> None:
+    """U-Net ``predict_batch`` on one decoded original-size image, what a user waits for."""
+    from lungseg.data.io import decode_image
+
+    src, _ = ctx.real_data()
+    image_file = sorted(src.glob("*/images/*.png"))[0]
+    pixels = decode_image(image_file.read_bytes(), str(image_file)).pixels
+    times = repeat(
+        lambda: segmenter.predict_batch([pixels]),
+        repeats=plan.latency_runs,
+        min_seconds=plan.latency_seconds,
+        max_repeats=500,
+    )
+    h, w = pixels.shape
+    section.add(
+        f"unet: end-to-end predict, 1 image, {backend}",
+        [t * 1000 for t in times],
+        "ms/image",
+        f"{w}x{h} uint8 in, mask out: preprocess + network + postprocess + resize",
+    )
+
+
+def _goals(ctx: Context, section: Section, latency: dict) -> None:
+    ms_goal = "U-Net CPU inference <= 8 ms/image, ONNX Runtime, batch 1, 2 threads"
+    peer_goal = f"U-Net CPU inference >= 2x faster than {peer.NAME} (ONNX Runtime, batch 1)"
+    if ctx.device != "cpu":
+        for goal in (ms_goal, peer_goal):
+            section.not_judged(goal, "a CPU goal; judged on the CPU run")
+        return
+    section.goal(ms_goal, latency["unet", "ONNX Runtime"]["median"], "<=", GOAL_MS, "ms/image")
+    if ("peer", "ONNX Runtime") in latency:
+        times = ratio_stats(latency["peer", "ONNX Runtime"], latency["unet", "ONNX Runtime"])
+        section.goal(peer_goal, times["median"], ">=", GOAL_PEER, "x")
+    else:
+        section.not_judged(peer_goal, "MONAI absent on this machine")
