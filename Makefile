@@ -22,7 +22,7 @@ install-test: $(BIN)/python
 	npm ci --no-audit --no-fund --loglevel=error
 
 run: install
-	$(BIN)/lungseg prepare --data examples --out results/examples-cache
+	$(BIN)/lungseg compare --shipped --data examples --out results --models unet,fcn,deeplabv3,ensemble
 
 test: install-test
 	$(BIN)/ruff check src tests benchmarks scripts
