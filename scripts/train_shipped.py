@@ -88,6 +88,8 @@ def shipped_checkpoint(run: Path, preset: str, source_note: str) -> dict:
     from lungseg.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(run / "best.pt")
+    # The best epoch's weights, with the whole run's history (best.pt stops at the best epoch).
+    ckpt["history"] = load_checkpoint(run / "last.pt")["history"]
     for key in ("optimizer", "scheduler", "rng"):
         ckpt.pop(key, None)
     ckpt["state_dict"] = {

@@ -106,7 +106,10 @@ def test_cache_with_other_preprocessing_is_prepared_again(
     assert result.metrics["n_images"] == 12
 
 
-def test_shipped_weights_missing_says_what_to_do(tmp_path: Path, examples_dir, capsys) -> None:
+def test_shipped_weights_missing_says_what_to_do(
+    tmp_path: Path, examples_dir, capsys, monkeypatch
+) -> None:
+    monkeypatch.setattr("lungseg.inference.weights_dir", lambda: tmp_path / "no-weights")
     with pytest.raises(LungsegError) as info:
         shipped_weights("unet")
     assert "not in this installation" in str(info.value)

@@ -123,9 +123,10 @@ def test_ensemble_averages_probabilities(tiny_run, segmenter, xray, tmp_path: Pa
     assert mask.dtype == bool and mask.shape == xray.shape
 
 
-def test_load_model_errors(segmenter, tmp_path: Path) -> None:
+def test_load_model_errors(segmenter, tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(LungsegError, match="model not found"):
         load_model(tmp_path / "missing.pt")
+    monkeypatch.setattr("lungseg.inference.weights_dir", lambda: tmp_path / "no-weights")
     with pytest.raises(LungsegError, match="not in this installation"):
         load_model("fcn")
     with pytest.raises(LungsegError, match="image file not found"):

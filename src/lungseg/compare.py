@@ -134,6 +134,7 @@ def compare_shipped(
     segment: bool = True,
     device: str = "auto",
     progress: bool = True,
+    title: str | None = None,
 ) -> Path:
     """Evaluate the models shipped with lungseg (or any checkpoints) on ``data`` and report.
 
@@ -161,5 +162,4 @@ def compare_shipped(
             if files:
                 segment_files(segmenter, find_images(files), out / label, progress=progress)
         entries.append(load_checkpoint_entry(eval_dir, label))
-    title = f"lungseg models on {data}"
-    return build_report(entries, out, title=title)
+    return build_report(entries, out, title=title or f"lungseg models on {data}")

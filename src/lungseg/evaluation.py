@@ -166,7 +166,8 @@ def evaluate(
     target = np.asarray(reference.masks[indices]).astype(bool)
     stems = [reference.rows[i]["stem"] for i in indices]
     spacing = _spacings(reference, indices)
-    presets = _presets(postprocess, segmenter.postprocess)
+    recorded_name = (segmenter.info or {}).get("postprocess_preset") or "recorded"
+    presets = _presets(postprocess, segmenter.postprocess, recorded_name)
     results: dict[str, tuple[dict, list, np.ndarray]] = {}
     for name, config in presets:
         pred = postprocess_batch(prob, config)
@@ -238,10 +239,10 @@ def _spacings(data: PreparedData, indices: np.ndarray) -> np.ndarray | None:
 
 
 def _presets(
-    names: Sequence[str] | None, recorded: PostprocessConfig
+    names: Sequence[str] | None, recorded: PostprocessConfig, recorded_name: str
 ) -> list[tuple[str, PostprocessConfig]]:
     if not names:
-        return [("recorded", recorded)]
+        return [(recorded_name, recorded)]
     if list(names) == ["all"]:
         names = list_postprocess_presets()
     return [(name, PostprocessConfig.preset(name)) for name in names]

@@ -44,16 +44,20 @@ def shipped_weights(name: str) -> Path:
             f"no shipped model named {name!r}; shipped models: {', '.join(SHIPPED_MODELS)}, "
             "ensemble (or give a checkpoint path)"
         )
-    path = Path(str(resources.files("lungseg") / "weights" / f"{name}.pt"))
+    path = weights_dir() / f"{name}.pt"
     if not path.is_file():
         raise LungsegError(
-            f"the shipped weights of {name!r} are not in this installation (none are released "
-            "yet); use a run directory or checkpoint of your own instead (train one with "
-            "'lungseg train'), e.g. load_model('runs/unet'), segment --weights runs/unet, "
-            "evaluate --model runs/unet/best.pt",
+            f"the shipped weights of {name!r} are not in this installation (a partial install?); "
+            "reinstall lungseg, or use a run directory or checkpoint of your own (train one with "
+            "'lungseg train'), e.g. load_model('runs/unet'), segment --weights runs/unet",
             path,
         )
     return path
+
+
+def weights_dir() -> Path:
+    """Folder of the shipped weights and their MODEL_CARD.md inside the installed package."""
+    return Path(str(resources.files("lungseg") / "weights"))
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -73,21 +73,25 @@ def load_checkpoint_entry(eval_dir: str | Path, label: str | None = None) -> Ent
     metrics = load_metrics(eval_dir)
     history: list[dict[str, float]] = []
     summary: dict[str, Any] = {}
-    for path in metrics.get("checkpoints") or [metrics.get("checkpoint")]:
-        if not path or not str(path).endswith(".pt"):
-            continue
-        from lungseg.training.checkpoint import load_checkpoint
+    paths = [p for p in metrics.get("checkpoints") or [metrics.get("checkpoint")] if p]
+    paths = [p for p in paths if str(p).endswith(".pt")]
+    from lungseg.training.checkpoint import load_checkpoint
 
+    for path in paths:
         ckpt = load_checkpoint(path)
-        if not history:
-            history = [{k: float(v) for k, v in row.items()} for row in ckpt.get("history", [])]
-        n_params = sum(v.numel() for k, v in ckpt["state_dict"].items() if "running" not in k
-                       and not k.endswith("num_batches_tracked"))  # fmt: skip
+        rows = ckpt.get("history", [])
+        if len(paths) == 1:  # an ensemble has no training curve of its own
+            history = [{k: float(v) for k, v in row.items()} for row in rows]
+            summary["best_epoch"] = ckpt.get("best_epoch")
+            summary["epochs"] = (ckpt.get("train_config") or {}).get("epochs", len(rows))
+        n_params = sum(
+            v.numel()
+            for k, v in ckpt["state_dict"].items()
+            if "running" not in k and not k.endswith("num_batches_tracked")
+        )
         summary["parameters"] = summary.get("parameters", 0) + n_params
-        seconds = sum(row.get("seconds", 0.0) for row in ckpt.get("history", []))
+        seconds = sum(row.get("seconds", 0.0) for row in rows)
         summary["train_seconds"] = summary.get("train_seconds", 0.0) + seconds
-        summary.setdefault("best_epoch", ckpt.get("best_epoch"))
-        summary.setdefault("epochs", ckpt.get("epoch"))
     name = label or metrics.get("model", eval_dir.name)
     return Entry(name, eval_dir, eval_dir, metrics, read_per_image(eval_dir), history, summary)
 

@@ -52,6 +52,10 @@ def compare_command(
             help="Evaluate the shipped models (or --models checkpoints) on --data; no training.",
         ),
     ] = False,
+    split: Annotated[
+        str, typer.Option(help="With --shipped: the split to evaluate (all, test, val, train).")
+    ] = "all",
+    title: Annotated[str | None, typer.Option(help="Title of the report.")] = None,
     from_runs: Annotated[
         bool,
         typer.Option(
@@ -80,7 +84,9 @@ def compare_command(
     if data is None:
         raise LungsegError("--data is required (or --from-runs RUN_DIR ...)")
     if shipped:
-        path = compare_shipped(data, out, _names(models), device=device or "auto")
+        path = compare_shipped(
+            data, out, _names(models), split=split, device=device or "auto", title=title
+        )
         _print_summary(out, path)
         return
     flags = {

@@ -1,0 +1,55 @@
+"""The models shipped inside the package: they load by name, apply their recorded settings and
+segment the bundled examples (patients held out of their training) accurately."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lungseg.inference import SHIPPED_MODELS, load_model, shipped_weights
+from lungseg.training.checkpoint import load_checkpoint
+from trained import dice, lungseg
+
+
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
+def test_shipped_checkpoint_is_self_describing_and_small(name: str) -> None:
+    path = shipped_weights(name)
+    assert path.stat().st_size < 8 * 2**20
+    ckpt = load_checkpoint(path)
+    assert ckpt["model"]["name"] == name
+    assert ckpt["postprocess_preset"] in ("clean", "none", "seed")
+    assert {"optimizer", "rng"}.isdisjoint(ckpt)  # no training state shipped
+    assert all(v.dtype != np.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
+def test_shipped_model_segments_the_examples(name: str, examples_dir: Path, one_torch_thread):
+    model = load_model(name, device="cpu")
+    scores = []
+    for image_path in sorted((examples_dir / "COVID" / "images").glob("*.png")):
+        truth = cv2.imread(str(examples_dir / "COVID" / "masks" / image_path.name), 0) > 127
+        mask = model.predict(image_path)
+        image = cv2.imread(str(image_path), 0)
+        assert mask.shape == image.shape and mask.dtype == bool
+        # The example masks are 256x256 and the images 299x299: compare at the mask's size.
+        resized = cv2.resize(mask.astype(np.uint8), truth.shape[::-1], cv2.INTER_NEAREST) > 0
+        scores.append(dice(resized, truth))
+    assert np.mean(scores) > 0.93, scores
+    assert min(scores) > 0.85, scores
+
+
+def test_evaluate_shipped_model_by_name(examples_dir: Path, tmp_path: Path, capsys) -> None:
+    code, out, err = lungseg(
+        ["evaluate", "--model", "deeplabv3", "--data", examples_dir, "--split", "all",
+         "--out", tmp_path / "eval"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["model"] == "deeplabv3" and metrics["n_images"] == 12
+    assert metrics["dice_mean"] > 0.93
+    assert metrics["dice_ci95"][0] <= metrics["dice_mean"] <= metrics["dice_ci95"][1]
