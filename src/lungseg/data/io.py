@@ -169,7 +169,9 @@ def to_gray8(arr: np.ndarray, name: str = "image") -> Decoded:
         arr = cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY) if colour.shape[2] == 3 else colour[..., 0]
     if arr.ndim != 2:
         raise LungsegError(f"unsupported image shape {arr.shape}", name)
-    if source_dtype == np.uint8:
+    if arr.dtype == np.uint8:  # the common case (8-bit gray or colour): nothing to convert
+        return Decoded(arr, mode=mode)
+    if source_dtype == np.uint8:  # 8-bit colour composited with its alpha channel, as float
         return Decoded(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode=mode)
     return Decoded(stretch_to_uint8(arr), mode=f"{mode};{source_dtype}")
 
