@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
+from dicom_files import dicom_bytes
 from lungseg.segment import lung_areas, measure
-from trained import dice, dicom_bytes, lungseg, read_gray
+from trained import dice, lungseg, read_gray
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from dicom_files import dicom_bytes
 from lungseg.data.cache import PrepareConfig, load_cache, prepare
 from lungseg.data.io import decode_image
 from lungseg.errors import BadInputError, LungsegError
@@ -272,24 +273,11 @@ def test_parallel_path_on_examples(examples_copy: Path, tmp_path: Path) -> None:
 
 
 def test_dicom_spacing_kept(examples_dir: Path, tmp_path: Path) -> None:
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
-
     image = cv2.imread(str(examples_dir / "COVID/images/1d435a4b.png"), 0)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = "1.2.3.4"
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.Rows, ds.Columns = image.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelSpacing = [0.4, 0.5]
-    ds.PixelData = (image.astype("<u2") * 16).tobytes()
     (tmp_path / "data/images").mkdir(parents=True)
-    pydicom.dcmwrite(tmp_path / "data/images/chest.dcm", ds, enforce_file_format=True)
+    (tmp_path / "data/images/chest.dcm").write_bytes(
+        dicom_bytes(image.astype(np.uint16) * 16, spacing=(0.4, 0.5))
+    )
     shutil.copytree(examples_dir / "COVID/masks", tmp_path / "data/masks")
     (tmp_path / "data/masks/chest.png").write_bytes(
         (examples_dir / "COVID/masks/1d435a4b.png").read_bytes()

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dicom_files import dicom_bytes
 from lungseg.data.io import MAX_PIXELS, binarize_mask, check_header, decode_image
 from lungseg.errors import LungsegError
 
@@ -180,46 +181,8 @@ def test_grayscale_with_alpha(xray: np.ndarray) -> None:
 # DICOM
 
 
-def _dicom(
-    raw: np.ndarray,
-    photometric: str = "MONOCHROME2",
-    rescale: tuple[float, float] | None = None,
-    window: tuple[float, float] | None = None,
-    spacing: tuple[float, float] | None = (0.15, 0.2),
-    rows_cols: tuple[int, int] | None = None,
-) -> bytes:
-    """A minimal valid DX file with 16-bit (12 stored) pixel data."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        DigitalXRayImageStorageForPresentation,
-        ExplicitVRLittleEndian,
-        generate_uid,
-    )
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = rows_cols or raw.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    if rescale is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = rescale
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    if spacing is not None:
-        ds.PixelSpacing = list(spacing)
-    ds.PixelData = raw.astype("<u2").tobytes()
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+def _dicom(raw: np.ndarray, photometric: str = "MONOCHROME2", **kwargs) -> bytes:
+    return dicom_bytes(raw, photometric, **{"spacing": (0.15, 0.2), **kwargs})
 
 
 def _stretch(values: np.ndarray) -> np.ndarray:
