@@ -62,7 +62,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         check=True,
     )  # fmt: skip
     run = work / "runs" / args.model
-    settings = MODEL_SETTINGS[args.model]
+    settings = {**MODEL_SETTINGS[args.model]}
+    if args.n_filters:
+        settings["n_filters"] = args.n_filters
     command = [
         *lungseg, "train", "--model", args.model, "--data", str(cache), "--out", str(run),
         "--epochs", str(recipe["epochs"]), "--batch-size", str(recipe["batch_size"]),
@@ -253,6 +255,7 @@ def main() -> None:
     train.add_argument("--size", type=int)
     train.add_argument("--preprocess")
     train.add_argument("--threads", type=int)
+    train.add_argument("--n-filters", type=int)
     train.add_argument("--device")
     package = sub.add_parser("package")
     package.add_argument("--work", required=True)
