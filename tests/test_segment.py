@@ -141,3 +141,15 @@ def test_segment_fullres_originals(tiny_run, covid_cxr_fullres: Path, tmp_path: 
         mask = read_gray(out / "masks" / f"{path.stem}.png")
         assert mask.shape == (height, width), path.name
         assert (int(rows[path.stem]["height"]), int(rows[path.stem]["width"])) == (height, width)
+
+
+def test_segment_fails_when_no_file_is_readable(tiny_run, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not an image")
+    (folder / "b.jpg").write_bytes(b"")
+    argv = ["segment", folder, "--out", tmp_path / "out", "--weights", tiny_run.run]
+    code, _, err = lungseg(argv, capsys)
+    assert code == 2 and "none of the 2 file(s) could be read" in err
+    with open(tmp_path / "out" / "errors.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 2

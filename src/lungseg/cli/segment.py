@@ -41,6 +41,10 @@ def segment_command(
     source = onnx or weights or model
     segmenter = load_model(source, device=device, postprocess=postprocess)
     result = segment_files(segmenter, inputs, out, batch_size=batch_size)
+    if result.n_done == 0:
+        raise LungsegError(
+            f"none of the {result.n_failed} file(s) could be read; see errors.csv", out
+        )
     note = f"; {result.n_failed} file(s) skipped, see {out}/errors.csv" if result.n_failed else ""
     typer.echo(f"segmented {result.n_done} image(s) with {segmenter.name} into {out}{note}")
 
