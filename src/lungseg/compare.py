@@ -150,7 +150,10 @@ def compare_shipped(
     for name in models:
         segmenter = load_model(name, device=device)
         path = Path(name)
-        label = path.parent.name if path.suffix in (".pt", ".onnx") else path.name
+        if path.suffix in (".pt", ".onnx"):  # runs/unet/best.pt -> unet, weights/fcn.pt -> fcn
+            label = path.parent.name if path.stem in ("best", "last") else path.stem
+        else:
+            label = path.name
         eval_dir = out / "eval" / label
         result = evaluate(segmenter, eval_dir, data=data, split=split, save_masks=True)
         if segment:
