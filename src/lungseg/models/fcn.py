@@ -26,7 +26,9 @@ class FCN(SegmentationModel):
     With ``skips`` the pooled output of the first block (``H/2``) is projected by a 1x1 conv and
     added to the first upsampled map, as FCN-8s adds scored pooling features to its upsampled
     predictions. Addition rather than concatenation keeps every later conv the same width, so
-    ``skips=True`` and ``skips=False`` differ only in that one path.
+    ``skips=True`` and ``skips=False`` differ only in that one path. Off by default: measured on
+    the validation split (FCN, 16 filters, 128 px, 15 epochs, two seeds) it did not help — mean
+    Dice 0.8985 with the skip against 0.9031 without, within the spread between seeds.
 
     Args:
         n_filters: width of the first block.
@@ -47,7 +49,7 @@ class FCN(SegmentationModel):
         dropout: float = 0.1,
         batch_norm: bool = True,
         in_channels: int = 1,
-        skips: bool = True,
+        skips: bool = False,
     ) -> None:
         super().__init__(in_channels, n_filters, dropout, batch_norm)
         n = n_filters
