@@ -54,3 +54,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def covid_subset30(covid_cxr: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the first 30 image/mask pairs of ``covid-cxr`` (no METADATA: one patient each)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("subset30")
+    for kind in ("images", "masks"):
+        (root / "COVID" / kind).mkdir(parents=True)
+    for image in sorted((covid_cxr / "COVID" / "images").glob("*.png"))[:30]:
+        for kind in ("images", "masks"):
+            shutil.copy(covid_cxr / "COVID" / kind / image.name, root / "COVID" / kind / image.name)
+    return root

@@ -51,15 +51,9 @@ def cache64(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def subset(tmp_path_factory) -> Path:
+def subset(covid_subset30: Path) -> Path:
     """A copy of 30 image/mask pairs of the shared dataset."""
-    root = tmp_path_factory.mktemp("subset")
-    for kind in ("images", "masks"):
-        (root / "COVID" / kind).mkdir(parents=True)
-    for image in sorted((DATA / "COVID" / "images").glob("*.png"))[:30]:
-        for kind in ("images", "masks"):
-            shutil.copy(DATA / "COVID" / kind / image.name, root / "COVID" / kind / image.name)
-    return root
+    return covid_subset30
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,17 +33,11 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
-def cache32(tmp_path_factory) -> Path:
+def cache32(covid_subset30: Path, tmp_path_factory) -> Path:
     """30 image/mask pairs of the shared dataset, prepared at 32x32."""
-    root = tmp_path_factory.mktemp("subset")
-    for kind in ("images", "masks"):
-        (root / "COVID" / kind).mkdir(parents=True)
-    for image in sorted((DATA / "COVID" / "images").glob("*.png"))[:30]:
-        for kind in ("images", "masks"):
-            shutil.copy(DATA / "COVID" / kind / image.name, root / "COVID" / kind / image.name)
     out = tmp_path_factory.mktemp("cache32")
-    prepare(root, out, PrepareConfig(PreprocessConfig.preset_config("seed", 32)), workers=1,
-            progress=False)  # fmt: skip
+    settings = PrepareConfig(PreprocessConfig.preset_config("seed", 32))
+    prepare(covid_subset30, out, settings, workers=1, progress=False)
     return out
 
 
