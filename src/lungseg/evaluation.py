@@ -18,7 +18,6 @@ Writes into ``OUT``:
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import time
@@ -34,7 +33,7 @@ from lungseg.config import to_dict
 from lungseg.data.cache import PrepareConfig, PreparedData, is_cache, load_cache, prepare
 from lungseg.errors import LungsegError
 from lungseg.inference import Segmenter, load_model
-from lungseg.io_utils import atomic_write_bytes, atomic_write_text
+from lungseg.io_utils import atomic_write_bytes, atomic_write_text, csv_text, sha256_json
 from lungseg.metrics import MetricAccumulator
 from lungseg.postprocessing import PostprocessConfig, list_postprocess_presets, postprocess_batch
 from lungseg.preprocessing import PreprocessConfig
@@ -89,7 +88,6 @@ def _dataset_for(
                 config, cached.config.val_fraction, cached.config.test_fraction, cached.config.seed
             ),
         )
-    from lungseg.io_utils import sha256_json
 
     _require_masks(data)
     key = sha256_json({"data": str(data), "config": to_dict(want)})[:12]
@@ -248,14 +246,12 @@ def _presets(
     return [(name, PostprocessConfig.preset(name)) for name in names]
 
 
+PER_IMAGE_COLUMNS = ("stem", "dice", "iou", "mse", "hd95", "precision", "recall", "accuracy")
+
+
 def _rows_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    columns = ["stem", "dice", "iou", "mse", "hd95", "precision", "recall", "accuracy"]
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-    return buf.getvalue()
+    rounded = [{k: f"{v:.6f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+    return csv_text(rounded, PER_IMAGE_COLUMNS)
 
 
 def _jsonable(value: Any) -> Any:

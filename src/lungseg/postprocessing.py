@@ -308,6 +308,18 @@ class PostprocessConfig:
         return [name for name, on in steps if on]
 
 
+#: Threshold the probability at 0.5 and nothing else.
+_THRESHOLD_ONLY: dict[str, Any] = {
+    "global_threshold": True,
+    "global_method": "fixed",
+    "global_value": 0.5,
+    "local_threshold": False,
+    "opening": False,
+    "closing": False,
+    "keep_largest": False,
+    "fill_holes": False,
+}
+
 _PRESETS: dict[str, dict[str, Any]] = {
     # The study's pipeline, which is also the default: global Otsu joined with a local adaptive
     # threshold, opening and closing against noise, the two largest components (two lungs), then
@@ -316,26 +328,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # Measured on validation predictions: thresholding at 0.5 and then keeping the two lungs and
     # filling their holes beat both the study's pipeline and the bare threshold (the union with a
     # local threshold grows masks past the lung edge).
-    "clean": {
-        "global_threshold": True,
-        "global_method": "fixed",
-        "global_value": 0.5,
-        "local_threshold": False,
-        "opening": False,
-        "closing": False,
-        "keep_largest": True,
-        "fill_holes": True,
-    },
-    "none": {
-        "global_threshold": True,
-        "global_method": "fixed",
-        "global_value": 0.5,
-        "local_threshold": False,
-        "opening": False,
-        "closing": False,
-        "keep_largest": False,
-        "fill_holes": False,
-    },
+    "clean": {**_THRESHOLD_ONLY, "keep_largest": True, "fill_holes": True},
+    "none": _THRESHOLD_ONLY,
 }
 
 

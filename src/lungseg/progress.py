@@ -22,26 +22,8 @@ def track(
         yield from items
         return
     if sys.stderr.isatty():
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        columns = (
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
         start = time.perf_counter()
-        from rich.console import Console
-
-        with Progress(*columns, transient=False, console=Console(stderr=True)) as bar:
+        with progress_bar() as bar:
             task = bar.add_task(description, total=total)
             for item in items:
                 yield item
@@ -54,6 +36,31 @@ def track(
         count += 1
         yield item
     _summary(description, count, total, time.perf_counter() - start, unit)
+
+
+def progress_bar(*extra_columns: str, transient: bool = False):
+    """A rich ``Progress`` on stderr: description, bar, done/total, ``extra_columns`` (format
+    strings of task fields, e.g. ``"loss {task.fields[loss]:.4f}"``), time spent and left."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *(TextColumn(text) for text in extra_columns),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=transient,
+    )
 
 
 def _summary(description: str, count: int, total: int, elapsed: float, unit: str) -> None:

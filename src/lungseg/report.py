@@ -9,7 +9,6 @@ evaluation folders (``metrics.json``, ``per_image.csv``, ``masks/``), so ``lungs
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import itertools
 import json
@@ -25,6 +24,7 @@ from lungseg.errors import LungsegError
 from lungseg.evaluation import load_metrics, read_per_image
 from lungseg.io_utils import atomic_write_bytes, atomic_write_text
 from lungseg.metrics import paired_wilcoxon
+from lungseg.plots import read_history
 
 ALPHA = 0.05
 #: Colours of the sample grid; the caption names them, so change both together.
@@ -53,10 +53,7 @@ def load_entry(run_dir: str | Path, eval_dir: str | Path, label: str | None = No
     """Read a run directory and its evaluation folder."""
     run_dir, eval_dir = Path(run_dir), Path(eval_dir)
     metrics = load_metrics(eval_dir)
-    history = []
-    if (run_dir / "history.csv").is_file():
-        with open(run_dir / "history.csv", newline="") as fh:
-            history = [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    history = read_history(run_dir / "history.csv") if (run_dir / "history.csv").is_file() else []
     summary = {}
     if (run_dir / "summary.json").is_file():
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -94,13 +91,6 @@ def load_checkpoint_entry(eval_dir: str | Path, label: str | None = None) -> Ent
         summary["train_seconds"] = summary.get("train_seconds", 0.0) + seconds
     name = label or metrics.get("model", eval_dir.name)
     return Entry(name, eval_dir, eval_dir, metrics, read_per_image(eval_dir), history, summary)
-
-
-def _num(text: str) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def paired_tests(entries: list[Entry]) -> list[dict[str, Any]]:

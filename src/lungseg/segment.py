@@ -13,7 +13,6 @@ A file that cannot be read is listed with its reason in ``OUT/errors.csv``; the 
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import numpy as np
 from lungseg.data.io import IMAGE_SUFFIXES, Decoded, decode_image
 from lungseg.errors import LungsegError
 from lungseg.inference import Segmenter
-from lungseg.io_utils import atomic_write_bytes
+from lungseg.io_utils import atomic_write_bytes, atomic_write_text, csv_text
 from lungseg.progress import track
 
 MEASUREMENT_COLUMNS = (
@@ -216,10 +215,4 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 
 def _write_csv(path: Path, rows: list[dict], columns: Sequence[str]) -> None:
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    atomic_write_text(path, csv_text(rows, columns))

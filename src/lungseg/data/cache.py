@@ -17,7 +17,6 @@ Training and evaluation read the arrays (memory-mapped), so no model decodes a P
 from __future__ import annotations
 
 import csv
-import io
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from lungseg.data.io import binarize_mask, decode_image
 from lungseg.data.sources import DataSource, open_source
 from lungseg.data.split import SPLITS, check_fractions, split_records
 from lungseg.errors import BadInputError, LungsegError
-from lungseg.io_utils import atomic_write, atomic_write_text, sha256_json
+from lungseg.io_utils import atomic_write, atomic_write_text, csv_text, sha256_json
 from lungseg.preprocessing import PreprocessConfig, preprocess, resize_mask
 from lungseg.progress import track
 
@@ -291,10 +290,10 @@ def _write(out, images, masks, rows, problems, config, source, digest, has_ids) 
     (out / MANIFEST).unlink(missing_ok=True)  # the cache is incomplete until the manifest is back
     atomic_write(out / "images.npy", lambda fh: np.save(fh, images))
     atomic_write(out / "masks.npy", lambda fh: np.save(fh, masks))
-    atomic_write_text(out / "split.csv", _csv(rows))
+    atomic_write_text(out / "split.csv", csv_text(rows))
     if problems:
         atomic_write_text(
-            out / "skipped.csv", _csv([{"file": f, "problem": p} for f, p in problems])
+            out / "skipped.csv", csv_text([{"file": f, "problem": p} for f, p in problems])
         )
     else:
         (out / "skipped.csv").unlink(missing_ok=True)
@@ -312,14 +311,6 @@ def _write(out, images, masks, rows, problems, config, source, digest, has_ids) 
         },
         out / MANIFEST,
     )
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def is_cache(path: str | Path) -> bool:

@@ -845,25 +845,10 @@ class _Bar:
 
     def __enter__(self) -> _Bar:
         if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from lungseg.progress import progress_bar
 
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} img/s"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
+            self._progress = progress_bar(
+                "loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} img/s", transient=True
             )
             self._progress.__enter__()
             self._task = self._progress.add_task(
