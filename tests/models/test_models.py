@@ -134,3 +134,22 @@ def test_bad_values_are_refused() -> None:
         create_model("unet", dropout=1.0)
     with pytest.raises(LungsegError, match="aspp_rates"):
         create_model("deeplabv3", aspp_rates=(0, 6))
+
+
+def test_unet_downsample_is_the_same_unet_run_at_half_resolution() -> None:
+    fast = create_model("unet", **SMALL, downsample=2).eval()
+    full = create_model("unet", **SMALL).eval()
+    full.load_state_dict(fast.state_dict())  # same weights: downsample adds no parameters
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        expected = torch.nn.functional.interpolate(
+            full(torch.nn.functional.avg_pool2d(x, 2)), scale_factor=2.0, mode="bilinear"
+        )
+        got = fast(x)
+    assert got.shape == (2, 1, 64, 64)
+    torch.testing.assert_close(got, expected)
+    assert fast.input_divisor == 32 and full.input_divisor == 16
+    with pytest.raises(LungsegError, match="not divisible by 32"):
+        fast(torch.rand(1, 1, 48, 48))
+    with pytest.raises(LungsegError, match="downsample must be 1, 2 or 4"):
+        create_model("unet", downsample=3)

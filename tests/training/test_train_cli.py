@@ -294,3 +294,24 @@ def test_existing_run_bad_resume_and_changed_settings(cache32, tmp_path, capsys)
     _assert_error(
         capsys, run_cli("train", "--out", out, "--resume"), str(last), "not a lungseg checkpoint"
     )
+
+
+def test_model_args_reach_the_model_and_the_checkpoint(cache32, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "--model", "unet", "--n-filters", 4, "--data", cache32, "--out", out, *FAST]
+    code = run_cli(*base, "--epochs", 1, "--model-arg", "downsample=2", "--model-arg", "dropout=0")
+    assert code == 0, capsys.readouterr().err
+    kwargs = load_checkpoint(out / "best.pt")["model"]["kwargs"]
+    assert kwargs["downsample"] == 2 and kwargs["dropout"] == 0
+    # A resumed run keeps them without repeating the flag.
+    assert run_cli("train", "--out", out, "--resume", "--epochs", 2, *FAST) == 0
+    assert load_checkpoint(out / "last.pt")["model"]["kwargs"]["downsample"] == 2
+
+    _assert_error(capsys, run_cli(*base, "--model-arg", "downsample"), "KEY=VALUE", "downsample")
+    _assert_error(
+        capsys,
+        run_cli("train", "--model", "unet", "--data", cache32, "--out", tmp_path / "b",
+                "--model-arg", "stride=2"),
+        "stride", "downsample",
+    )  # fmt: skip
+    assert not (tmp_path / "b").exists()

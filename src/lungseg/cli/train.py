@@ -53,6 +53,24 @@ def train_settings(flags: dict[str, Any], config: Path | None, resume_from: Path
     return from_dict(TrainConfig, resolved, "train settings")
 
 
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """``["downsample=2", "skips=false"]`` -> ``{"downsample": 2, "skips": False}`` (YAML)."""
+    import yaml
+
+    from lungseg.errors import LungsegError
+
+    kwargs: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise LungsegError(f"--model-arg takes KEY=VALUE, got {item!r}")
+        try:
+            kwargs[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise LungsegError(f"--model-arg {item!r}: the value is not a YAML scalar") from None
+    return kwargs
+
+
 @app.command("train")
 def train_command(
     out: Annotated[Path, typer.Option(help="Run directory to write (or to resume).")],
@@ -109,6 +127,13 @@ def train_command(
         int | None, typer.Option(help="Model base width.", show_default="16")
     ] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout.", show_default="0.1")] = None,
+    model_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE, repeatable: a further constructor argument of the model, e.g. "
+            "downsample=2 (unet) or skips=true (fcn); 'lungseg models' lists them.",
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.", show_default="0")] = None,
     workers: Annotated[
         int | None, typer.Option(help="Processes preparing a source.", show_default="one per core")
@@ -148,6 +173,7 @@ def train_command(
         "select": select,
         "n_filters": n_filters,
         "dropout": dropout,
+        "model_kwargs": parse_model_args(model_arg) if model_arg else None,
         "seed": seed,
         "workers": workers,
         "threads": threads,

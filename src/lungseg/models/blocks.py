@@ -220,7 +220,8 @@ def init_weights(module: nn.Module) -> None:
 class SegmentationModel(nn.Module):
     """Base class of every registered model: input checks and the shared constructor arguments.
 
-    Subclasses set :attr:`input_divisor` (the product of their down-sampling factors) and call
+    Subclasses set :attr:`input_divisor` (the product of their down-sampling factors; an instance
+    may raise it when a constructor argument adds down-sampling) and call
     :meth:`check_input` at the top of ``forward``. :attr:`name` is set by ``register_model``;
     ``create_model`` sets ``init_kwargs`` (all constructor arguments) on the instance, which with
     :attr:`name` is what a checkpoint needs to rebuild the model.
@@ -233,7 +234,7 @@ class SegmentationModel(nn.Module):
     """
 
     name: ClassVar[str] = ""
-    input_divisor: ClassVar[int] = 1
+    input_divisor: int = 1
     init_kwargs: dict[str, Any]
 
     def __init__(self, in_channels: int, n_filters: int, dropout: float, batch_norm: bool) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from lungseg.errors import LungsegError
 from lungseg.models._registry import register_model
 from lungseg.models.blocks import (
     ConvStack,
@@ -28,9 +30,14 @@ class UNet(SegmentationModel):
         dropout: dropout after each pooling and after each skip concatenation.
         batch_norm: batch norm after every convolution.
         in_channels: image channels.
+        downsample: run the network at ``1 / downsample`` of the input resolution: the input is
+            average-pooled by this factor and the logits are bilinearly upsampled back, so the
+            output keeps the input's size. ``2`` costs a quarter of the compute; it is how the
+            fast variant (``unet-fast``) meets the CPU latency goal.
 
     Shape:
-        ``(B, in_channels, H, W) -> (B, 1, H, W)`` logits; ``H, W`` divisible by 16.
+        ``(B, in_channels, H, W) -> (B, 1, H, W)`` logits; ``H, W`` divisible by
+        ``16 * downsample``.
     """
 
     input_divisor = 16
@@ -41,8 +48,14 @@ class UNet(SegmentationModel):
         dropout: float = 0.1,
         batch_norm: bool = True,
         in_channels: int = 1,
+        downsample: int = 1,
     ) -> None:
         super().__init__(in_channels, n_filters, dropout, batch_norm)
+        if downsample not in (1, 2, 4):
+            raise LungsegError(f"unet: downsample must be 1, 2 or 4, got {downsample}")
+        self.downsample = downsample
+        # The instance's divisor: the pooled input must still divide by 16.
+        self.input_divisor = 16 * downsample
         widths = [n_filters * 2**i for i in range(5)]
         self.down = nn.ModuleList(
             ConvStack(c_in, c_out, 2, batch_norm)
@@ -62,12 +75,14 @@ class UNet(SegmentationModel):
         """Segment a batch.
 
         Args:
-            x: images ``(B, in_channels, H, W)``, ``H, W`` divisible by 16.
+            x: images ``(B, in_channels, H, W)``, ``H, W`` divisible by ``16 * downsample``.
 
         Returns:
             Logits ``(B, 1, H, W)``.
         """
         self.check_input(x)
+        if self.downsample > 1:
+            x = F.avg_pool2d(x, self.downsample)
         skips = []
         for block in self.down:
             x = block(x)
@@ -76,4 +91,10 @@ class UNet(SegmentationModel):
         x = self.bottleneck(x)
         for up, conv, skip in zip(self.up, self.up_convs, reversed(skips), strict=True):
             x = conv(self.dropout(torch.cat([up(x), skip], dim=1)))
-        return self.head(x)
+        logits = self.head(x)
+        if self.downsample > 1:
+            # Pooling and align_corners=False upsampling share pixel centres: no half-pixel shift.
+            logits = F.interpolate(
+                logits, scale_factor=float(self.downsample), mode="bilinear", align_corners=False
+            )
+        return logits
