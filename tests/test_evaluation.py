@@ -151,3 +151,34 @@ def test_bad_input_one_line(case: str, tiny_run, examples_dir, tmp_path: Path, c
     code, _, err = lungseg(["evaluate", *argv, *out], capsys)
     assert_one_line_error(code, err, *words)
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_common_scoring_size(tiny_run, examples_dir: Path, tmp_path: Path, capsys) -> None:
+    """--size scores a model trained at SIZE against masks prepared at another size."""
+    big = 2 * SIZE
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--model", tiny_run.checkpoint, "--data", examples_dir, "--split", "all",
+            "--out", out, "--device", "cpu", "--size", big, "--save-masks"]  # fmt: skip
+    code, _, stderr = lungseg(argv, capsys)
+    assert code == 0, stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["size"], metrics["model_size"]) == (big, SIZE)
+    own = evaluate(tiny_run.checkpoint, tmp_path / "own", data=examples_dir, split="all",
+                   device="cpu", save_masks=True)  # fmt: skip
+    # Ground truth prepared independently at the scoring size; the masks at the working size,
+    # resized the way segment resizes them.
+    truth = prepare(examples_dir, tmp_path / "big",
+                    PrepareConfig(PreprocessConfig.preset_config("seed", big)), workers=1,
+                    progress=False)  # fmt: skip
+    from lungseg.inference import upscale_mask
+
+    for i, row in enumerate(_per_image(out)):
+        small = read_gray(tmp_path / "own" / "masks" / f"{row['stem']}.png") > 127
+        saved = read_gray(out / "masks" / f"{row['stem']}.png") > 127
+        assert saved.shape == (big, big)
+        np.testing.assert_array_equal(saved, upscale_mask(small, (big, big)))
+        expected = dice(saved, np.asarray(truth.masks[truth.stems.index(row["stem"])]) > 0)
+        assert float(row["dice"]) == pytest.approx(expected, abs=1e-6), row["stem"]
+    assert abs(metrics["dice_mean"] - own.metrics["dice_mean"]) < 0.05
+    with pytest.raises(LungsegError, match="at least 16"):
+        evaluate(tiny_run.checkpoint, None, data=examples_dir, device="cpu", size=8)

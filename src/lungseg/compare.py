@@ -140,22 +140,28 @@ def compare_shipped(
 
     The main job on the bundled ``examples/``: each model segments the images (masks at the
     original resolution, overlays and measurements in ``OUT/<model>/``), is scored against the
-    masks, and the comparison report is written, without training anything.
+    masks, and the comparison report is written, without training anything. Models with
+    different working sizes are scored at the largest of them (see :func:`evaluate`'s ``size``).
     """
     from lungseg.inference import load_model
     from lungseg.segment import find_images, segment_files
 
     out = Path(out)
     entries = []
-    for name in models:
-        segmenter = load_model(name, device=device)
+    segmenters = [load_model(name, device=device) for name in models]
+    sizes = {segmenter.size for segmenter in segmenters}
+    # Models trained at different sizes are all scored at the largest, against the same masks.
+    score_size = max(sizes) if len(sizes) > 1 else None
+    for name, segmenter in zip(models, segmenters, strict=True):
         path = Path(name)
         if path.suffix in (".pt", ".onnx"):  # runs/unet/best.pt -> unet, weights/fcn.pt -> fcn
             label = path.parent.name if path.stem in ("best", "last") else path.stem
         else:
             label = path.name
         eval_dir = out / "eval" / label
-        result = evaluate(segmenter, eval_dir, data=data, split=split, save_masks=True)
+        result = evaluate(
+            segmenter, eval_dir, data=data, split=split, save_masks=True, size=score_size
+        )
         if segment:
             images = [
                 result.data.source.rstrip("/") + "/" + result.data.rows[i]["image_key"]

@@ -2,8 +2,11 @@
 
 The model sees the dataset exactly as it saw its training data: the images are prepared (or the
 cache reused) with the preprocessing recorded in its checkpoint, and the probabilities become masks
-with the recorded postprocessing (or the presets asked for). Scores are computed at the working
-size against the cached ground-truth masks.
+with the recorded postprocessing (or the presets asked for). Scores are computed at the model's
+working size against the ground-truth masks resized to it, or, with ``size``, at a common size
+for every model: masks are postprocessed at the working size and resized the way
+:meth:`~lungseg.inference.Segmenter.predict` resizes them (probabilities bilinearly), so models
+trained at 128 and at 256 are scored against the same masks.
 
 Writes into ``OUT``:
 
@@ -18,6 +21,7 @@ Writes into ``OUT``:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -32,7 +36,7 @@ import numpy as np
 from lungseg.config import to_dict
 from lungseg.data.cache import PrepareConfig, PreparedData, is_cache, load_cache, prepare
 from lungseg.errors import LungsegError
-from lungseg.inference import Segmenter, load_model
+from lungseg.inference import Segmenter, load_model, upscale_mask
 from lungseg.io_utils import atomic_write_bytes, atomic_write_text, csv_text, sha256_json
 from lungseg.metrics import MetricAccumulator
 from lungseg.postprocessing import PostprocessConfig, list_postprocess_presets, postprocess_batch
@@ -120,6 +124,7 @@ def evaluate(
     batch_size: int = 16,
     cache_root: str | Path | None = None,
     split_config: PrepareConfig | None = None,
+    size: int | None = None,
 ) -> Evaluation:
     """Evaluate ``model`` and write the results into ``out``.
 
@@ -136,6 +141,8 @@ def evaluate(
         batch_size: images per forward pass.
         cache_root: where caches prepared for evaluation go (default: ``out/.cache`` or a temp dir).
         split_config: split settings when ``data`` is a source folder (default: lungseg's default).
+        size: score at ``size x size`` instead of the model's working size (to compare models
+            trained at different sizes against the same masks).
     """
     run_dir = Path(model) if isinstance(model, str | Path) and Path(model).is_dir() else None
     if run_dir is not None and not (run_dir / "best.pt").is_file():
@@ -157,6 +164,16 @@ def evaluate(
     cache_root = Path(cache_root)
     datasets = [_dataset_for(cfg, data, cache_root, split_config) for _, cfg in segmenter.networks]
     reference = datasets[0]
+    if size is not None and size != segmenter.size:
+        if size < 16:
+            raise LungsegError(f"evaluation size must be at least 16 pixels, got {size}")
+        # Only its masks are used: the ground truth prepared at the scoring size.
+        reference = _dataset_for(
+            dataclasses.replace(segmenter.preprocess, size=size), data, cache_root, split_config
+        )
+        if reference.stems != datasets[0].stems:
+            raise LungsegError("the dataset prepared at the scoring size lists other images")
+    score_size = reference.size
     indices = reference.indices(split)
     if len(indices) == 0:
         raise LungsegError(f"the {split!r} split of {data} has no images; nothing to evaluate")
@@ -167,10 +184,16 @@ def evaluate(
     recorded_name = (segmenter.info or {}).get("postprocess_preset") or "recorded"
     presets = _presets(postprocess, segmenter.postprocess, recorded_name)
     results: dict[str, tuple[dict, list, np.ndarray]] = {}
+    if score_size != segmenter.size:
+        scored_prob = np.stack([_resize(p, score_size) for p in prob])
+    else:
+        scored_prob = prob
     for name, config in presets:
         pred = postprocess_batch(prob, config)
+        if score_size != segmenter.size:
+            pred = np.stack([upscale_mask(m, (score_size, score_size)) for m in pred])
         acc = MetricAccumulator()
-        acc.update(prob, pred, target, stems, spacing)
+        acc.update(scored_prob, pred, target, stems, spacing)
         results[name] = (acc.compute(), acc.per_image(), pred)
     main_name = presets[0][0]
     summary, rows, pred = results[main_name]
@@ -184,7 +207,8 @@ def evaluate(
         "postprocess": main_name,
         "postprocess_config": to_dict(presets[0][1]),
         "preprocess": to_dict(segmenter.preprocess),
-        "size": segmenter.size,
+        "size": score_size,
+        "model_size": segmenter.size,
         "inference_ms_per_image": 1000.0 * seconds / len(indices),
         "device": getattr(segmenter.networks[0][0], "device", "cpu (onnxruntime)"),
     }
@@ -202,7 +226,7 @@ def evaluate(
             for stem, mask in zip(stems, pred, strict=True):
                 ok, buf = cv2.imencode(".png", mask.astype(np.uint8) * 255)
                 atomic_write_bytes(out / "masks" / f"{stem}.png", buf.tobytes())
-    return Evaluation(metrics, rows, out, prob, reference, indices)
+    return Evaluation(metrics, rows, out, scored_prob, reference, indices)
 
 
 def _probabilities(
@@ -224,9 +248,13 @@ def _probabilities(
             prob = network(batch)
             seconds += time.perf_counter() - began
             if prob.shape[-1] != size:
-                prob = np.stack([cv2.resize(p, (size, size)) for p in prob])
+                prob = np.stack([_resize(p, size) for p in prob])
             total[start : start + len(chunk)] += prob
     return total / len(segmenter.networks), seconds
+
+
+def _resize(prob: np.ndarray, size: int) -> np.ndarray:
+    return cv2.resize(prob, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def _spacings(data: PreparedData, indices: np.ndarray) -> np.ndarray | None:

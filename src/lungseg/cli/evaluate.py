@@ -19,7 +19,8 @@ def evaluate_command(
     out: Annotated[Path, typer.Option(help="Folder for metrics.json, per_image.csv, masks/.")],
     run: Annotated[Path | None, typer.Option(help="Run directory (uses its best.pt).")] = None,
     model: Annotated[
-        str | None, typer.Option(help="Shipped model (unet, fcn, deeplabv3, ensemble) or .pt/.onnx")
+        str | None,
+        typer.Option(help="Shipped model (unet, fcn, deeplabv3, unet-fast, ensemble) or .pt/.onnx"),
     ] = None,
     data: Annotated[str | None, typer.Option(help="Dataset folder, az:// URL or cache.")] = None,
     split: Annotated[str | None, typer.Option(help="test, val, train or all.")] = None,
@@ -29,6 +30,14 @@ def evaluate_command(
     save_masks: Annotated[bool, typer.Option(help="Write the masks as PNG.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
+    size: Annotated[
+        int | None,
+        typer.Option(
+            help="Score at SIZE x SIZE (masks resized like 'segment' does) to compare models "
+            "trained at different sizes.",
+            show_default="the model's working size",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a model: mean Dice, IoU, MSE, HD95 with 95% confidence intervals."""
     from lungseg.errors import LungsegError
@@ -45,6 +54,7 @@ def evaluate_command(
         save_masks=save_masks,
         device=device,
         batch_size=batch_size,
+        size=size,
     )
     m = result.metrics
     low, high = m["dice_ci95"]
