@@ -297,3 +297,21 @@ def test_compare_shipped_evaluates_and_segments_without_training(
         "No difference in per-image Dice"
         in json.loads((out / "comparison.json").read_text())["verdict"]
     )
+
+
+def test_sample_grid_shows_the_stored_xray_when_it_is_on_disk(tiny_run, tmp_path) -> None:
+    import dataclasses
+
+    import cv2
+
+    from lungseg.data.cache import load_cache
+
+    data = load_cache(tiny_run.cache)
+    image, original = report._shown_image(data, 0)
+    stored = cv2.imread(str(Path(data.source) / data.rows[0]["image_key"]), cv2.IMREAD_GRAYSCALE)
+    expected = cv2.resize(stored, (data.size, data.size), interpolation=cv2.INTER_AREA)
+    assert original and np.array_equal(image, expected)
+    assert not np.array_equal(image, np.asarray(data.images[0]))  # not the preprocessed one
+    gone = dataclasses.replace(data, source=str(tmp_path / "moved"))
+    image, original = report._shown_image(gone, 0)
+    assert not original and np.array_equal(image, np.asarray(data.images[0]))

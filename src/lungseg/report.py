@@ -193,8 +193,10 @@ def worst_images(entries: list[Entry]) -> dict[str, str]:
 def samples_png(entries: list[Entry], n_random: int = 3, seed: int = 0) -> tuple[bytes, list[str]]:
     """A grid of test images: the input, the ground truth, each model's mask as an overlay.
 
-    Rows: a few random test images plus each model's worst image (by Dice). Images and ground
-    truth come from the prepared cache the evaluation used; masks from each ``masks/`` folder.
+    Rows: a few random test images plus each model's worst image (by Dice). The image shown is
+    the X-ray as stored (resized to the scoring size) when its file is still on this machine,
+    else the preprocessed image the model saw; ground truth comes from the prepared cache the
+    evaluation used, masks from each ``masks/`` folder.
     """
     import matplotlib
 
@@ -220,12 +222,15 @@ def samples_png(entries: list[Entry], n_random: int = 3, seed: int = 0) -> tuple
     fig, axes = plt.subplots(len(picks), cols, figsize=(2.6 * cols, 2.7 * len(picks)),
                              squeeze=False)  # fmt: skip
     for r, stem in enumerate(picks):
-        image = np.asarray(data.images[index[stem]])
+        image, original = _shown_image(data, index[stem])
         truth = np.asarray(data.masks[index[stem]]).astype(bool)
-        panels = [("input (preprocessed)", image, None), ("ground truth", image, truth)]
+        title = "X-ray" if original else "input (preprocessed)"
+        panels = [(title, image, None), ("ground truth", image, truth)]
         for e in entries:
             mask_file = e.eval_dir / "masks" / f"{stem}.png"
             mask = cv2.imread(str(mask_file), cv2.IMREAD_GRAYSCALE)
+            if mask is not None and mask.shape != truth.shape:  # a model scored at another size
+                mask = cv2.resize(mask, truth.shape[::-1], interpolation=cv2.INTER_LINEAR)
             mask = mask > 127 if mask is not None else np.zeros_like(truth)
             panels.append((f"{e.label}\nDice {e.dice_by_stem[stem]:.3f}", image, mask))
         for c, (title, img, mask) in enumerate(panels):
@@ -245,15 +250,40 @@ def samples_png(entries: list[Entry], n_random: int = 3, seed: int = 0) -> tuple
     return _png(fig), picks
 
 
+def _shown_image(data, i: int) -> tuple[np.ndarray, bool]:
+    """``(image, is_original)``: the stored X-ray resized to the cache's size, when its file is
+    on this machine; otherwise the preprocessed image from the cache."""
+    import cv2
+
+    from lungseg.data.io import decode_image
+
+    key = data.rows[i].get("image_key")
+    if key and data.source and "://" not in data.source:
+        path = Path(data.source) / key
+        try:
+            pixels = decode_image(path.read_bytes(), str(path)).pixels
+        except (OSError, LungsegError):
+            pass
+        else:
+            size = (data.size, data.size)
+            return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA), True
+    return np.asarray(data.images[i]), False
+
+
 def _eval_cache(entry: Entry) -> Path:
-    from lungseg.data.cache import is_cache
+    """The prepared data an evaluation scored against (the one at its scoring size)."""
+    from lungseg.data.cache import is_cache, load_cache
 
     data = entry.metrics.get("data", "")
-    if data and is_cache(data):
+    size = entry.metrics.get("size")
+    if data and is_cache(data) and (size is None or load_cache(data).size == size):
         return Path(data)
     prepared = sorted((entry.eval_dir / ".cache").glob("prepared-*"))
-    if prepared:
-        return prepared[0]
+    matching = [p for p in prepared if size is None or load_cache(p).size == size]
+    if matching or prepared:
+        return (matching or prepared)[0]
+    if data and is_cache(data):
+        return Path(data)
     raise LungsegError("cannot find the prepared data this evaluation used", entry.eval_dir)
 
 
@@ -406,8 +436,9 @@ def samples_caption(entries: list[Entry]) -> str:
     return (
         f"Random test images, then each model's worst test image by Dice ({worst}). "
         f"Filled {MASK_COLOUR_NAME}: the mask of the column (ground truth or the model's); "
-        f"{TRUTH_COLOUR_NAME} line: ground-truth outline. The input is shown as the models see "
-        "it, after preprocessing."
+        f"{TRUTH_COLOUR_NAME} line: ground-truth outline. The X-ray is shown as stored, "
+        "resized to the scoring size (the preprocessed input when the file is not on this "
+        "machine)."
     )
 
 
