@@ -172,7 +172,7 @@ def test_common_scoring_size(tiny_run, examples_dir: Path, tmp_path: Path, capsy
                     progress=False)  # fmt: skip
     from lungseg.inference import upscale_mask
 
-    for i, row in enumerate(_per_image(out)):
+    for row in _per_image(out):
         small = read_gray(tmp_path / "own" / "masks" / f"{row['stem']}.png") > 127
         saved = read_gray(out / "masks" / f"{row['stem']}.png") > 127
         assert saved.shape == (big, big)
