@@ -153,3 +153,12 @@ def test_segment_fails_when_no_file_is_readable(tiny_run, tmp_path: Path, capsys
     assert code == 2 and "none of the 2 file(s) could be read" in err
     with open(tmp_path / "out" / "errors.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 2
+
+
+def test_dataset_folder_gives_its_xrays_not_its_masks(examples_dir: Path) -> None:
+    from lungseg.segment import find_images
+
+    found = find_images([examples_dir])
+    assert len(found) == 12 and all(p.parent.name == "images" for p in found)
+    masks = examples_dir / "COVID" / "masks"
+    assert find_images([masks]) == sorted(masks.glob("*.png"))  # asked for by name: searched

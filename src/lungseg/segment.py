@@ -43,12 +43,24 @@ class SegmentResult:
 
 
 def find_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively) into image files, in a stable order."""
+    """Expand files and folders (recursively) into image files, in a stable order.
+
+    Below a given folder, sub-folders named ``masks`` are skipped: in a dataset laid out as
+    ``<Class>/images`` + ``<Class>/masks`` (or ``images/`` + ``masks/``) they hold ground
+    truth, not X-rays. A ``masks`` folder given itself is searched like any other.
+    """
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+            files.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.suffix.lower() in IMAGE_SUFFIXES
+                    and "masks" not in (part.lower() for part in p.relative_to(path).parts[:-1])
+                )
+            )
         elif path.is_file():
             files.append(path)
         else:
