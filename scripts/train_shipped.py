@@ -41,7 +41,13 @@ MODEL_SETTINGS = {
     "unet": {"n_filters": 16, "lr": 1e-3, "size": 256, "epochs": 35},
     "fcn": {"n_filters": 32, "lr": 2e-3, "size": 128, "epochs": 40},
     "deeplabv3": {"n_filters": 16, "lr": 2e-3, "size": 256, "epochs": 35},
-}
+    # The fast variant for the CPU latency goal: the U-Net run at half resolution inside the
+    # model (input 256, average-pooled to 128, logits upsampled back to 256).
+    "unet-fast": {
+        "arch": "unet", "n_filters": 16, "lr": 1e-3, "size": 256, "epochs": 60,
+        "model_args": {"downsample": 2},
+    },
+}  # fmt: skip
 
 
 def cache_dir(work: Path, recipe: dict) -> Path:
@@ -59,21 +65,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     work = Path(args.work)
     cache = cache_dir(work, recipe)
     lungseg = [sys.executable, "-m", "lungseg"]
-    subprocess.run(
-        [*lungseg, "prepare", "--data", args.data, "--out", str(cache), "--size",
-         str(recipe["size"]), "--preprocess", recipe["preprocess"]],
-        check=True,
-    )  # fmt: skip
+    _prepare(args.data, cache, recipe)
     run = work / "runs" / args.model
     settings = {**MODEL_SETTINGS[args.model]}
     if args.n_filters:
         settings["n_filters"] = args.n_filters
     command = [
-        *lungseg, "train", "--model", args.model, "--data", str(cache), "--out", str(run),
+        *lungseg, "train", "--model", settings.get("arch", args.model), "--data", str(cache),
+        "--out", str(run),
         "--epochs", str(recipe["epochs"]), "--batch-size", str(recipe["batch_size"]),
         "--lr", str(settings["lr"]), "--n-filters", str(settings["n_filters"]),
         "--loss", recipe["loss"], "--schedule", recipe["schedule"], "--select", recipe["select"],
     ]  # fmt: skip
+    for key, value in settings.get("model_args", {}).items():
+        command += ["--model-arg", f"{key}={value}"]
     if args.threads:
         command += ["--threads", str(args.threads)]
     if args.device:
@@ -82,6 +87,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         command.append("--resume")
     if not (run / "summary.json").is_file():
         subprocess.run(command, check=True)
+
+
+def _prepare(source: str, cache: Path, recipe: dict) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "lungseg", "prepare", "--data", source, "--out", str(cache),
+         "--size", str(recipe["size"]), "--preprocess", recipe["preprocess"]],
+        check=True,
+    )  # fmt: skip
 
 
 def shipped_checkpoint(run: Path, preset: str, source_note: str) -> dict:
@@ -111,55 +124,124 @@ def shipped_checkpoint(run: Path, preset: str, source_note: str) -> dict:
 
 
 def cmd_package(args: argparse.Namespace) -> None:
+    """Package the models trained in ``--work``; re-score the shipped ones kept as they are.
+
+    A model listed in ``--models`` with a finished run in ``WORK/runs/<model>`` gets new weights
+    (postprocessing chosen on validation). Every other shipped model keeps its weights and its
+    recorded postprocessing, and is evaluated again on the same split, so MODEL_CARD.md always
+    describes all shipped models with numbers from one code version.
+    """
     from lungseg.evaluation import evaluate
-    from lungseg.inference import ensemble, load_model
-    from lungseg.training.checkpoint import save_checkpoint
+    from lungseg.inference import ENSEMBLE_MODELS, ensemble
 
     work = Path(args.work)
     weights = Path(args.weights_dir)
     weights.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
-    members = []
-    for model in args.models:
+    members = {}
+    for model in MODEL_SETTINGS:
         run = work / "runs" / model
-        val = evaluate(run, work / "eval" / model / "val", split="val", postprocess=["all"])
-        presets = val.metrics["postprocess_presets"]
-        best = max(presets, key=lambda name: presets[name]["dice_mean"])
-        source = "../shared/data/covid-cxr (355 pairs, 217 patients), split seed 0"
-        ckpt = shipped_checkpoint(run, best, source)
-        target = weights / f"{model}.pt"
-        save_checkpoint(target, ckpt)
-        data = run_cache(run)
-        shipped = load_model(target, device="cpu")
-        val16 = evaluate(shipped, work / "eval" / model / "val-fp16", data=data, split="val",
-                         postprocess=[best])  # fmt: skip
-        drift = abs(val16.metrics["dice_mean"] - presets[best]["dice_mean"])
+        if model in args.models and (run / "summary.json").is_file():
+            shipped, data, results[model] = _package_run(model, run, work, weights)
+        elif (weights / f"{model}.pt").is_file():
+            shipped, data, results[model] = _rescore_shipped(model, work, weights, args.data)
+        else:
+            print(f"{model}: no run in {run} and no shipped weights; left out")
+            continue
+        # Every model is scored at 256 against the same masks, whatever its working size.
         test = evaluate(shipped, work / "eval" / model / "test", data=data, split="test",
-                        save_masks=True)  # fmt: skip
-        members.append(shipped)
-        results[model] = {
-            "postprocess": best,
-            "val_presets": presets,
-            "fp16_val_dice_drift": drift,
-            "test": test.metrics,
-            "summary": json.loads((run / "summary.json").read_text()),
-        }
-    if len(members) > 1:
-        data = run_cache(work / "runs" / args.models[0])
-        ens = evaluate(ensemble(members), work / "eval" / "ensemble" / "test", data=data,
-                       split="test", save_masks=True)  # fmt: skip
+                        save_masks=True, size=SCORE_SIZE)  # fmt: skip
+        results[model]["test"] = test.metrics
+        results[model]["cache"] = str(data)
+        members[model] = shipped
+    if all(name in members for name in ENSEMBLE_MODELS):
+        first = results[ENSEMBLE_MODELS[0]]
+        ens = evaluate(ensemble([members[m] for m in ENSEMBLE_MODELS]),
+                       work / "eval" / "ensemble" / "test", data=first["cache"], split="test",
+                       save_masks=True, size=SCORE_SIZE)  # fmt: skip
         results["ensemble"] = {
             "test": ens.metrics,
-            "postprocess": f"{results[args.models[0]]['postprocess']} (mean probability)",
+            "postprocess": f"{first['postprocess']} (mean probability)",
         }
     (work / "shipped_results.json").write_text(json.dumps(results, indent=2, default=str))
     (weights / "MODEL_CARD.md").write_text(model_card(results))
+    if args.report:
+        from lungseg.report import build_report, load_checkpoint_entry
+
+        n_test = next(iter(results.values()))["test"]["n_images"]
+        title = (f"lungseg shipped models on the covid-cxr test split ({n_test} images of "
+                 "patients never seen in training)")  # fmt: skip
+        entries = [load_checkpoint_entry(work / "eval" / m / "test", m) for m in results]
+        build_report(entries, args.report, title=title)
     print(json.dumps({m: r["test"]["dice_mean"] for m, r in results.items()}, indent=2))
 
 
+def _package_run(model: str, run: Path, work: Path, weights: Path):
+    """New shipped weights from a finished run: postprocessing chosen on validation, fp16."""
+    from lungseg.evaluation import evaluate
+    from lungseg.inference import load_model
+    from lungseg.training.checkpoint import save_checkpoint
+
+    val = evaluate(run, work / "eval" / model / "val", split="val", postprocess=["all"])
+    presets = val.metrics["postprocess_presets"]
+    best = max(presets, key=lambda name: presets[name]["dice_mean"])
+    summary = json.loads((run / "summary.json").read_text())
+    ckpt = shipped_checkpoint(run, best, SOURCE_NOTE)
+    ckpt["summary"] = summary
+    target = weights / f"{model}.pt"
+    save_checkpoint(target, ckpt)
+    data = run_cache(run)
+    shipped = load_model(target, device="cpu")
+    val16 = evaluate(shipped, work / "eval" / model / "val-fp16", data=data, split="val",
+                     postprocess=[best])  # fmt: skip
+    drift = abs(val16.metrics["dice_mean"] - presets[best]["dice_mean"])
+    result = {"postprocess": best, "val_presets": presets, "fp16_val_dice_drift": drift,
+              "summary": summary, "new": True}  # fmt: skip
+    return shipped, data, result
+
+
+def _rescore_shipped(model: str, work: Path, weights: Path, source: str | None):
+    """An already shipped model, unchanged: its validation scores per preset, its summary."""
+    from lungseg.evaluation import evaluate
+    from lungseg.inference import load_model
+    from lungseg.models import count_parameters
+    from lungseg.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+    path = weights / f"{model}.pt"
+    ckpt = load_checkpoint(path)
+    recipe = {**RECIPE, **MODEL_SETTINGS[model], "size": ckpt["size"],
+              "preprocess": ckpt["preprocess"]["preset"]}  # fmt: skip
+    data = cache_dir(work, recipe)
+    if not (data / "split.csv").is_file():
+        if not source:
+            raise SystemExit(f"{model}: give --data to prepare {data} for re-scoring {path}")
+        _prepare(source, data, recipe)
+    shipped = load_model(path, device="cpu")
+    val = evaluate(shipped, work / "eval" / model / "val", data=data, split="val",
+                   postprocess=["all"])  # fmt: skip
+    summary = ckpt.get("summary") or {
+        "params": count_parameters(model_from_checkpoint(ckpt)),
+        "best_epoch": ckpt.get("best_epoch"),
+        "epochs": len(ckpt.get("history") or []),
+        "n_train": ckpt["data"].get("n_train"),
+        "n_val": ckpt["data"].get("n_val"),
+        "preprocess": ckpt["preprocess"]["preset"],
+    }
+    result = {"postprocess": ckpt["postprocess_preset"],
+              "val_presets": val.metrics["postprocess_presets"], "fp16_val_dice_drift": 0.0,
+              "summary": summary, "new": False}  # fmt: skip
+    return shipped, data, result
+
+
+#: Test scores of every shipped model are computed at this size (masks of models trained at
+#: 128 are resized the way ``lungseg segment`` resizes them), so the card compares like with like.
+SCORE_SIZE = 256
+SOURCE_NOTE = "../shared/data/covid-cxr (355 pairs, 217 patients), split seed 0"
+
+
 TABLE_HEADER = (
-    "| model | size | parameters | best / trained epochs | postprocessing | Dice | IoU | MSE | "
-    "HD95 (px) | worst Dice |\n|---|---|---|---|---|---|---|---|---|---|"
+    "| model | working size | parameters | best / trained epochs | postprocessing | Dice | IoU | "
+    "MSE | HD95 (px) | worst Dice |\n|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -180,7 +262,8 @@ def model_card(results: dict) -> str:
         epochs = f"{s.get('best_epoch', '–')} / {s.get('epochs', '–')}" if s else "–"
         post = r.get("postprocess", t.get("postprocess", "–"))
         rows.append(
-            f"| {name} | {t.get('size', '–')} | {params} | {epochs} | {post} | {_ci(t)} | "
+            f"| {name} | {t.get('model_size', t.get('size', '–'))} | {params} | {epochs} | "
+            f"{post} | {_ci(t)} | "
             f"{_ci(t, 'iou')} | "
             f"{t['mse_mean']:.4f} | {t['hd95_mean']:.2f} | {t['dice_worst']:.4f} "
             f"({t['dice_worst_stem']}) |"
@@ -194,10 +277,17 @@ def model_card(results: dict) -> str:
     drift = max(r.get("fp16_val_dice_drift", 0.0) for r in results.values())
     return f"""# Model card: lungseg shipped lung-segmentation models
 
-Three models (U-Net, FCN, DeepLabV3) that segment both lungs in frontal chest X-rays, shipped
-inside the `lungseg` package (`src/lungseg/weights/*.pt`, fp16 weights) and used by
-`lungseg segment`, `lungseg evaluate --model NAME` and `lungseg.load_model(NAME)`.
-Reproduce them with `python scripts/train_shipped.py` (see its docstring).
+The study's three models (U-Net, FCN, DeepLabV3) and a fast U-Net variant (`unet-fast`) that
+segment both lungs in frontal chest X-rays, shipped inside the `lungseg` package
+(`src/lungseg/weights/*.pt`, fp16 weights) and used by `lungseg segment`,
+`lungseg evaluate --model NAME` and `lungseg.load_model(NAME)`; `ensemble` averages the
+probabilities of the three study models. Reproduce them with `python scripts/train_shipped.py`
+(see its docstring).
+
+`unet-fast` is the same U-Net run at half resolution inside the model: it takes the 256x256
+image, average-pools it to 128x128 and upsamples its logits back to 256x256 (`downsample=2`), a
+quarter of the U-Net's compute. It exists for the CPU latency goal (ONNX Runtime, batch 1,
+2 threads: see BENCHMARKS.md); use `unet` or `ensemble` when accuracy matters more than speed.
 
 ## Data
 - **Training data**: `../shared/data/covid-cxr` — 355 frontal chest radiographs (PA, AP, AP supine)
@@ -214,8 +304,9 @@ Reproduce them with `python scripts/train_shipped.py` (see its docstring).
 ## Settings
 - Preprocessing preset `{summary.get("preprocess")}` (chosen on validation Dice over `seed`,
   `clahe` and `none`); working size per model (table below), chosen on validation Dice between
-  128 and 256. Each model is scored at its own working size against the masks resized to it
-  (HD95 is in pixels of that size: halve a 256 model's value to compare it with a 128 one).
+  128 and 256 (validation Dice at the working size). On the test split every model is scored
+  at 256x256 against the same masks: a model working at 128 has its mask resized to 256 the way
+  `lungseg segment` resizes it, so Dice, IoU and HD95 (pixels of 256) compare like with like.
 - Loss BCE + soft Dice, Adam with a cosine schedule, on-device augmentation (rotation ±10°,
   scale ±10 %, shift ±8 %, brightness/contrast/gamma), best epoch by validation Dice.
 - Trained on a 2-core CPU (no GPU was available to the session that trained them).
@@ -265,7 +356,18 @@ def main() -> None:
     train.add_argument("--device")
     package = sub.add_parser("package")
     package.add_argument("--work", required=True)
-    package.add_argument("--models", nargs="+", default=list(MODEL_SETTINGS))
+    package.add_argument(
+        "--models",
+        nargs="+",
+        default=list(MODEL_SETTINGS),
+        help="models whose runs in WORK/runs replace the shipped weights",
+    )
+    package.add_argument("--data", help="dataset to prepare for re-scoring kept shipped models")
+    package.add_argument(
+        "--report",
+        default=str(REPO / "docs" / "comparison"),
+        help="folder for the shipped models' comparison report ('' for none)",
+    )
     package.add_argument("--weights-dir", default=str(WEIGHTS))
     args = parser.parse_args()
     {"train": cmd_train, "package": cmd_package}[args.command](args)

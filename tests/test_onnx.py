@@ -106,3 +106,31 @@ def test_onnx_errors(tiny_run, onnx_file: Path, tmp_path: Path, capsys) -> None:
             "--weights", tiny_run.run]  # fmt: skip
     code, _, err = lungseg(argv, capsys)
     assert code == 2 and "--weights or --onnx, not both" in err
+
+
+def test_int8_export_of_the_fast_variant(examples_dir: Path, tmp_path: Path, capsys) -> None:
+    """Static int8 quantisation: quantised ops in the graph, its record in the metadata, and
+    masks that agree with the float32 model on real X-rays."""
+    pytest.importorskip("onnxruntime.quantization")
+    out = tmp_path / "fast-int8.onnx"
+    argv = ["export", "--model", "unet-fast", "--onnx", out, "--int8", "--calibrate", examples_dir]
+    code, stdout, stderr = lungseg(argv, capsys)
+    assert code == 0, stderr
+    assert "int8, calibrated on 12 images" in stdout  # the X-rays, not the masks beside them
+    proto = onnx.load(str(out))
+    ops = {node.op_type for node in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    quantized = load_model(out)
+    assert quantized.info["quantization"]["calibration_images"] == 12
+    reference = load_model("unet-fast", device="cpu")
+    assert vars(quantized.preprocess) == vars(reference.preprocess)
+    for path in sorted((examples_dir / "COVID" / "images").glob("*.png")):
+        a, b = quantized.predict(path), reference.predict(path)
+        assert a.shape == b.shape and dice(a, b) > 0.97, path.name
+
+    for args, message in (
+        (["--int8"], "--int8 needs --calibrate"),
+        (["--calibrate", examples_dir], "--calibrate is only used with --int8"),
+    ):
+        code, _, err = lungseg(["export", "--onnx", tmp_path / "x.onnx", *args], capsys)
+        assert code == 2 and message in " ".join(err.split()), err

@@ -10,9 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
-from lungseg.inference import SHIPPED_MODELS, load_model, shipped_weights
+from lungseg.inference import ENSEMBLE_MODELS, SHIPPED_MODELS, load_model, shipped_weights
 from lungseg.training.checkpoint import load_checkpoint
 from trained import dice, lungseg
+
+#: Shipped variants of a registered architecture.
+ARCHITECTURE = {"unet-fast": "unet"}
 
 
 @pytest.mark.parametrize("name", SHIPPED_MODELS)
@@ -20,7 +23,7 @@ def test_shipped_checkpoint_is_self_describing_and_small(name: str) -> None:
     path = shipped_weights(name)
     assert path.stat().st_size < 8 * 2**20
     ckpt = load_checkpoint(path)
-    assert ckpt["model"]["name"] == name
+    assert ckpt["model"]["name"] == ARCHITECTURE.get(name, name)
     assert ckpt["postprocess_preset"] in ("clean", "none", "seed")
     assert {"optimizer", "rng"}.isdisjoint(ckpt)  # no training state shipped
     assert all(v.dtype != np.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
@@ -53,3 +56,16 @@ def test_evaluate_shipped_model_by_name(examples_dir: Path, tmp_path: Path, caps
     assert metrics["model"] == "deeplabv3" and metrics["n_images"] == 12
     assert metrics["dice_mean"] > 0.93
     assert metrics["dice_ci95"][0] <= metrics["dice_mean"] <= metrics["dice_ci95"][1]
+
+
+def test_fast_variant_is_the_unet_at_half_resolution_and_keeps_its_name() -> None:
+    fast = load_model("unet-fast", device="cpu")
+    assert fast.name == "unet-fast" and fast.size == 256
+    assert fast.info["model"]["kwargs"]["downsample"] == 2
+    network = fast.networks[0][0].model
+    assert network.downsample == 2 and network.input_divisor == 32
+    both = load_model("ensemble", device="cpu")
+    assert len(both.networks) == len(ENSEMBLE_MODELS) == 3
+    assert [load_checkpoint(m)["model"]["name"] for m in both.info["members"]] == list(
+        ENSEMBLE_MODELS
+    )

@@ -33,7 +33,11 @@ from lungseg.errors import LungsegError
 from lungseg.postprocessing import PostprocessConfig, postprocess_batch
 from lungseg.preprocessing import PreprocessConfig, preprocess
 
-SHIPPED_MODELS = ("unet", "fcn", "deeplabv3")
+#: Models shipped inside the package. ``unet-fast`` is the U-Net run at half resolution inside
+#: the model (``downsample=2``), the variant for CPU latency (see MODEL_CARD.md for its accuracy).
+SHIPPED_MODELS = ("unet", "fcn", "deeplabv3", "unet-fast")
+#: The members of ``load_model("ensemble")``: the study's three architectures.
+ENSEMBLE_MODELS = ("unet", "fcn", "deeplabv3")
 ImageLike = str | Path | bytes | np.ndarray | Decoded
 
 
@@ -125,7 +129,8 @@ class Segmenter:
     """A model with the preprocessing and postprocessing it was trained and tuned with.
 
     Attributes:
-        name: model name (``unet``, ``fcn``, ``deeplabv3``, ``ensemble``).
+        name: model name (``unet``, ``fcn``, ``deeplabv3``, ``unet-fast``, ``ensemble``), or the
+            architecture of a checkpoint loaded from a path.
         preprocess: the image pipeline the model saw in training.
         postprocess: probability map -> mask settings.
         networks: one network, or several whose probabilities are averaged (an ensemble), each
@@ -224,15 +229,16 @@ def load_model(
     """Load a model for segmentation.
 
     Args:
-        model: a shipped model name (``unet``, ``fcn``, ``deeplabv3``, ``ensemble``), a checkpoint
-            file, a run directory (its ``best.pt``), or an exported ``.onnx`` file.
+        model: a shipped model name (``unet``, ``fcn``, ``deeplabv3``, ``unet-fast``,
+            ``ensemble``), a checkpoint file, a run directory (its ``best.pt``), or an exported
+            ``.onnx`` file.
         device: ``auto``, ``cpu`` or ``cuda`` (PyTorch models).
         postprocess: override the recorded postprocessing (a preset name or a config).
         threads: ONNX Runtime intra-op threads.
     """
     text = str(model)
     if text == "ensemble":
-        members = [load_model(name, device, postprocess) for name in SHIPPED_MODELS]
+        members = [load_model(name, device, postprocess) for name in ENSEMBLE_MODELS]
         return ensemble(members)
     if text in SHIPPED_MODELS:
         path = shipped_weights(text)
@@ -256,7 +262,9 @@ def load_model(
     pre = from_dict(PreprocessConfig, meta["preprocess"], f"{path}:preprocess")
     post = _postprocess_config(postprocess, meta.get("postprocess"), path)
     info = {k: v for k, v in meta.items() if k not in _HEAVY_KEYS}
-    return Segmenter(meta["model"]["name"], pre, post, [(network, pre)], str(path), info)
+    # A shipped variant keeps its own name (unet-fast is a "unet" architecture).
+    name = text if text in SHIPPED_MODELS else meta["model"]["name"]
+    return Segmenter(name, pre, post, [(network, pre)], str(path), info)
 
 
 _HEAVY_KEYS = frozenset({"state_dict", "optimizer", "scheduler", "rng"})
@@ -293,12 +301,27 @@ def _load_onnx(path: Path, threads: int | None) -> tuple[_OnnxNetwork, dict]:
     return network, json.loads(props[ONNX_METADATA_KEY])
 
 
-def export_onnx(model: str | Path, out: str | Path, opset: int = 17) -> Path:
+def export_onnx(
+    model: str | Path,
+    out: str | Path,
+    opset: int = 17,
+    int8_calibration: Sequence[ImageLike] | None = None,
+) -> Path:
     """Export a checkpoint or shipped model to ONNX with a dynamic batch axis.
 
     The file carries the model description, preprocessing and postprocessing as metadata, so
     ``load_model("model.onnx")`` needs nothing else. Output: logits ``float32[B, 1, S, S]``.
+
+    Args:
+        model: a shipped model name, checkpoint or run directory.
+        out: the ``.onnx`` file to write.
+        opset: ONNX opset.
+        int8_calibration: X-rays (paths, bytes or arrays) to calibrate a static int8
+            quantisation with ONNX Runtime (weights int8, activations uint8, QDQ format, ranges
+            from these images after the model's own preprocessing). ``None``: float32.
     """
+    if int8_calibration is not None:
+        return _export_int8(model, Path(out), opset, int8_calibration)
     import onnx
     import torch
 
@@ -333,5 +356,67 @@ def export_onnx(model: str | Path, out: str | Path, opset: int = 17) -> Path:
     }
     entry = proto.metadata_props.add()
     entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(meta)
+    onnx.save(proto, str(out))
+    return out
+
+
+def _export_int8(
+    model: str | Path, out: Path, opset: int, calibration: Sequence[ImageLike]
+) -> Path:
+    """float32 export -> ONNX Runtime pre-processing (BN folding, shapes) -> static int8."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    images = list(calibration)
+    if not images:
+        raise LungsegError("int8 export needs at least one calibration image")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", opset)
+        segmenter = load_model(fp32)
+        pre = segmenter.preprocess
+        inputs = [
+            preprocess(_as_decoded(im).pixels, pre).astype(np.float32)[None, None] / 255.0
+            for im in images
+        ]
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.batches = iter(inputs)
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                batch = next(self.batches, None)
+                return None if batch is None else {"image": batch}
+
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared))
+        quantized = Path(tmp) / "int8.onnx"
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=False,
+        )
+        proto = onnx.load(str(quantized))
+        props = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
+        meta = json.loads(props[ONNX_METADATA_KEY])
+    meta["quantization"] = {
+        "type": "int8 static (ONNX Runtime): int8 weights, uint8 activations, QDQ, per tensor",
+        "calibration_images": len(inputs),
+    }
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(meta)
+    out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(out))
     return out

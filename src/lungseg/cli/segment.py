@@ -17,7 +17,7 @@ def segment_command(
     ],
     out: Annotated[Path, typer.Option(help="Folder for masks/, overlays/, measurements.csv.")],
     model: Annotated[
-        str, typer.Option(help="Shipped model: unet, fcn, deeplabv3 or ensemble.")
+        str, typer.Option(help="Shipped model: unet, fcn, deeplabv3, unet-fast or ensemble.")
     ] = "unet",
     weights: Annotated[
         Path | None, typer.Option(help="A checkpoint or run directory instead of a shipped model.")
@@ -56,9 +56,35 @@ def export_command(
         str, typer.Option(help="Shipped model name, checkpoint or run directory.")
     ] = "unet",
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    int8: Annotated[
+        bool,
+        typer.Option(help="Quantise to int8 (static, ONNX Runtime); needs --calibrate."),
+    ] = False,
+    calibrate: Annotated[
+        list[Path] | None,
+        typer.Option(help="X-ray files or folders to calibrate the int8 ranges on (repeatable)."),
+    ] = None,
+    calibrate_max: Annotated[
+        int, typer.Option(help="Use at most this many calibration images (evenly spread).")
+    ] = 64,
 ) -> None:
     """Export a model to ONNX (dynamic batch; preprocessing recorded in the file)."""
+    from lungseg.errors import LungsegError
     from lungseg.inference import export_onnx
+    from lungseg.segment import find_images
 
-    path = export_onnx(model, onnx, opset=opset)
-    typer.echo(f"exported {model} to {path}")
+    images = None
+    if int8:
+        if not calibrate:
+            raise LungsegError(
+                "--int8 needs --calibrate FOLDER: X-rays like the ones you will segment "
+                "(e.g. your training images) to set the int8 ranges"
+            )
+        files = find_images(calibrate)
+        step = max(1, len(files) / max(1, calibrate_max))
+        images = [files[int(i * step)] for i in range(min(len(files), max(1, calibrate_max)))]
+    elif calibrate:
+        raise LungsegError("--calibrate is only used with --int8")
+    path = export_onnx(model, onnx, opset=opset, int8_calibration=images)
+    kind = f"int8, calibrated on {len(images)} images" if images else "float32"
+    typer.echo(f"exported {model} to {path} ({kind})")
