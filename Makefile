@@ -22,7 +22,7 @@ install-test: $(BIN)/python
 	npm ci --no-audit --no-fund --loglevel=error
 
 run: install
-	$(BIN)/lungseg compare --shipped --data examples --out results --models unet,fcn,deeplabv3,ensemble
+	$(BIN)/lungseg compare --shipped --data examples --out results --models unet,fcn,deeplabv3,unet-fast,ensemble
 
 test: install-test
 	$(BIN)/ruff check src tests benchmarks scripts
