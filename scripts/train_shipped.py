@@ -163,6 +163,9 @@ def cmd_package(args: argparse.Namespace) -> None:
             "test": ens.metrics,
             "postprocess": f"{first['postprocess']} (mean probability)",
         }
+    for model in INT8_MODELS:
+        if model in results:
+            results[f"{model}-int8"] = _int8_result(model, results[model], work, weights)
     (work / "shipped_results.json").write_text(json.dumps(results, indent=2, default=str))
     (weights / "MODEL_CARD.md").write_text(model_card(results))
     if args.report:
@@ -233,6 +236,38 @@ def _rescore_shipped(model: str, work: Path, weights: Path, source: str | None):
     return shipped, data, result
 
 
+#: Shipped models whose int8 ONNX export (``lungseg export --int8``) is scored for the card.
+INT8_MODELS = ("unet-fast",)
+#: Training images the int8 ranges are calibrated on (evenly spread over the training split).
+INT8_CALIBRATION = 64
+
+
+def _int8_result(model: str, fp32: dict, work: Path, weights: Path) -> dict:
+    """Export ``model`` to int8 ONNX calibrated on training images; score it like the others."""
+    from lungseg.data.cache import load_cache
+    from lungseg.evaluation import evaluate
+    from lungseg.inference import export_onnx
+
+    data = load_cache(fp32["cache"])
+    train = [Path(data.source) / data.rows[i]["image_key"] for i in data.indices("train")]
+    step = len(train) / min(INT8_CALIBRATION, len(train))
+    calibration = [train[int(i * step)] for i in range(min(INT8_CALIBRATION, len(train)))]
+    onnx = export_onnx(weights / f"{model}.pt", work / "int8" / f"{model}.onnx",
+                       int8_calibration=calibration)  # fmt: skip
+    val = evaluate(str(onnx), work / "eval" / f"{model}-int8" / "val", data=data.path,
+                   split="val")  # fmt: skip
+    test = evaluate(str(onnx), work / "eval" / f"{model}-int8" / "test", data=data.path,
+                    split="test", save_masks=True, size=SCORE_SIZE)  # fmt: skip
+    return {
+        "postprocess": fp32["postprocess"],
+        "test": test.metrics,
+        "val_dice": val.metrics["dice_mean"],
+        "val_dice_fp32": fp32["val_presets"][fp32["postprocess"]]["dice_mean"],
+        "calibration_images": len(calibration),
+        "summary": {"params": fp32["summary"].get("params")},
+    }
+
+
 #: Test scores of every shipped model are computed at this size (masks of models trained at
 #: 128 are resized the way ``lungseg segment`` resizes them), so the card compares like with like.
 SCORE_SIZE = 256
@@ -275,6 +310,17 @@ def model_card(results: dict) -> str:
             val_rows.append(f"| {name} | {preset}{chosen} | {v['dice_mean']:.4f} |")
     n_test = first["test"]["n_images"]
     drift = max(r.get("fp16_val_dice_drift", 0.0) for r in results.values())
+    int8 = [
+        f"- `{name}`: `lungseg export --model {name.removesuffix('-int8')} --int8 --calibrate "
+        f"TRAINING_IMAGES` (static ONNX Runtime quantisation, calibrated on "
+        f"{r['calibration_images']} training images): validation Dice {r['val_dice']:.4f} "
+        f"against {r['val_dice_fp32']:.4f} in float32; test split in the table above."
+        for name, r in results.items()
+        if "calibration_images" in r
+    ]
+    int8_text = (
+        "\n## int8 ONNX\n\n" + "\n".join(int8) + "\nSpeed: see BENCHMARKS.md.\n" if int8 else ""
+    )
     return f"""# Model card: lungseg shipped lung-segmentation models
 
 The study's three models (U-Net, FCN, DeepLabV3) and a fast U-Net variant (`unet-fast`) that
@@ -323,7 +369,7 @@ Mean with 95 % bootstrap confidence interval.
 
 {TABLE_HEADER}
 {chr(10).join(rows)}
-
+{int8_text}
 ## Known limits
 - Trained on COVID-19 chest X-rays, many of them figures cut out of papers (letters, arrows,
   crops, tubes and wires over the lungs); performance on other populations, devices or paediatric
