@@ -5,14 +5,17 @@ Reproduces the shipped weights from the project's development data::
     python scripts/train_shipped.py train unet  --data ../shared/data/covid-cxr --work work/
     python scripts/train_shipped.py train fcn   --data ../shared/data/covid-cxr --work work/
     python scripts/train_shipped.py train deeplabv3 --data ../shared/data/covid-cxr --work work/
-    python scripts/train_shipped.py package --work work/
+    python scripts/train_shipped.py train unet-fast --data ../shared/data/covid-cxr --work work/
+    python scripts/train_shipped.py package --work work/ --data ../shared/data/covid-cxr
 
 ``train`` prepares the data (patient-grouped split, seed 0) and trains one model with the recipe
-below (the three can run in parallel). ``package`` chooses each model's postprocessing preset on
-the **validation** split, stores the weights in fp16 (checking that validation Dice does not
-change), evaluates the shipped weights and the ensemble on the **test** split, and writes
-``src/lungseg/weights/<model>.pt`` and ``src/lungseg/weights/MODEL_CARD.md``. Nothing is tuned
-on the test split.
+below (they can run in parallel: give each ``--threads 1`` on a small CPU). ``package`` chooses
+each new model's postprocessing preset on the **validation** split, stores the weights in fp16
+(checking that validation Dice does not change), evaluates every shipped model, the ensemble and
+the int8 export of ``unet-fast`` on the **test** split, and writes
+``src/lungseg/weights/<model>.pt``, ``src/lungseg/weights/MODEL_CARD.md`` and
+``docs/comparison/``. ``package --models NAME...`` replaces only those models' weights; the
+others are kept and scored again. Nothing is tuned on the test split.
 """
 
 from __future__ import annotations
