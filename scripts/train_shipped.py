@@ -252,12 +252,11 @@ def _int8_result(model: str, fp32: dict, work: Path, weights: Path) -> dict:
     """Export ``model`` to int8 ONNX calibrated on training images; score it like the others."""
     from lungseg.data.cache import load_cache
     from lungseg.evaluation import evaluate
-    from lungseg.inference import export_onnx
+    from lungseg.inference import evenly_spread, export_onnx
 
     data = load_cache(fp32["cache"])
     train = [Path(data.source) / data.rows[i]["image_key"] for i in data.indices("train")]
-    step = len(train) / min(INT8_CALIBRATION, len(train))
-    calibration = [train[int(i * step)] for i in range(min(INT8_CALIBRATION, len(train)))]
+    calibration = evenly_spread(train, INT8_CALIBRATION)
     onnx = export_onnx(weights / f"{model}.pt", work / "int8" / f"{model}.onnx",
                        int8_calibration=calibration)  # fmt: skip
     val = evaluate(str(onnx), work / "eval" / f"{model}-int8" / "val", data=data.path,

@@ -184,13 +184,11 @@ def evaluate(
     recorded_name = (segmenter.info or {}).get("postprocess_preset") or "recorded"
     presets = _presets(postprocess, segmenter.postprocess, recorded_name)
     results: dict[str, tuple[dict, list, np.ndarray]] = {}
-    if score_size != segmenter.size:
-        scored_prob = np.stack([_resize(p, score_size) for p in prob])
-    else:
-        scored_prob = prob
+    rescale = score_size != segmenter.size
+    scored_prob = np.stack([_resize(p, score_size) for p in prob]) if rescale else prob
     for name, config in presets:
         pred = postprocess_batch(prob, config)
-        if score_size != segmenter.size:
+        if rescale:
             pred = np.stack([upscale_mask(m, (score_size, score_size)) for m in pred])
         acc = MetricAccumulator()
         acc.update(scored_prob, pred, target, stems, spacing)

@@ -360,6 +360,14 @@ def export_onnx(
     return out
 
 
+def evenly_spread(items: Sequence[Any], n: int) -> list[Any]:
+    """At most ``n`` (at least one) of ``items``, evenly spread over them: a calibration set
+    that covers a sorted folder or a split instead of its first files."""
+    count = min(max(1, n), len(items))
+    step = len(items) / count if count else 1.0
+    return [items[int(i * step)] for i in range(count)]
+
+
 def _export_int8(
     model: str | Path, out: Path, opset: int, calibration: Sequence[ImageLike]
 ) -> Path:
@@ -380,7 +388,7 @@ def _export_int8(
         raise LungsegError("int8 export needs at least one calibration image")
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", opset)
-        segmenter = load_model(fp32)
+        segmenter = load_model(fp32)  # the float32 file's preprocessing and metadata
         pre = segmenter.preprocess
         inputs = [
             preprocess(_as_decoded(im).pixels, pre).astype(np.float32)[None, None] / 255.0
@@ -408,8 +416,7 @@ def _export_int8(
             per_channel=False,
         )
         proto = onnx.load(str(quantized))
-        props = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
-        meta = json.loads(props[ONNX_METADATA_KEY])
+    meta = dict(segmenter.info or {})
     meta["quantization"] = {
         "type": "int8 static (ONNX Runtime): int8 weights, uint8 activations, QDQ, per tensor",
         "calibration_images": len(inputs),

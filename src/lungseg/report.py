@@ -276,15 +276,13 @@ def _eval_cache(entry: Entry) -> Path:
 
     data = entry.metrics.get("data", "")
     size = entry.metrics.get("size")
-    if data and is_cache(data) and (size is None or load_cache(data).size == size):
-        return Path(data)
+    given = [Path(data)] if data and is_cache(data) else []
     prepared = sorted((entry.eval_dir / ".cache").glob("prepared-*"))
-    matching = [p for p in prepared if size is None or load_cache(p).size == size]
-    if matching or prepared:
-        return (matching or prepared)[0]
-    if data and is_cache(data):
-        return Path(data)
-    raise LungsegError("cannot find the prepared data this evaluation used", entry.eval_dir)
+    matching = [p for p in given + prepared if size is None or load_cache(p).size == size]
+    candidates = matching or prepared + given
+    if not candidates:
+        raise LungsegError("cannot find the prepared data this evaluation used", entry.eval_dir)
+    return candidates[0]
 
 
 def _png(fig) -> bytes:

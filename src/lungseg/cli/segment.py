@@ -70,7 +70,7 @@ def export_command(
 ) -> None:
     """Export a model to ONNX (dynamic batch; preprocessing recorded in the file)."""
     from lungseg.errors import LungsegError
-    from lungseg.inference import export_onnx
+    from lungseg.inference import evenly_spread, export_onnx
     from lungseg.segment import find_images
 
     images = None
@@ -80,9 +80,7 @@ def export_command(
                 "--int8 needs --calibrate FOLDER: X-rays like the ones you will segment "
                 "(e.g. your training images) to set the int8 ranges"
             )
-        files = find_images(calibrate)
-        step = max(1, len(files) / max(1, calibrate_max))
-        images = [files[int(i * step)] for i in range(min(len(files), max(1, calibrate_max)))]
+        images = evenly_spread(find_images(calibrate), calibrate_max)
     elif calibrate:
         raise LungsegError("--calibrate is only used with --int8")
     path = export_onnx(model, onnx, opset=opset, int8_calibration=images)
