@@ -128,6 +128,11 @@ def test_int8_export_of_the_fast_variant(examples_dir: Path, tmp_path: Path, cap
         a, b = quantized.predict(path), reference.predict(path)
         assert a.shape == b.shape and dice(a, b) > 0.97, path.name
 
+    from lungseg.inference import export_onnx
+
+    with pytest.raises(LungsegError, match="at least one calibration image"):
+        export_onnx("unet-fast", tmp_path / "none.onnx", int8_calibration=[])
+    assert not (tmp_path / "none.onnx").exists()
     for args, message in (
         (["--int8"], "--int8 needs --calibrate"),
         (["--calibrate", examples_dir], "--calibrate is only used with --int8"),

@@ -172,7 +172,11 @@ def evaluate(
             dataclasses.replace(segmenter.preprocess, size=size), data, cache_root, split_config
         )
         if reference.stems != datasets[0].stems:
-            raise LungsegError("the dataset prepared at the scoring size lists other images")
+            raise LungsegError(
+                f"the dataset prepared at {size}x{size} lists other images than at the model's "
+                f"{segmenter.size}x{segmenter.size}; prepare it again",
+                data,
+            )
     score_size = reference.size
     indices = reference.indices(split)
     if len(indices) == 0:
