@@ -125,6 +125,63 @@ def test_fcn_skip_adds_only_the_projection() -> None:
     assert with_skips - without == n * 2 * n + 2 * n
 
 
+@pytest.mark.parametrize("depth", [3, 4])
+def test_fcn_depth_adds_pooling_stages_and_their_skips(depth: int) -> None:
+    n = SMALL["n_filters"]
+    deep = create_model("fcn", **SMALL, depth=depth, skips=True)
+    plain = create_model("fcn", **SMALL, depth=depth, skips=False)
+    widths = [n * 2**i for i in range(depth)]
+    # One 1x1 projection (weights + bias) per pooling stage but the deepest.
+    expected = sum(widths[i - 1] * widths[i] + widths[i] for i in range(1, depth))
+    assert count_parameters(deep) - count_parameters(plain) == expected
+    assert deep.input_divisor == 2**depth
+    x = torch.randn(2, 1, 64, 64)
+    deep(x).mean().backward()
+    for name in ["skip", *(f"skip{i}" for i in range(2, depth))]:
+        grad = getattr(deep, name).weight.grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    with pytest.raises(LungsegError, match=f"not divisible by {2**depth}"):
+        deep(torch.randn(1, 1, 2**depth * 3 + 4, 2**depth * 3 + 4))
+
+
+def test_fcn_depth_widens_the_receptive_field() -> None:
+    """A pixel 80 px away reaches the output through four poolings, not through the study's two
+    (whose receptive field is about 45 px wide)."""
+
+    def reach(depth: int) -> float:
+        model = create_model("fcn", **SMALL, depth=depth).eval()
+        x = torch.rand(1, 1, 128, 128, requires_grad=True)
+        model(x)[0, 0, 80, 80].backward()
+        return float(x.grad[0, 0, 0, 0].abs())
+
+    assert reach(2) == 0.0
+    assert reach(4) > 0.0
+
+
+def test_fcn_depth_two_is_the_study_network() -> None:
+    study = create_model("fcn", **SMALL)
+    assert study.init_kwargs["depth"] == 2 and study.input_divisor == 4
+    names = {name.split(".")[0] for name in study.state_dict()}
+    assert names == {"block1", "block2", "block3", "block4", "block5", "head"}
+    with pytest.raises(LungsegError, match="depth must be between 2 and 6"):
+        create_model("fcn", depth=1)
+
+
+def test_deeplabv3_skips_add_low_level_features_to_the_same_decoder() -> None:
+    plus = create_model("deeplabv3", **SMALL, skips=True).eval()
+    plain = create_model("deeplabv3", **SMALL).eval()
+    extra = {k for k in plus.state_dict() if k.startswith(("skip2.", "skip4."))}
+    assert extra == {"skip2.weight", "skip2.bias", "skip4.weight", "skip4.bias"}
+    plain.load_state_dict({k: v for k, v in plus.state_dict().items() if k not in extra})
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(plus(x), plain(x))
+        for name in ("skip2", "skip4"):  # with the projections at zero it is the plain network
+            getattr(plus, name).weight.zero_()
+            getattr(plus, name).bias.zero_()
+        torch.testing.assert_close(plus(x), plain(x))
+
+
 def test_default_unet_size() -> None:
     assert 1.5e6 < count_parameters(create_model("unet")) < 2.5e6
 

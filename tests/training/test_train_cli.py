@@ -20,6 +20,7 @@ from lungseg.metrics import Confusion, dice_score
 from lungseg.plots import HISTORY_COLUMNS
 from lungseg.preprocessing import PreprocessConfig
 from lungseg.training import TrainConfig, load_checkpoint, model_from_checkpoint, train
+from lungseg.training.engine import cpu_has_native_bf16
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "covid-cxr"
 pytestmark = [
@@ -113,6 +114,7 @@ def test_each_model_learns_beyond_trivial_masks(cache64, tmp_path, capsys, model
     assert summary["epochs"] == 2 and summary["train_seconds"] > 0
     assert summary["images_per_second"] > 0
     assert ckpt["epoch"] == ckpt["best_epoch"] == summary["best_epoch"]
+    assert summary["precision"] == ("bf16 autocast" if cpu_has_native_bf16() else "float32")
     assert ckpt["size"] == 64 and ckpt["preprocess"]["preset"] == "seed"
     # The rebuilt best model scores on the validation images what training recorded for it
     # (up to a few pixels whose logit is ~0: batching and memory layout change the rounding).
@@ -121,6 +123,30 @@ def test_each_model_learns_beyond_trivial_masks(cache64, tmp_path, capsys, model
     settings = yaml.safe_load((out / "config.yaml").read_text())
     assert from_dict(TrainConfig, settings["train"]).lr == float(lr)
     assert settings["train"]["size"] == 64 and settings["train"]["preprocess"] == "seed"
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_amp_trains_in_bf16_on_a_cpu_that_has_it(cache32, tmp_path, amp):
+    """Training steps run in bf16 autocast where the CPU computes bf16 natively; validation, and
+    every step under ``amp=False``, in float32."""
+    if amp and not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16 (AMX or AVX512-BF16): amp trains in float32")
+    seen: dict[bool, set[torch.dtype]] = {True: set(), False: set()}
+
+    def record(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d):
+            seen[module.training].add(output.dtype)
+
+    config = TrainConfig(model="fcn", n_filters=4, epochs=1, batch_size=4, threads=1, amp=amp)
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        train(config, cache32, tmp_path / "run", progress=False)
+    finally:
+        handle.remove()
+    assert seen[True] == ({torch.bfloat16} if amp else {torch.float32})  # training steps
+    assert seen[False] == {torch.float32}  # validation
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["precision"] == ("bf16 autocast" if amp else "float32")
 
 
 def test_library_options_and_run_result(cache32, tmp_path):

@@ -131,7 +131,8 @@ def train_command(
         list[str] | None,
         typer.Option(
             help="KEY=VALUE, repeatable: a further constructor argument of the model, e.g. "
-            "downsample=2 (unet) or skips=true (fcn); 'lungseg models' lists them.",
+            "downsample=2 (unet), depth=4 (fcn) or skips=true (fcn, deeplabv3); "
+            "'lungseg models' lists them.",
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.", show_default="0")] = None,
@@ -143,6 +144,15 @@ def train_command(
     ] = None,
     compile: Annotated[
         bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model.")
+    ] = None,
+    amp: Annotated[
+        bool | None,
+        typer.Option(
+            "--amp/--no-amp",
+            help="bf16 autocast on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16); "
+            "--no-amp trains in float32 everywhere.",
+            show_default="amp",
+        ),
     ] = None,
     cache: Annotated[
         Path | None,
@@ -178,6 +188,7 @@ def train_command(
         "workers": workers,
         "threads": threads,
         "compile": compile,
+        "amp": amp,
     }
     flags = {k: v.value if isinstance(v, enum.Enum) else v for k, v in flags.items()}
     resuming = resume and last.is_file()

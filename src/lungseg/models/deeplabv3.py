@@ -40,6 +40,10 @@ class DeepLabV3(SegmentationModel):
         batch_norm: batch norm after every convolution (not in the image-pooling branch).
         in_channels: image channels.
         aspp_rates: dilation rates of the ASPP 3x3 branches, for the H/8 feature map.
+        skips: add the pooled ``H/4`` and ``H/2`` extractor features, each projected by a 1x1
+            conv, to the decoder maps of the same size, as DeepLabV3+ (Chen et al., 2018) feeds
+            low-level features to its decoder to recover the boundary detail that an ``H/8``
+            map loses. Addition keeps the decoder's widths, so the other weights are unchanged.
 
     Shape:
         ``(B, in_channels, H, W) -> (B, 1, H, W)`` logits; ``H, W`` divisible by 8.
@@ -54,6 +58,7 @@ class DeepLabV3(SegmentationModel):
         batch_norm: bool = True,
         in_channels: int = 1,
         aspp_rates: Sequence[int] = DEFAULT_ASPP_RATES,
+        skips: bool = False,
     ) -> None:
         super().__init__(in_channels, n_filters, dropout, batch_norm)
         rates = tuple(aspp_rates)
@@ -78,6 +83,9 @@ class DeepLabV3(SegmentationModel):
             UpConv(2 * n, n, batch_norm),
         )
         self.head = SegmentationHead(n)
+        # Pooled extractor outputs: n channels at H/2 and 2n at H/4, to the decoder's 2n and 4n.
+        self.skip2 = nn.Conv2d(n, 2 * n, 1) if skips else None
+        self.skip4 = nn.Conv2d(2 * n, 4 * n, 1) if skips else None
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,4 +98,11 @@ class DeepLabV3(SegmentationModel):
             Logits ``(B, 1, H, W)``.
         """
         self.check_input(x)
-        return self.head(self.decoder(self.aspp(self.encoder(x))))
+        if self.skip2 is None or self.skip4 is None:
+            return self.head(self.decoder(self.aspp(self.encoder(x))))
+        # encoder: [block, pool, dropout] x 3; decoder: three UpConvs, H/8 -> H/4 -> H/2 -> H.
+        half = self.encoder[:3](x)
+        quarter = self.encoder[3:6](half)
+        y = self.decoder[0](self.aspp(self.encoder[6:](quarter))) + self.skip4(quarter)
+        y = self.decoder[1](y) + self.skip2(half)
+        return self.head(self.decoder[2](y))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lungseg.errors import LungsegError
 from lungseg.models._registry import register_model
 from lungseg.models.blocks import (
     ConvStack,
@@ -18,27 +19,33 @@ from lungseg.models.blocks import (
 
 @register_model("fcn")
 class FCN(SegmentationModel):
-    """FCN: 2 conv blocks with pooling, 2 conv blocks with 2x transposed-conv upsampling, 3 convs.
+    """FCN: conv blocks with pooling (2 by default), as many with 2x upsampling, then 3 convs.
 
-    Blocks: ``2 conv (n) + pool``, ``2 conv (2n) + pool``, ``2 conv (4n) + up``, ``2 conv (2n) +
-    up``, then ``2 conv (n)`` and the 1x1 output conv as the block's third convolution.
+    With the default ``depth=2``, the study's network: ``2 conv (n) + pool``, ``2 conv (2n) +
+    pool``, ``2 conv (4n) + up``, ``2 conv (2n) + up``, then ``2 conv (n)`` and the 1x1 output
+    conv as the block's third convolution. A larger ``depth`` adds a pooling stage (width
+    doubling) and its upsampling stage per level, as Long et al.'s FCN pools five times: more
+    context per pixel (at 256 px, two poolings see too little of the chest to tell lung from
+    bright background).
 
-    With ``skips`` the pooled output of the first block (``H/2``) is projected by a 1x1 conv and
-    added to the first upsampled map, as FCN-8s adds scored pooling features to its upsampled
-    predictions. Addition rather than concatenation keeps every later conv the same width, so
-    ``skips=True`` and ``skips=False`` differ only in that one path. Off by default: measured on
-    the validation split (FCN, 16 filters, 128 px, 15 epochs, two seeds) it did not help — mean
-    Dice 0.8985 with the skip against 0.9031 without, within the spread between seeds.
+    With ``skips``, the pooled output of each encoder stage but the deepest (``H/2``,
+    ``H/4``, ...) is projected by a 1x1 conv and added to the upsampled map of the same size, as
+    FCN-8s adds scored pooling features to its upsampled predictions. Addition rather than
+    concatenation keeps every later conv the same width. At ``depth=2`` it did not help
+    (validation split, 16 filters, 128 px, 15 epochs, two seeds: mean Dice 0.8985 with the skip
+    against 0.9031 without, within the spread between seeds); deeper networks need it to recover
+    the detail the extra poolings lose.
 
     Args:
         n_filters: width of the first block.
         dropout: dropout after each pooling and each upsampling.
         batch_norm: batch norm after every convolution.
         in_channels: image channels.
-        skips: add the skip connection from the first pooling stage.
+        skips: add the skip connections from the pooling stages.
+        depth: pooling stages (2 to 6).
 
     Shape:
-        ``(B, in_channels, H, W) -> (B, 1, H, W)`` logits; ``H, W`` divisible by 4.
+        ``(B, in_channels, H, W) -> (B, 1, H, W)`` logits; ``H, W`` divisible by ``2**depth``.
     """
 
     input_divisor = 4
@@ -50,39 +57,65 @@ class FCN(SegmentationModel):
         batch_norm: bool = True,
         in_channels: int = 1,
         skips: bool = False,
+        depth: int = 2,
     ) -> None:
         super().__init__(in_channels, n_filters, dropout, batch_norm)
+        if not 2 <= depth <= 6:
+            raise LungsegError(f"fcn: depth must be between 2 and 6, got {depth}")
+        self.depth = depth
+        self.input_divisor = 2**depth
         n = n_filters
-        self.block1 = ConvStack(in_channels, n, 2, batch_norm)
-        self.block2 = ConvStack(n, 2 * n, 2, batch_norm)
-        self.block3 = nn.Sequential(
-            ConvStack(2 * n, 4 * n, 2, batch_norm), UpConv(4 * n, 2 * n, linear=True)
-        )
-        self.block4 = nn.Sequential(
-            ConvStack(2 * n, 2 * n, 2, batch_norm), UpConv(2 * n, n, linear=True)
-        )
-        self.block5 = ConvStack(n, n, 2, batch_norm)
+        # Blocks are numbered as in the depth-2 network (block1 .. block5), so its weights load.
+        widths = [n * 2**i for i in range(depth + 1)]  # n, 2n, ..., 2**depth n
+        encoder = [ConvStack(in_channels, n, 2, batch_norm)]
+        encoder += [ConvStack(widths[i - 1], widths[i], 2, batch_norm) for i in range(1, depth)]
+        decoder = [
+            nn.Sequential(
+                ConvStack(widths[depth - 1], widths[depth], 2, batch_norm),
+                UpConv(widths[depth], widths[depth - 1], linear=True),
+            )
+        ]
+        decoder += [
+            nn.Sequential(
+                ConvStack(widths[i], widths[i], 2, batch_norm),
+                UpConv(widths[i], widths[i - 1], linear=True),
+            )
+            for i in range(depth - 1, 0, -1)
+        ]
+        for index, block in enumerate([*encoder, *decoder], start=1):
+            self.add_module(f"block{index}", block)
+        self.add_module(f"block{2 * depth + 1}", ConvStack(n, n, 2, batch_norm))
         self.head = SegmentationHead(n)
         self.pool = nn.MaxPool2d(2)
         self.dropout = dropout_layer(dropout)
-        self.skip = nn.Conv2d(n, 2 * n, 1) if skips else None
+        # skip (from the first pooling stage, the depth-2 name), skip2, skip3, ...: the pooled
+        # output of stage i (widths[i - 1] channels) to the upsampled map of the same size.
+        for i in range(1, depth) if skips else ():
+            name = "skip" if i == 1 else f"skip{i}"
+            self.add_module(name, nn.Conv2d(widths[i - 1], widths[i], 1))
+        self.skips = skips
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segment a batch.
 
         Args:
-            x: images ``(B, in_channels, H, W)``, ``H, W`` divisible by 4.
+            x: images ``(B, in_channels, H, W)``, ``H, W`` divisible by ``2**depth``.
 
         Returns:
             Logits ``(B, 1, H, W)``.
         """
         self.check_input(x)
-        pooled1 = self.dropout(self.pool(self.block1(x)))
-        x = self.dropout(self.pool(self.block2(pooled1)))
-        x = self.block3(x)
-        if self.skip is not None:
-            x = x + self.skip(pooled1)
-        x = self.dropout(x)
-        x = self.dropout(self.block4(x))
-        return self.head(self.block5(x))
+        blocks = [getattr(self, f"block{i}") for i in range(1, 2 * self.depth + 2)]
+        pooled = []
+        for block in blocks[: self.depth]:
+            x = self.dropout(self.pool(block(x)))
+            pooled.append(x)
+        # pooled[i - 1] is stage i's output (H / 2**i); decoder step k ends at H / 2**(depth-k-1).
+        for k, block in enumerate(blocks[self.depth : 2 * self.depth]):
+            x = block(x)
+            stage = self.depth - k - 1
+            if self.skips and stage >= 1:
+                x = x + getattr(self, "skip" if stage == 1 else f"skip{stage}")(pooled[stage - 1])
+            x = self.dropout(x)
+        return self.head(blocks[-1](x))
