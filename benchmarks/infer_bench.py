@@ -15,6 +15,7 @@ decoded 299x299 image (preprocessing, network, postprocessing, resizing the mask
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,8 +25,6 @@ from benchmarks import peer
 from benchmarks.common import Context, Section, ratio_stats, release_memory, repeat
 
 ORT_THREADS = 2
-#: Shipped variants timed beside the registered architectures: name -> (architecture, kwargs).
-VARIANTS = {"unet-fast": ("unet", {"downsample": 2})}
 #: Models also timed as a static int8 ONNX model (lungseg export --int8).
 INT8 = ("unet-fast",)
 INT8_BACKEND = "ONNX Runtime int8"
@@ -49,9 +48,31 @@ CPU = Plan(256, (1, 8, 32), 10, 2.0, 3, 2.0)
 CUDA = Plan(256, (1, 8, 32, 128), 50, 1.0, 10, 1.0)
 
 
-def run(ctx: Context) -> Section:
-    from lungseg.models import list_models
+def timed_models() -> dict[str, tuple[str, dict]]:
+    """``name -> (architecture, constructor arguments)`` of every network timed.
 
+    The registered architectures at their defaults (the study's networks), and each shipped
+    model built otherwise (``unet-fast``; ``fcn (shipped)`` when the shipped FCN is deeper
+    than the study's), with the architecture and arguments read from its shipped checkpoint.
+    """
+    from lungseg.inference import SHIPPED_MODELS, shipped_weights
+    from lungseg.models import list_models, model_info
+    from lungseg.training.checkpoint import load_checkpoint
+
+    def plain(value):  # tuples and lists alike, as a checkpoint stores them
+        return json.loads(json.dumps(value))
+
+    models = {name: (name, {}) for name in list_models()}
+    for name in SHIPPED_MODELS:
+        spec = load_checkpoint(shipped_weights(name))["model"]
+        defaults = plain(model_info(spec["name"]).defaults)
+        kwargs = {k: v for k, v in plain(spec["kwargs"]).items() if defaults.get(k) != v}
+        if kwargs or spec["name"] != name:
+            models[f"{name} (shipped)" if name in models else name] = (spec["name"], kwargs)
+    return models
+
+
+def run(ctx: Context) -> Section:
     plan = QUICK if ctx.quick else CUDA if ctx.device == "cuda" else CPU
     section = Section("infer", ctx)
     prepared = ctx.prepared(plan.size, limit=24 if ctx.quick else None)
@@ -65,7 +86,7 @@ def run(ctx: Context) -> Section:
         torch.set_num_threads(threads)
     latency: dict[tuple[str, str], dict] = {}
     try:
-        models = {name: (name, {}) for name in list_models()} | VARIANTS
+        models = timed_models()
         for name, (arch, kwargs) in models.items():
             for backend, segmenter in _lungseg_networks(ctx, name, arch, kwargs, plan, threads):
                 network = segmenter.networks[0][0]
@@ -121,7 +142,7 @@ def _checkpoint(ctx: Context, name: str, arch: str, kwargs: dict, size: int):
 
     torch.manual_seed(0)
     model = create_model(arch, **kwargs)
-    path = ctx.tmp / f"infer-{name}.pt"
+    path = ctx.tmp / f"infer-{_slug(name)}.pt"
     save_checkpoint(
         path,
         {
@@ -142,15 +163,20 @@ def _lungseg_networks(ctx: Context, name: str, arch: str, kwargs: dict, plan: Pl
     ckpt = _checkpoint(ctx, name, arch, kwargs, plan.size)
     yield "PyTorch", load_model(ckpt, device=ctx.device)
     if ctx.device == "cpu":
-        onnx = export_onnx(ckpt, ctx.tmp / f"infer-{name}.onnx")
+        onnx = export_onnx(ckpt, ctx.tmp / f"infer-{_slug(name)}.onnx")
         yield "ONNX Runtime", load_model(onnx, threads=threads)
         if name in INT8:
             src, _ = ctx.real_data()
             calibration = sorted(src.glob("*/images/*.png"))[:16]
             int8 = export_onnx(
-                ckpt, ctx.tmp / f"infer-{name}-int8.onnx", int8_calibration=calibration
+                ckpt, ctx.tmp / f"infer-{_slug(name)}-int8.onnx", int8_calibration=calibration
             )
             yield INT8_BACKEND, load_model(int8, threads=threads)
+
+
+def _slug(name: str) -> str:
+    """``fcn (shipped)`` -> ``fcn-shipped``, for file names."""
+    return "-".join(name.replace("(", "").replace(")", "").split())
 
 
 def _peer_networks(ctx: Context, model, plan: Plan, threads: int):

@@ -2,11 +2,11 @@
 
 Throughput runs the engine's own epoch loop (``_Run._train_epoch`` of
 :mod:`lungseg.training.engine`, the code ``lungseg train`` runs: uint8 tensors on the device,
-on-device augmentation, channels-last, bf16 autocast on CUDA, Adam, ``BCEWithLogitsLoss``) on
-replicated real images, one warm-up pass and then several timed passes, each a sample; the GPU
-is synchronised before every clock read. The peer, MONAI's UNet, runs a plain loop on the same
-images, batch size, size and device, in the same process, and the U-Net / peer ratio comes from
-these figures.
+on-device augmentation, channels-last, bf16 autocast on CUDA and on CPUs with native bf16,
+Adam, ``BCEWithLogitsLoss``) on replicated real images, one warm-up pass and then several
+timed passes, each a sample; the GPU is synchronised before every clock read. The peer, MONAI's
+UNet, runs a plain float32 loop on the same images, batch size, size and device, in the same
+process, and the U-Net / peer ratio comes from these figures.
 
 Epoch time runs :func:`lungseg.train` itself (training, validation, checkpoints and curves
 every epoch) for a few epochs and takes the median epoch after the first. On CUDA the set is the
@@ -119,8 +119,7 @@ def run(ctx: Context) -> Section:
         f"Images: real ({ctx.real_data()[1]}) prepared at {plan.size}x{plan.size} with preset "
         f"seed, repeated to fill each pass ({n} images = {plan.steps} steps of {plan.batch}).",
         "Throughput: median over timed passes of the engine's epoch loop after one warm-up "
-        f"pass (cuDNN autotuning, allocator); {_threads(ctx)}"
-        + ("; bf16 autocast, TF32, cuDNN benchmark." if ctx.device == "cuda" else "."),
+        f"pass (cuDNN autotuning, allocator); {_threads(ctx)}; {_precision(ctx)}.",
         "Epoch time: lungseg.train() on the same images repeated (4 training images to 1 "
         "validation image), the median epoch after the first (training + validation, which "
         "scale with the set) plus the checkpoints and curves written after each epoch.",
@@ -129,6 +128,16 @@ def run(ctx: Context) -> Section:
         "augmentation.",
     ]
     return section
+
+
+def _precision(ctx: Context) -> str:
+    from lungseg.training.engine import cpu_has_native_bf16
+
+    if ctx.device == "cuda":
+        return "bf16 autocast, TF32, cuDNN benchmark"
+    if cpu_has_native_bf16():
+        return "bf16 autocast (the engine's default on a CPU with native bf16: AMX/AVX512-BF16)"
+    return "float32 (no native bf16 on this CPU)"
 
 
 def _threads(ctx: Context) -> str:

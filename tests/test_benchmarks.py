@@ -49,6 +49,7 @@ def test_quick_run_writes_every_section_with_numbers(tmp_path):
         assert f"## {title}" in text
     assert "Not measured yet" not in text
     assert "Quick mode" in text
+    assert "unet-fast: latency, batch 1, ONNX Runtime" in text  # shipped variants are timed too
     cells = [line.split(" | ") for line in text.splitlines() if line.startswith("| ")]
     figures = [row for row in cells if len(row) == 7 and row[2] in ("images/s", "ms/image")]
     assert len(figures) > 20
@@ -76,6 +77,24 @@ def _section(tmp_path, name: str, value: float) -> dict:
     section.add("speed", [value, value * 2, value * 3], "images/s")
     section.goal("fast enough", value * 2, ">=", 10.0, "images/s")
     return section.to_dict()
+
+
+def test_inference_times_the_study_networks_and_what_ships():
+    from benchmarks.infer_bench import timed_models
+
+    from lungseg.inference import SHIPPED_MODELS, load_model
+    from lungseg.models import create_model, list_models
+
+    models = timed_models()
+    assert all(models[name] == (name, {}) for name in list_models())
+    for name in SHIPPED_MODELS:
+        shipped = load_model(name, device="cpu").networks[0][0].model
+        timed = [create_model(arch, **kw) for arch, kw in models.values()]
+        # Some timed network has the shipped one's architecture and every parameter shape.
+        shapes = {k: v.shape for k, v in shipped.state_dict().items()}
+        assert any({k: v.shape for k, v in net.state_dict().items()} == shapes for net in timed), (
+            name
+        )
 
 
 def test_records_merge_across_runs_and_devices(tmp_path):

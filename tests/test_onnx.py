@@ -12,7 +12,7 @@ import torch
 
 from lungseg.data.cache import load_cache
 from lungseg.errors import LungsegError
-from lungseg.inference import ONNX_METADATA_KEY, load_model
+from lungseg.inference import ONNX_METADATA_KEY, SHIPPED_MODELS, load_model
 from lungseg.training import load_checkpoint, model_from_checkpoint
 from trained import SIZE, dice, lungseg, read_gray
 
@@ -74,6 +74,21 @@ def test_onnx_and_pytorch_probabilities_on_real_images(
         a, b = from_onnx.predict_proba(path), from_torch.predict_proba(path)
         assert a.shape == read_gray(path).shape
         np.testing.assert_allclose(a, b, atol=1e-4, err_msg=path.name)
+
+
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
+def test_every_shipped_model_exports_and_agrees(
+    name: str, examples_dir: Path, tmp_path: Path
+) -> None:
+    """Each shipped architecture (skips, depth, downsampling as shipped) survives the export."""
+    from lungseg.inference import export_onnx
+
+    from_onnx = load_model(export_onnx(name, tmp_path / f"{name}.onnx"))
+    from_torch = load_model(name, device="cpu")
+    for path in sorted((examples_dir / "COVID" / "images").glob("*.png"))[:2]:
+        np.testing.assert_allclose(
+            from_onnx.predict_proba(path), from_torch.predict_proba(path), atol=1e-4
+        )
 
 
 def test_segment_with_onnx(tiny_run, onnx_file: Path, examples_dir: Path, tmp_path, capsys):
