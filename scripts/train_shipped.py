@@ -159,6 +159,7 @@ def cmd_package(args: argparse.Namespace) -> None:
                         save_masks=True, size=SCORE_SIZE)  # fmt: skip
         results[model]["test"] = test.metrics
         results[model]["cache"] = str(data)
+        results[model]["network"] = network_text(weights / f"{model}.pt")
         members[model] = shipped
     if all(name in members for name in ENSEMBLE_MODELS):
         first = results[ENSEMBLE_MODELS[0]]
@@ -283,11 +284,34 @@ TABLE_HEADER = (
     "| model | working size | parameters | best / trained epochs | postprocessing | Dice | IoU | "
     "MSE | HD95 (px) | worst Dice |\n|---|---|---|---|---|---|---|---|---|---|"
 )
+NETWORK_HEADER = (
+    "| model | network (constructor arguments) | training precision | training time |\n"
+    "|---|---|---|---|"
+)
+
+
+def network_text(path: Path) -> str:
+    """``fcn (n_filters=16, depth=4, skips=True)``: the architecture and what differs from the
+    study's network (its defaults), with the base width always shown."""
+    from lungseg.models import model_info
+    from lungseg.training.checkpoint import load_checkpoint
+
+    spec = load_checkpoint(path)["model"]
+    defaults = json.loads(json.dumps(model_info(spec["name"]).defaults))
+    kwargs = json.loads(json.dumps(spec["kwargs"]))
+    shown = [f"n_filters={kwargs.get('n_filters')}"] + [
+        f"{k}={v}" for k, v in kwargs.items() if k != "n_filters" and defaults.get(k) != v
+    ]
+    return f"{spec['name']} ({', '.join(shown)})"
 
 
 def _ci(metrics: dict, key: str = "dice") -> str:
     low, high = metrics[f"{key}_ci95"]
     return f"{metrics[f'{key}_mean']:.4f} ({low:.4f}–{high:.4f})"
+
+
+def _minutes(seconds: float | None) -> str:
+    return f"{seconds / 60:.0f} min" if seconds else "–"
 
 
 def model_card(results: dict) -> str:
@@ -313,6 +337,12 @@ def model_card(results: dict) -> str:
         for preset, v in (r.get("val_presets") or {}).items():
             chosen = " (chosen)" if preset == r["postprocess"] else ""
             val_rows.append(f"| {name} | {preset}{chosen} | {v['dice_mean']:.4f} |")
+    network_rows = [
+        f"| {name} | `{r['network']}` | {r['summary'].get('precision', 'float32')} | "
+        f"{_minutes(r['summary'].get('train_seconds'))} |"
+        for name, r in results.items()
+        if r.get("network")
+    ]
     n_test = first["test"]["n_images"]
     drift = max(r.get("fp16_val_dice_drift", 0.0) for r in results.values())
     int8 = [
@@ -340,6 +370,17 @@ image, average-pools it to 128x128 and upsamples its logits back to 256x256 (`do
 quarter of the U-Net's compute. It exists for the CPU latency goal (ONNX Runtime, batch 1,
 2 threads: see BENCHMARKS.md); use `unet` or `ensemble` when accuracy matters more than speed.
 
+## Networks
+
+{NETWORK_HEADER}
+{chr(10).join(network_rows)}
+
+Arguments not shown are the study's (`lungseg models` lists them). FCN and DeepLabV3 may ship
+deeper or with skips than the study's networks, where that won on validation: `depth=4` pools
+four times instead of twice (the study's FCN sees about 45 px around each pixel, too little of
+a 256x256 chest), `skips=True` adds the 1x1-projected pooled features of each resolution to the
+decoder map of the same size (FCN-8s; for DeepLabV3, the low-level features of DeepLabV3+).
+
 ## Data
 - **Training data**: `../shared/data/covid-cxr` — 355 frontal chest radiographs (PA, AP, AP supine)
   of about 217 patients (352 COVID-19, 2 normal, 1 unknown), images 299x299, lung masks 256x256,
@@ -360,7 +401,8 @@ quarter of the U-Net's compute. It exists for the CPU latency goal (ONNX Runtime
   `lungseg segment` resizes it, so Dice, IoU and HD95 (pixels of 256) compare like with like.
 - Loss BCE + soft Dice, Adam with a cosine schedule, on-device augmentation (rotation ±10°,
   scale ±10 %, shift ±8 %, brightness/contrast/gamma), best epoch by validation Dice.
-- Trained on a 2-core CPU (no GPU was available to the session that trained them).
+- Trained on a 2-core CPU (no GPU was available to the sessions that trained them), in float32
+  or in bf16 autocast where the CPU has native bf16 (table above; validation is float32).
 - Weights are stored in fp16; this changed validation mean Dice by at most {drift:.1e}.
 - Postprocessing preset per model chosen on validation Dice:
 

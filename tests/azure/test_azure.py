@@ -109,6 +109,19 @@ def test_upload_then_prepare_matches_local(
     prepare(data, tmp_path / "local", progress=False)
     assert_same_cache(tmp_path / "local", remote)
 
+    # The replaced blob's old version stays cached until cleared: 81 files + 1 superseded.
+    code, out, err = run_cli(["cache"], capsys)
+    assert code == 0, err
+    assert "roundtrip" in out and f"{N_FILES + 2}" in out
+    code, out, err = run_cli(["cache", "--clear", "--container", "roundtrip"], capsys)
+    assert code == 0, err
+    assert f"removed {N_FILES + 2} cached files" in out
+    assert not [p for p in azure_env.rglob("*") if p.is_file()]
+    code, out, err = run_cli(["prepare", "--data", url, "--out", str(tmp_path / "again")], capsys)
+    assert code == 0, err
+    assert f"download {url}: {N_FILES}/{N_FILES} files" in err
+    assert_same_cache(tmp_path / "local", tmp_path / "again")
+
 
 def test_interrupted_download_resumes(
     own_azurite, cxr_subset, tmp_path, monkeypatch, capsys, azure_env

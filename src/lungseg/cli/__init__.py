@@ -25,7 +25,7 @@ def _register() -> None:
     # Imported for their side effect: each module adds its commands to ``app``.
     import importlib
 
-    for name in ("prepare", "upload", "train", "models", "evaluate", "compare", "segment"):
+    for name in ("prepare", "upload", "cache", "train", "models", "evaluate", "compare", "segment"):
         importlib.import_module(f"lungseg.cli.{name}")
 
 

@@ -52,6 +52,7 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobServiceClient, ContentSettings, ExponentialRetry
 
+from lungseg.data.blob_cache import cache_root
 from lungseg.data.sources import LocalSource
 from lungseg.errors import LungsegError
 
@@ -60,7 +61,6 @@ ENV_ACCOUNT_URL = "AZURE_STORAGE_ACCOUNT_URL"
 ENV_ACCOUNT = "AZURE_STORAGE_ACCOUNT"
 ENV_KEY = "AZURE_STORAGE_KEY"
 ENV_SAS = "AZURE_STORAGE_SAS_TOKEN"
-ENV_CACHE_DIR = "LUNGSEG_CACHE_DIR"
 
 DEFAULT_WORKERS = 8
 #: Throttling, 5xx and dropped connections are retried with exponential backoff (about 0.5, 2.5,
@@ -174,12 +174,6 @@ class _Blob:
     size: int
     etag: str
     md5: bytes | None
-
-
-def cache_root() -> Path:
-    """The local content cache of downloaded blobs (``$LUNGSEG_CACHE_DIR/azure``)."""
-    base = os.environ.get(ENV_CACHE_DIR)
-    return (Path(base) if base else Path.home() / ".cache" / "lungseg") / "azure"
 
 
 @dataclass
