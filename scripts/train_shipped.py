@@ -16,6 +16,11 @@ the int8 export of ``unet-fast`` on the **test** split, and writes
 ``src/lungseg/weights/<model>.pt``, ``src/lungseg/weights/MODEL_CARD.md`` and
 ``docs/comparison/``. ``package --models NAME...`` replaces only those models' weights; the
 others are kept and scored again. Nothing is tuned on the test split.
+
+Runs trained on another machine (the GPU machine; ``scripts/gpu_session.sh`` does the whole
+round trip) travel as ``pack --work W --out DIR MODEL...`` archives (no optimizer state) and are
+unpacked here by ``adopt --work W --data SRC ARCHIVE...``, which prepares the data here and
+checks that the split is the one the run was trained on; ``package`` then ships them.
 """
 
 from __future__ import annotations
@@ -428,6 +433,89 @@ Mean with 95 % bootstrap confidence interval.
 """
 
 
+#: Files of a run that ``pack`` keeps (checkpoints without optimizer state: shipping needs none;
+#: a 2 M-parameter run packs into about 12 MB, under the device's 16 MiB per returned file).
+PACKED_FILES = ("best.pt", "last.pt", "summary.json", "history.csv", "config.yaml", "curves.png")
+
+
+def cmd_pack(args: argparse.Namespace) -> None:
+    """Runs trained on another machine (the GPU one), one ``runs-MODEL.tar`` each, for ``adopt``."""
+    import tarfile
+
+    from lungseg.training.checkpoint import load_checkpoint, save_checkpoint
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for model in args.models:
+        run = Path(args.work) / "runs" / model
+        if not (run / "summary.json").is_file():
+            print(f"{model}: no finished run in {run}; not packed")
+            continue
+        staging = out / f".{model}"
+        staging.mkdir(exist_ok=True)
+        for name in PACKED_FILES:
+            if name.endswith(".pt"):
+                ckpt = load_checkpoint(run / name)
+                for key in ("optimizer", "scheduler", "rng"):
+                    ckpt.pop(key, None)
+                if name == "last.pt":  # kept for its history and data record: fp16 weights
+                    ckpt["state_dict"] = {
+                        k: v.half() if v.is_floating_point() else v
+                        for k, v in ckpt["state_dict"].items()
+                    }
+                save_checkpoint(staging / name, ckpt)
+            elif (run / name).is_file():
+                (staging / name).write_bytes((run / name).read_bytes())
+        with tarfile.open(out / f"runs-{model}.tar", "w") as tar:
+            tar.add(staging, arcname=model)
+        for path in staging.iterdir():
+            path.unlink()
+        staging.rmdir()
+        print(f"{model}: packed {out / f'runs-{model}.tar'}")
+
+
+def cmd_adopt(args: argparse.Namespace) -> None:
+    """Unpack ``pack``'s archives into ``WORK/runs`` and point them at this machine's data.
+
+    The data is prepared here with each run's recorded preprocessing and size (same split seed);
+    the split must be the one the run was trained on (checked by its digest), so ``package``
+    evaluates on exactly the run's validation and test images.
+    """
+    import tarfile
+
+    import yaml
+
+    from lungseg.data.cache import load_cache
+    from lungseg.io_utils import sha256_json
+    from lungseg.training.checkpoint import load_checkpoint, save_checkpoint
+
+    work = Path(args.work)
+    (work / "runs").mkdir(parents=True, exist_ok=True)
+    for archive in args.archives:
+        with tarfile.open(archive) as tar:
+            names = {Path(m.name).parts[0] for m in tar.getmembers()}
+            tar.extractall(work / "runs", filter="data")
+        for model in sorted(names):
+            run = work / "runs" / model
+            last = load_checkpoint(run / "last.pt")
+            recipe = {"size": last["size"], "preprocess": last["preprocess"]["preset"]}
+            cache = cache_dir(work, recipe).absolute()
+            _prepare(args.data, cache, recipe)
+            data = load_cache(cache)
+            stems = data.stems
+            digest = sha256_json({s: [stems[i] for i in data.indices(s)] for s in ("train", "val")})
+            if digest != last["data"]["split"]:
+                raise SystemExit(f"{run}: trained on another split than {cache} holds")
+            for name in ("best.pt", "last.pt"):
+                ckpt = load_checkpoint(run / name)
+                ckpt["data"]["cache"] = str(cache)
+                save_checkpoint(run / name, ckpt)
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            config["cache"] = str(cache)
+            (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            print(f"{model}: adopted into {run} (data {cache})")
+
+
 def run_cache(run: Path) -> Path:
     from lungseg.training.checkpoint import load_checkpoint
 
@@ -462,8 +550,17 @@ def main() -> None:
         help="folder for the shipped models' comparison report ('' for none)",
     )
     package.add_argument("--weights-dir", default=str(WEIGHTS))
+    pack = sub.add_parser("pack", help="archive finished runs (no optimizer state) for adopt")
+    pack.add_argument("--work", required=True)
+    pack.add_argument("--out", required=True)
+    pack.add_argument("models", nargs="+")
+    adopt = sub.add_parser("adopt", help="unpack pack's archives into WORK/runs, prepare data")
+    adopt.add_argument("--work", required=True)
+    adopt.add_argument("--data", required=True)
+    adopt.add_argument("archives", nargs="+")
     args = parser.parse_args()
-    {"train": cmd_train, "package": cmd_package}[args.command](args)
+    commands = {"train": cmd_train, "package": cmd_package, "pack": cmd_pack, "adopt": cmd_adopt}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":
