@@ -112,7 +112,7 @@ class TrainConfig:
         seed: seeds weight init, shuffling, augmentation and dropout.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         amp: bf16 autocast for the training steps on CUDA, and on a CPU with native bf16
-            arithmetic (Intel AMX or AVX512-BF16: about twice the float32 training speed
+            arithmetic (Intel AMX or AVX512-BF16: 1.5-2x the float32 training speed
             there); float32 elsewhere, where emulated bf16 would be slower. The weights,
             optimizer and validation stay float32.
         channels_last: channels-last memory format (faster on CPU and GPU).
