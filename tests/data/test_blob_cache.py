@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lungseg.cli import main
 from lungseg.data.blob_cache import cache_root, cache_usage, clear_cache
 from lungseg.errors import LungsegError
+from trained import assert_one_line_error, lungseg
 
 DAY = 86400.0
 
@@ -66,23 +66,12 @@ def test_clear_errors_name_the_problem(cache: Path) -> None:
         clear_cache(older_than_days=-1)
 
 
-def _cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_cache_cli(cache: Path, capsys: pytest.CaptureFixture) -> None:
-    code, out, _ = _cli(["cache"], capsys)
+    code, out, _ = lungseg(["cache"], capsys)
     assert code == 0 and "acct2" in out and "other" in out and "total 387 bytes" in out
-    code, out, _ = _cli(["cache", "--clear", "--older-than", "5"], capsys)
+    code, out, _ = lungseg(["cache", "--clear", "--older-than", "5"], capsys)
     assert code == 0 and "removed 2 cached files (107 bytes)" in out
-    code, _, err = _cli(["cache", "--older-than", "5"], capsys)
-    assert code == 2 and "add --clear" in err
-    assert _cli(["cache", "--clear"], capsys)[0] == 0
-    code, out, _ = _cli(["cache"], capsys)
+    assert_one_line_error(*lungseg(["cache", "--older-than", "5"], capsys)[::2], "add --clear")
+    assert lungseg(["cache", "--clear"], capsys)[0] == 0
+    code, out, _ = lungseg(["cache"], capsys)
     assert code == 0 and "no cached files" in out
