@@ -15,7 +15,6 @@ decoded 299x299 image (preprocessing, network, postprocessing, resizing the mask
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,14 +58,10 @@ def timed_models() -> dict[str, tuple[str, dict]]:
     from lungseg.models import list_models, model_info
     from lungseg.training.checkpoint import load_checkpoint
 
-    def plain(value):  # tuples and lists alike, as a checkpoint stores them
-        return json.loads(json.dumps(value))
-
     models = {name: (name, {}) for name in list_models()}
     for name in SHIPPED_MODELS:
         spec = load_checkpoint(shipped_weights(name))["model"]
-        defaults = plain(model_info(spec["name"]).defaults)
-        kwargs = {k: v for k, v in plain(spec["kwargs"]).items() if defaults.get(k) != v}
+        kwargs = model_info(spec["name"]).changed(spec["kwargs"])
         if kwargs or spec["name"] != name:
             models[f"{name} (shipped)" if name in models else name] = (spec["name"], kwargs)
     return models

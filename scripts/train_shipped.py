@@ -308,10 +308,9 @@ def network_text(path: Path) -> str:
     from lungseg.training.checkpoint import load_checkpoint
 
     spec = load_checkpoint(path)["model"]
-    defaults = json.loads(json.dumps(model_info(spec["name"]).defaults))
-    kwargs = json.loads(json.dumps(spec["kwargs"]))
-    shown = [f"n_filters={kwargs.get('n_filters')}"] + [
-        f"{k}={v}" for k, v in kwargs.items() if k != "n_filters" and defaults.get(k) != v
+    changed = model_info(spec["name"]).changed(spec["kwargs"])
+    shown = [f"n_filters={spec['kwargs'].get('n_filters')}"] + [
+        f"{k}={v}" for k, v in changed.items() if k != "n_filters"
     ]
     return f"{spec['name']} ({', '.join(shown)})"
 
@@ -492,8 +491,8 @@ def cmd_adopt(args: argparse.Namespace) -> None:
     import yaml
 
     from lungseg.data.cache import load_cache
-    from lungseg.io_utils import sha256_json
     from lungseg.training.checkpoint import load_checkpoint, save_checkpoint
+    from lungseg.training.engine import split_digest
 
     work = Path(args.work)
     (work / "runs").mkdir(parents=True, exist_ok=True)
@@ -508,8 +507,7 @@ def cmd_adopt(args: argparse.Namespace) -> None:
             cache = cache_dir(work, recipe).absolute()
             _prepare(args.data, cache, recipe)
             data = load_cache(cache)
-            stems = data.stems
-            digest = sha256_json({s: [stems[i] for i in data.indices(s)] for s in ("train", "val")})
+            digest = split_digest(data.stems, data.indices("train"), data.indices("val"))
             if digest != last["data"]["split"]:
                 raise SystemExit(f"{run}: trained on another split than {cache} holds")
             for name in ("best.pt", "last.pt"):

@@ -182,6 +182,15 @@ def test_deeplabv3_skips_add_low_level_features_to_the_same_decoder() -> None:
         torch.testing.assert_close(plus(x), plain(x))
 
 
+def test_changed_lists_only_arguments_that_differ_from_the_defaults() -> None:
+    info = model_info("deeplabv3")
+    # A checkpoint stores the tuple default as a list: still the default.
+    assert info.changed({"aspp_rates": [6, 12, 18], "n_filters": 16, "skips": True}) == {
+        "skips": True
+    }
+    assert info.changed({"aspp_rates": [4, 8]}) == {"aspp_rates": [4, 8]}
+
+
 def test_default_unet_size() -> None:
     assert 1.5e6 < count_parameters(create_model("unet")) < 2.5e6
 

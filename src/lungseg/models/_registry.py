@@ -38,6 +38,17 @@ class ModelInfo:
         """Parameter count of the model built with :attr:`defaults` (builds it; ~0.1 s)."""
         return count_parameters(self.cls(**self.defaults))
 
+    def changed(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The arguments in ``kwargs`` whose value differs from :attr:`defaults`.
+
+        Tuples and lists compare equal, as a checkpoint stores a tuple default as a list.
+        """
+
+        def plain(value: Any) -> Any:
+            return list(value) if isinstance(value, tuple) else value
+
+        return {k: v for k, v in kwargs.items() if plain(self.defaults.get(k)) != plain(v)}
+
 
 def register_model(name: str) -> Callable[[M], M]:
     """Class decorator that adds a :class:`SegmentationModel` subclass under ``name``.

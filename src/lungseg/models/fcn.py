@@ -17,6 +17,11 @@ from lungseg.models.blocks import (
 )
 
 
+def _skip_name(stage: int) -> str:
+    """The skip from pooling stage ``stage``: ``skip`` (the depth-2 name), ``skip2``, ..."""
+    return "skip" if stage == 1 else f"skip{stage}"
+
+
 @register_model("fcn")
 class FCN(SegmentationModel):
     """FCN: conv blocks with pooling (2 by default), as many with 2x upsampling, then 3 convs.
@@ -91,8 +96,7 @@ class FCN(SegmentationModel):
         # skip (from the first pooling stage, the depth-2 name), skip2, skip3, ...: the pooled
         # output of stage i (widths[i - 1] channels) to the upsampled map of the same size.
         for i in range(1, depth) if skips else ():
-            name = "skip" if i == 1 else f"skip{i}"
-            self.add_module(name, nn.Conv2d(widths[i - 1], widths[i], 1))
+            self.add_module(_skip_name(i), nn.Conv2d(widths[i - 1], widths[i], 1))
         self.skips = skips
         init_weights(self)
 
@@ -116,6 +120,6 @@ class FCN(SegmentationModel):
             x = block(x)
             stage = self.depth - k - 1
             if self.skips and stage >= 1:
-                x = x + getattr(self, "skip" if stage == 1 else f"skip{stage}")(pooled[stage - 1])
+                x = x + getattr(self, _skip_name(stage))(pooled[stage - 1])
             x = self.dropout(x)
         return self.head(blocks[-1](x))

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -46,7 +47,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -462,13 +463,7 @@ class _Run:
         return model
 
     def _split_digest(self) -> str:
-        stems = self.prepared.stems
-        return sha256_json(
-            {
-                s: [stems[i] for i in idx]
-                for s, idx in (("train", self.train_idx), ("val", self.val_idx))
-            }
-        )
+        return split_digest(self.prepared.stems, self.train_idx, self.val_idx)
 
     def _checkpoint_to_resume(self) -> dict[str, Any] | None:
         last = self.out / "last.pt"
@@ -841,6 +836,14 @@ def _deferred_sigint() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
+def split_digest(stems: Sequence[str], train_idx: Sequence[int], val_idx: Sequence[int]) -> str:
+    """The digest of a train/validation split that checkpoints record (``data.split``)."""
+    return sha256_json(
+        {s: [stems[i] for i in idx] for s, idx in (("train", train_idx), ("val", val_idx))}
+    )
+
+
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (Intel AMX or AVX512-BF16).
 
