@@ -125,6 +125,7 @@ def evaluate(
     cache_root: str | Path | None = None,
     split_config: PrepareConfig | None = None,
     size: int | None = None,
+    tta: bool = False,
 ) -> Evaluation:
     """Evaluate ``model`` and write the results into ``out``.
 
@@ -143,6 +144,7 @@ def evaluate(
         split_config: split settings when ``data`` is a source folder (default: lungseg's default).
         size: score at ``size x size`` instead of the model's working size (to compare models
             trained at different sizes against the same masks).
+        tta: average each prediction over test-time augmentation views (:mod:`lungseg.tta`).
     """
     run_dir = Path(model) if isinstance(model, str | Path) and Path(model).is_dir() else None
     if run_dir is not None and not (run_dir / "best.pt").is_file():
@@ -150,6 +152,8 @@ def evaluate(
             "run directory has no best.pt checkpoint (did training finish an epoch?)", run_dir
         )
     segmenter = model if isinstance(model, Segmenter) else load_model(model, device)
+    if tta:
+        segmenter = segmenter.with_tta()
     if data is None:
         if run_dir is None:
             raise LungsegError("--data is needed to evaluate a checkpoint file or shipped model")
@@ -213,6 +217,7 @@ def evaluate(
         "model_size": segmenter.size,
         "inference_ms_per_image": 1000.0 * seconds / len(indices),
         "device": getattr(segmenter.networks[0][0], "device", "cpu (onnxruntime)"),
+        "tta": (segmenter.info or {}).get("tta"),
     }
     if len(results) > 1:
         metrics["postprocess_presets"] = {

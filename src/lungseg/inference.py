@@ -11,11 +11,13 @@ postprocessing recorded in the checkpoint::
 
 ``load_model("ensemble")`` averages the probabilities of the three shipped models. A model
 exported to ONNX (``lungseg export``) loads the same way from its ``.onnx`` file and runs on
-ONNX Runtime.
+ONNX Runtime. ``load_model(..., tta=True)`` averages each prediction over zoomed and rotated
+views of the image (:mod:`lungseg.tta`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections.abc import Sequence
@@ -32,6 +34,7 @@ from lungseg.data.io import Decoded, decode_image, to_gray8
 from lungseg.errors import LungsegError
 from lungseg.postprocessing import PostprocessConfig, postprocess_batch
 from lungseg.preprocessing import PreprocessConfig, preprocess
+from lungseg.tta import DEFAULT_VIEWS, TTANetwork, View
 
 #: Models shipped inside the package. ``unet-fast`` is the U-Net run at half resolution inside
 #: the model (``downsample=2``), the variant for CPU latency (see MODEL_CARD.md for its accuracy).
@@ -176,6 +179,14 @@ class Segmenter:
         decoded = _as_decoded(image)
         return self.predict_batch([decoded.pixels])[0]
 
+    def with_tta(self, views: Sequence[View] = DEFAULT_VIEWS) -> Segmenter:
+        """This model with test-time augmentation over ``views`` (see :mod:`lungseg.tta`)."""
+        if (self.info or {}).get("tta"):
+            return self
+        networks = [(TTANetwork(network, views), config) for network, config in self.networks]
+        info = {**(self.info or {}), "tta": [view.describe() for view in views]}
+        return dataclasses.replace(self, name=f"{self.name}+tta", networks=networks, info=info)
+
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Masks for several ``uint8[H, W]`` images (each at its own resolution)."""
         prob = self.proba_working(images)
@@ -225,6 +236,7 @@ def load_model(
     device: str = "auto",
     postprocess: str | PostprocessConfig | None = None,
     threads: int | None = None,
+    tta: bool = False,
 ) -> Segmenter:
     """Load a model for segmentation.
 
@@ -235,10 +247,19 @@ def load_model(
         device: ``auto``, ``cpu`` or ``cuda`` (PyTorch models).
         postprocess: override the recorded postprocessing (a preset name or a config).
         threads: ONNX Runtime intra-op threads.
+        tta: average each prediction over the test-time augmentation views of
+            :data:`lungseg.tta.DEFAULT_VIEWS` (five forward passes per image).
     """
+    segmenter = _load(model, device, postprocess, threads)
+    return segmenter.with_tta() if tta else segmenter
+
+
+def _load(
+    model: str | Path, device: str, postprocess: str | PostprocessConfig | None, threads: int | None
+) -> Segmenter:
     text = str(model)
     if text == "ensemble":
-        members = [load_model(name, device, postprocess) for name in ENSEMBLE_MODELS]
+        members = [_load(name, device, postprocess, threads) for name in ENSEMBLE_MODELS]
         return ensemble(members)
     if text in SHIPPED_MODELS:
         path = shipped_weights(text)

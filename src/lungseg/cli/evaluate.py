@@ -38,6 +38,9 @@ def evaluate_command(
             show_default="the model's working size",
         ),
     ] = None,
+    tta: Annotated[
+        bool, typer.Option(help="Test-time augmentation: average over 5 zoomed/rotated views.")
+    ] = False,
 ) -> None:
     """Evaluate a model: mean Dice, IoU, MSE, HD95 with 95% confidence intervals."""
     from lungseg.errors import LungsegError
@@ -55,6 +58,7 @@ def evaluate_command(
         device=device,
         batch_size=batch_size,
         size=size,
+        tta=tta,
     )
     m = result.metrics
     low, high = m["dice_ci95"]

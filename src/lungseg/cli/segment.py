@@ -30,6 +30,9 @@ def segment_command(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
+    tta: Annotated[
+        bool, typer.Option(help="Test-time augmentation: average over 5 zoomed/rotated views.")
+    ] = False,
 ) -> None:
     """Segment new chest X-rays: masks at the original resolution, overlays and lung areas."""
     from lungseg.errors import LungsegError
@@ -39,7 +42,7 @@ def segment_command(
     if weights is not None and onnx is not None:
         raise LungsegError("give --weights or --onnx, not both")
     source = onnx or weights or model
-    segmenter = load_model(source, device=device, postprocess=postprocess)
+    segmenter = load_model(source, device=device, postprocess=postprocess, tta=tta)
     result = segment_files(segmenter, inputs, out, batch_size=batch_size)
     if result.n_done == 0:
         raise LungsegError(
