@@ -387,6 +387,19 @@ def model_card(results: dict) -> str:
     int8_text = (
         "\n## int8 ONNX\n\n" + "\n".join(int8) + "\nSpeed: see BENCHMARKS.md.\n" if int8 else ""
     )
+    qc = ", ".join(
+        f"{name} {r['test']['uncertainty_error_spearman']:.2f}"
+        for name, r in results.items()
+        if r["test"].get("uncertainty_error_spearman") is not None
+    )
+    qc_text = (
+        "\n## Which masks to review\n\n`measurements.csv` of `lungseg segment` has "
+        "`uncertain_fraction` (`lungseg/quality.py`),\nthe share of the predicted lung with "
+        "probability between 0.1 and 0.9. Its Spearman correlation with\nthe error (1 - Dice) "
+        f"on the test split: {qc}.\n"
+        if qc
+        else ""
+    )
     tta_rows = [
         f"| {name} | {r['tta']['val_plain']:.4f} | {r['tta']['val']['dice_mean']:.4f} | "
         f"{_ci(r['test'])} | {_ci(r['tta']['test'])} | {r['tta']['test']['dice_worst']:.4f} |"
@@ -464,7 +477,7 @@ Mean with 95 % bootstrap confidence interval.
 
 {TABLE_HEADER}
 {chr(10).join(rows)}
-{int8_text}{tta_text}
+{int8_text}{tta_text}{qc_text}
 ## Known limits
 - Trained on COVID-19 chest X-rays, many of them figures cut out of papers (letters, arrows,
   crops, tubes and wires over the lungs); performance on other populations, devices or paediatric

@@ -80,6 +80,12 @@ def test_segment_every_format(tiny_run, examples_dir: Path, tmp_path: Path, caps
             assert float(row["left_lung_cm2"]) == pytest.approx(left * mm2 / 100, abs=1e-3)
         else:
             assert row["spacing_mm"] == row["lung_cm2"] == ""
+        assert 0.0 <= float(row["uncertain_fraction"]) < 10.0
+    # The most uncertain files are named for review, in order.
+    ranked = sorted(rows.values(), key=lambda r: (-float(r["uncertain_fraction"]), r["file"]))
+    first = [Path(r["file"]).name for r in ranked[:3]]
+    assert f"review first (highest uncertain_fraction): {first[0]}" in stdout
+    assert stdout.index(first[1]) < stdout.index(first[2])
     # MONOCHROME1 stores the inverted values; decoded, it is the same image as the MONOCHROME2.
     assert dice(masks["mono1"], masks["mono2"]) > 0.99
 

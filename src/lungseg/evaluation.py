@@ -14,7 +14,9 @@ Writes into ``OUT``:
   ``hd95_mean``, ``dice_ci95`` and every other summary of
   :class:`~lungseg.metrics.MetricAccumulator`, plus the inference time per image and, when
   several postprocessing presets were asked for, a summary per preset (``postprocess_presets``);
-* ``per_image.csv`` - ``stem, dice, iou, mse, hd95, precision, recall, accuracy``;
+* ``per_image.csv`` - ``stem, dice, iou, mse, hd95, precision, recall, accuracy`` and the
+  ground-truth-free ``uncertain_fraction`` (:mod:`lungseg.quality`), whose rank correlation with
+  the error is ``uncertainty_error_spearman`` in ``metrics.json``;
 * with ``save_masks``, ``masks/<stem>.png`` - the binary masks (0/255) at the working size.
 """
 
@@ -41,6 +43,7 @@ from lungseg.io_utils import atomic_write_bytes, atomic_write_text, csv_text, sh
 from lungseg.metrics import MetricAccumulator
 from lungseg.postprocessing import PostprocessConfig, list_postprocess_presets, postprocess_batch
 from lungseg.preprocessing import PreprocessConfig
+from lungseg.quality import error_rank_correlation, uncertain_fraction
 
 
 @dataclass
@@ -203,6 +206,10 @@ def evaluate(
         results[name] = (acc.compute(), acc.per_image(), pred)
     main_name = presets[0][0]
     summary, rows, pred = results[main_name]
+    # Uncertainty comes from the probabilities at the working size, as 'segment' computes it.
+    uncertainty = uncertain_fraction(prob)
+    for row, value in zip(rows, uncertainty, strict=True):
+        row["uncertain_fraction"] = float(value)
     metrics = {
         "model": segmenter.name,
         "checkpoint": segmenter.source,
@@ -218,6 +225,9 @@ def evaluate(
         "inference_ms_per_image": 1000.0 * seconds / len(indices),
         "device": getattr(segmenter.networks[0][0], "device", "cpu (onnxruntime)"),
         "tta": (segmenter.info or {}).get("tta"),
+        "uncertainty_error_spearman": error_rank_correlation(
+            uncertainty, np.array([row["dice"] for row in rows])
+        ),
     }
     if len(results) > 1:
         metrics["postprocess_presets"] = {

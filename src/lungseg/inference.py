@@ -190,8 +190,15 @@ class Segmenter:
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Masks for several ``uint8[H, W]`` images (each at its own resolution)."""
         prob = self.proba_working(images)
+        return self.masks_from_proba(prob, [im.shape for im in images])
+
+    def masks_from_proba(
+        self, prob: np.ndarray, shapes: Sequence[tuple[int, int]]
+    ) -> list[np.ndarray]:
+        """Working-size probabilities ``float32[N, S, S]`` -> postprocessed ``bool`` masks, each
+        resized to its image's ``(H, W)`` in ``shapes``."""
         masks = postprocess_batch(prob, self.postprocess)
-        return [upscale_mask(m, im.shape) for m, im in zip(masks, images, strict=True)]
+        return [upscale_mask(m, shape) for m, shape in zip(masks, shapes, strict=True)]
 
 
 def upscale_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

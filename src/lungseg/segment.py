@@ -6,7 +6,9 @@ For each input image this writes, at the image's **own resolution**:
 * ``OUT/overlays/<stem>.png`` - the X-ray with the lungs tinted and outlined;
 * a row of ``OUT/measurements.csv`` - lung area in pixels and as a share of the image, right and
   left lung separately (the patient's right lung is on the image's left, as radiographs are
-  viewed), and areas in cm² when the file states its pixel spacing (DICOM).
+  viewed), areas in cm² when the file states its pixel spacing (DICOM), and
+  ``uncertain_fraction``, the model's doubt about the mask (:mod:`lungseg.quality`): review the
+  masks with the highest values first.
 
 A file that cannot be read is listed with its reason in ``OUT/errors.csv``; the others are done.
 """
@@ -26,10 +28,11 @@ from lungseg.errors import LungsegError
 from lungseg.inference import Segmenter
 from lungseg.io_utils import atomic_write_bytes, atomic_write_text, csv_text
 from lungseg.progress import track
+from lungseg.quality import uncertain_fraction
 
 MEASUREMENT_COLUMNS = (
     "stem", "file", "height", "width", "lung_px", "lung_fraction", "right_lung_px", "left_lung_px",
-    "spacing_mm", "lung_cm2", "right_lung_cm2", "left_lung_cm2",
+    "spacing_mm", "lung_cm2", "right_lung_cm2", "left_lung_cm2", "uncertain_fraction",
 )  # fmt: skip
 
 
@@ -40,6 +43,8 @@ class SegmentResult:
     n_done: int
     n_failed: int
     out: Path
+    #: ``(uncertain_fraction, file)`` of every segmented image, most uncertain first (ties by file).
+    most_uncertain: list[tuple[float, str]]
 
 
 def find_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -126,6 +131,7 @@ def measure(stem: str, file: str, mask: np.ndarray, spacing: tuple[float, float]
         "stem": stem, "file": file, "height": h, "width": w, "lung_px": total,
         "lung_fraction": round(total / (h * w), 6), "right_lung_px": right, "left_lung_px": left,
         "spacing_mm": "", "lung_cm2": "", "right_lung_cm2": "", "left_lung_cm2": "",
+        "uncertain_fraction": "",
     }  # fmt: skip
     if spacing is not None:
         cm2 = spacing[0] * spacing[1] / 100.0
@@ -190,19 +196,29 @@ def segment_files(
                 errors.append({"file": str(path), "problem": err.problem})
         if not good:
             continue
-        masks = segmenter.predict_batch([d.pixels for _, d in good])
-        for (path, decoded), mask in zip(good, masks, strict=True):
+        pixels = [d.pixels for _, d in good]
+        prob = segmenter.proba_working(pixels)
+        masks = segmenter.masks_from_proba(prob, [p.shape for p in pixels])
+        doubt = uncertain_fraction(prob)
+        for (path, decoded), mask, unsure in zip(good, masks, doubt, strict=True):
             stem = stems[path]
             _write_png(out / "masks" / f"{stem}.png", mask.astype(np.uint8) * 255)
             _write_png(out / "overlays" / f"{stem}.png", overlay(decoded.pixels, mask))
-            rows.append(measure(stem, str(path), mask, decoded.spacing))
+            row = measure(stem, str(path), mask, decoded.spacing)
+            row["uncertain_fraction"] = round(float(unsure), 6)
+            rows.append(row)
     _write_csv(out / "measurements.csv", rows, MEASUREMENT_COLUMNS)
     errors_csv = out / "errors.csv"
     if errors:
         _write_csv(errors_csv, errors, ("file", "problem"))
     else:
         errors_csv.unlink(missing_ok=True)
-    return SegmentResult(len(rows), len(errors), out)
+    ranked = sorted(((r["uncertain_fraction"], r["file"]) for r in rows), key=_most_uncertain)
+    return SegmentResult(len(rows), len(errors), out, ranked)
+
+
+def _most_uncertain(item: tuple[float, str]) -> tuple[float, str]:
+    return -item[0], item[1]
 
 
 def _unique_stems(files: list[Path]) -> dict[Path, str]:

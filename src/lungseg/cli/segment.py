@@ -50,6 +50,9 @@ def segment_command(
         )
     note = f"; {result.n_failed} file(s) skipped, see {out}/errors.csv" if result.n_failed else ""
     typer.echo(f"segmented {result.n_done} image(s) with {segmenter.name} into {out}{note}")
+    if result.n_done > 1:
+        shown = ", ".join(f"{Path(f).name} ({u:.3f})" for u, f in result.most_uncertain[:3])
+        typer.echo(f"review first (highest uncertain_fraction): {shown}")
 
 
 @app.command("export")
