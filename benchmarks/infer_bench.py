@@ -8,8 +8,9 @@ images in, probabilities ``float32[B, S, S]`` out as numpy (so a GPU run include
 Weights are freshly initialised: speed does not depend on their values. MONAI's UNet runs the
 plain PyTorch way and through the same ONNX Runtime settings, in the same run.
 
-One more figure per backend shows what a user waits for with U-Net: ``predict_batch`` on one
-decoded 299x299 image (preprocessing, network, postprocessing, resizing the mask back).
+Two more figures per backend show what a user waits for with U-Net: ``predict_batch`` on one
+decoded 299x299 image (preprocessing, network, postprocessing, resizing the mask back), without
+and with test-time augmentation (``--tta``).
 """
 
 from __future__ import annotations
@@ -232,6 +233,19 @@ def _end_to_end(ctx: Context, section: Section, backend: str, segmenter, plan: P
         [t * 1000 for t in times],
         "ms/image",
         f"{w}x{h} uint8 in, mask out: preprocess + network + postprocess + resize",
+    )
+    augmented = segmenter.with_tta()
+    times = repeat(
+        lambda: augmented.predict_batch([pixels]),
+        repeats=plan.latency_runs,
+        min_seconds=plan.latency_seconds,
+        max_repeats=200,
+    )
+    section.add(
+        f"unet: end-to-end predict with --tta, 1 image, {backend}",
+        [t * 1000 for t in times],
+        "ms/image",
+        f"as above, averaged over {len(augmented.networks[0][0].views)} test-time views",
     )
 
 
