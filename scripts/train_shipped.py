@@ -160,7 +160,7 @@ def cmd_package(args: argparse.Namespace) -> None:
     weights = Path(args.weights_dir)
     weights.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
-    members = {}
+    segmenters = {}
     for model in MODEL_SETTINGS:
         run = work / "runs" / model
         if model in args.models and (run / "summary.json").is_file():
@@ -176,11 +176,10 @@ def cmd_package(args: argparse.Namespace) -> None:
         results[model]["test"] = test.metrics
         results[model]["cache"] = str(data)
         results[model]["network"] = network_text(weights / f"{model}.pt")
-        members[model] = shipped
-    ens_model = None
-    if all(name in members for name in ENSEMBLE_MODELS):
+        segmenters[model] = shipped
+    if all(name in segmenters for name in ENSEMBLE_MODELS):
         first = results[ENSEMBLE_MODELS[0]]
-        ens_model = ensemble([members[m] for m in ENSEMBLE_MODELS])
+        ens_model = ensemble([segmenters[m] for m in ENSEMBLE_MODELS])
         ens = evaluate(ens_model,
                        work / "eval" / "ensemble" / "test", data=first["cache"], split="test",
                        save_masks=True, size=SCORE_SIZE)  # fmt: skip
@@ -189,9 +188,9 @@ def cmd_package(args: argparse.Namespace) -> None:
             "postprocess": f"{first['postprocess']} (mean probability)",
             "cache": first["cache"],
         }
-    for name, segmenter in {**members, "ensemble": ens_model}.items():
-        if segmenter is not None:
-            results[name]["tta"] = _tta_result(name, segmenter, results, work)
+        segmenters["ensemble"] = ens_model
+    for name, segmenter in segmenters.items():
+        results[name]["tta"] = _tta_result(name, segmenter, results, work)
     for model in INT8_MODELS:
         if model in results:
             results[f"{model}-int8"] = _int8_result(model, results[model], work, weights)
@@ -404,15 +403,12 @@ def model_card(results: dict) -> str:
     drifts = {n: r["fp16_val_dice_drift"] for n, r in results.items() if "fp16_val_dice_drift" in r}
     known = [d for d in drifts.values() if d is not None]
     unknown = [n for n, d in drifts.items() if d is None]
-    drift_text = (
-        f"this changed validation mean Dice by at most {max(known):.1e}"
-        if known
-        else "the change in validation Dice was not measured"
-    ) + (
-        f" (not measured for {', '.join(unknown)}: training run not at hand)"
-        if unknown and known
-        else ""
-    )
+    if not known:
+        drift_text = "the change in validation Dice was not measured"
+    else:
+        drift_text = f"this changed validation mean Dice by at most {max(known):.1e}"
+        if unknown:
+            drift_text += f" (not measured for {', '.join(unknown)}: training run not at hand)"
     int8 = [
         f"- `{name}`: `lungseg export --model {name.removesuffix('-int8')} --int8 --calibrate "
         f"TRAINING_IMAGES` (static ONNX Runtime quantisation, calibrated on "

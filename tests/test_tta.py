@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -20,8 +21,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def batch(examples_dir: Path) -> np.ndarray:
     """Two real example X-rays, ``float32[2, 1, 256, 256]`` in [0, 1]."""
-    import cv2
-
     paths = sorted((examples_dir / "COVID" / "images").glob("*.png"))[:2]
     images = [cv2.resize(read_gray(p), (256, 256), interpolation=cv2.INTER_AREA) for p in paths]
     return (np.stack(images)[:, None] / np.float32(255.0)).astype(np.float32)
@@ -39,8 +38,6 @@ def test_each_view_is_warped_back_onto_the_image(batch: np.ndarray, view: View) 
     inner = np.s_[:, 40:-40, 40:-40]  # every view covers the centre
     # The view itself is far from the image, its prediction warped back is close to it
     # (two bilinear resamplings blur it slightly).
-    import cv2
-
     moved = cv2.warpAffine(shown[0], view_matrix(view, 256, 256), (256, 256))
     assert np.abs(moved - shown[0])[40:-40, 40:-40].mean() > 0.02
     assert np.abs(out - shown)[inner].mean() < 0.01

@@ -122,8 +122,15 @@ def _mediastinum_column(component: np.ndarray) -> int:
     return int(candidates[np.argmin(np.abs(candidates - width / 2.0))])
 
 
-def measure(stem: str, file: str, mask: np.ndarray, spacing: tuple[float, float] | None) -> dict:
-    """One ``measurements.csv`` row for a mask at the image's resolution."""
+def measure(
+    stem: str,
+    file: str,
+    mask: np.ndarray,
+    spacing: tuple[float, float] | None,
+    uncertainty: float | None = None,
+) -> dict:
+    """One ``measurements.csv`` row for a mask at the image's resolution (``uncertainty``: the
+    image's :func:`~lungseg.quality.uncertain_fraction`, blank when not given)."""
     h, w = mask.shape
     total = int(mask.sum())
     right, left = lung_areas(mask)
@@ -131,7 +138,7 @@ def measure(stem: str, file: str, mask: np.ndarray, spacing: tuple[float, float]
         "stem": stem, "file": file, "height": h, "width": w, "lung_px": total,
         "lung_fraction": round(total / (h * w), 6), "right_lung_px": right, "left_lung_px": left,
         "spacing_mm": "", "lung_cm2": "", "right_lung_cm2": "", "left_lung_cm2": "",
-        "uncertain_fraction": "",
+        "uncertain_fraction": "" if uncertainty is None else round(float(uncertainty), 6),
     }  # fmt: skip
     if spacing is not None:
         cm2 = spacing[0] * spacing[1] / 100.0
@@ -204,9 +211,7 @@ def segment_files(
             stem = stems[path]
             _write_png(out / "masks" / f"{stem}.png", mask.astype(np.uint8) * 255)
             _write_png(out / "overlays" / f"{stem}.png", overlay(decoded.pixels, mask))
-            row = measure(stem, str(path), mask, decoded.spacing)
-            row["uncertain_fraction"] = round(float(unsure), 6)
-            rows.append(row)
+            rows.append(measure(stem, str(path), mask, decoded.spacing, unsure))
     _write_csv(out / "measurements.csv", rows, MEASUREMENT_COLUMNS)
     errors_csv = out / "errors.csv"
     if errors:

@@ -115,7 +115,11 @@ class TTANetwork:
     def __init__(self, network: Network, views: Sequence[View] = DEFAULT_VIEWS) -> None:
         self.network = network
         self.views = tuple(views)
-        self.device = getattr(network, "device", "cpu (onnxruntime)")
+
+    @property
+    def device(self) -> str:
+        """The wrapped network's device (AttributeError where it has none, as ONNX models)."""
+        return self.network.device
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return tta_probabilities(self.network, batch, self.views)
