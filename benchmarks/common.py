@@ -98,7 +98,8 @@ class Context:
 
         Prepared once per run with the default preset and kept for the other benchmarks.
         """
-        from lungseg.data.cache import PrepareConfig, prepare
+        from lungseg.data.cache import prepare
+        from lungseg.data.settings import PrepareConfig
         from lungseg.preprocessing import PreprocessConfig
 
         key = (size, limit, copies)
@@ -107,7 +108,7 @@ class Context:
             tag = f"{size}-{limit or 'all'}-x{copies}"
             if limit is not None or copies > 1:
                 src = replicate(src, self.tmp / f"set-{tag}", copies, limit)
-            config = PrepareConfig(PreprocessConfig.preset_config("seed", size))
+            config = PrepareConfig(PreprocessConfig.from_preset("seed", size))
             self._prepared[key] = prepare(src, self.tmp / f"cache-{tag}", config, progress=False)
         return self._prepared[key]
 
@@ -424,7 +425,7 @@ def machine_info(device: str) -> dict[str, Any]:
     }
     import torch
 
-    from lungseg.training.engine import physical_cores
+    from lungseg.devices import physical_cores
 
     info["physical_cores"] = physical_cores()
     if device == "cuda":

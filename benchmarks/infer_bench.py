@@ -55,8 +55,8 @@ def timed_models() -> dict[str, tuple[str, dict]]:
     model built otherwise (``unet-fast``; ``fcn (shipped)`` when the shipped FCN is deeper
     than the study's), with the architecture and arguments read from its shipped checkpoint.
     """
-    from lungseg.inference import SHIPPED_MODELS, shipped_weights
     from lungseg.models import list_models, model_info
+    from lungseg.shipped import SHIPPED_MODELS, shipped_weights
     from lungseg.training.checkpoint import load_checkpoint
 
     models = {name: (name, {}) for name in list_models()}
@@ -144,7 +144,7 @@ def _checkpoint(ctx: Context, name: str, arch: str, kwargs: dict, size: int):
         {
             "model": {"name": arch, "kwargs": to_dict(model.init_kwargs)},
             "size": size,
-            "preprocess": to_dict(PreprocessConfig.preset_config("seed", size)),
+            "preprocess": to_dict(PreprocessConfig.from_preset("seed", size)),
             "postprocess": to_dict(PostprocessConfig.preset("seed")),
             "state_dict": plain_state_dict(model),
         },
@@ -154,7 +154,8 @@ def _checkpoint(ctx: Context, name: str, arch: str, kwargs: dict, size: int):
 
 def _lungseg_networks(ctx: Context, name: str, arch: str, kwargs: dict, plan: Plan, threads: int):
     """``(backend, network)`` for each backend measured on this device."""
-    from lungseg.inference import export_onnx, load_model
+    from lungseg.export import export_onnx
+    from lungseg.inference import load_model
 
     ckpt = _checkpoint(ctx, name, arch, kwargs, plan.size)
     yield "PyTorch", load_model(ckpt, device=ctx.device)

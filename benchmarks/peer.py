@@ -123,6 +123,6 @@ def export_onnx(model: nn.Module, path: Path, size: int) -> Path:
 
 def onnx_network(path: Path, threads: int) -> Any:
     """An ONNX Runtime session with the same wrapper and settings as lungseg's."""
-    from lungseg.inference import _OnnxNetwork
+    from lungseg.inference import OnnxNetwork
 
-    return _OnnxNetwork(path, threads)
+    return OnnxNetwork(path, threads)

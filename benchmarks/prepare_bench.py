@@ -41,8 +41,9 @@ PROFILE_ROWS = [
 
 
 def run(ctx: Context) -> Section:
-    from lungseg.data.cache import PrepareConfig, prepare
-    from lungseg.preprocessing import PREPROCESS_PRESETS, PreprocessConfig
+    from lungseg.data.cache import prepare
+    from lungseg.data.settings import PrepareConfig
+    from lungseg.preprocessing import PRESETS, PreprocessConfig
 
     section = Section("prepare", ctx)
     src, label = ctx.real_data()
@@ -55,8 +56,8 @@ def run(ctx: Context) -> Section:
     out = ctx.tmp / "prepare-out"
     host = f"{ctx.device_label} host CPU" if ctx.device == "cuda" else "cpu"
     speed: dict[tuple[str, int], dict] = {}
-    for preset in PREPROCESS_PRESETS:
-        config = PrepareConfig(PreprocessConfig.preset_config(preset, 256))
+    for preset in PRESETS:
+        config = PrepareConfig(PreprocessConfig.from_preset(preset, 256))
         for workers in (1, 2):
             times = []
             for _ in range(repeats):
@@ -71,7 +72,7 @@ def run(ctx: Context) -> Section:
                 f"{n} images, end to end",
                 host,
             )
-    for preset in PREPROCESS_PRESETS:
+    for preset in PRESETS:
         section.add(
             f"speed-up 2 vs 1 worker, preset {preset}",
             ratio_stats(speed[preset, 2], speed[preset, 1]),
@@ -110,7 +111,8 @@ def run(ctx: Context) -> Section:
 
 def _profile(ctx: Context, section: Section, data) -> None:
     """Where the 1-worker time goes (cProfile adds overhead to every Python call)."""
-    from lungseg.data.cache import PrepareConfig, prepare
+    from lungseg.data.cache import prepare
+    from lungseg.data.settings import PrepareConfig
 
     n = sum(1 for _ in data.glob("*/images/*"))
     profiler = cProfile.Profile()

@@ -37,8 +37,7 @@ MODEL = "unet"
 
 
 def run(ctx: Context) -> Section:
-    from lungseg.training.distributed import DistContext
-    from lungseg.training.engine import per_epoch_images
+    from lungseg.training.distributed import DistContext, per_epoch_images
 
     plan = QUICK if ctx.quick else CUDA if ctx.device == "cuda" else CPU
     section = Section("scaling", ctx)

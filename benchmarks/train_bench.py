@@ -131,7 +131,7 @@ def run(ctx: Context) -> Section:
 
 
 def _precision(ctx: Context) -> str:
-    from lungseg.training.engine import cpu_has_native_bf16
+    from lungseg.devices import cpu_has_native_bf16
 
     if ctx.device == "cuda":
         return "bf16 autocast, TF32, cuDNN benchmark"
@@ -141,38 +141,49 @@ def _precision(ctx: Context) -> str:
 
 
 def _threads(ctx: Context) -> str:
-    from lungseg.training.engine import physical_cores
+    from lungseg.devices import physical_cores
 
     if ctx.threads:
         return f"{ctx.threads} CPU thread(s) (quick mode)"
     return f"{physical_cores()} CPU thread(s) (the engine's default: one per physical core)"
 
 
-def _setup(ctx: Context, name: str, plan: Plan):
+def _setup(ctx: Context, name: str, plan: Plan, images: np.ndarray, masks: np.ndarray):
+    from lungseg.data.cache import PreparedData
+    from lungseg.data.settings import PrepareConfig
+    from lungseg.preprocessing import PreprocessConfig
     from lungseg.training.distributed import DistContext
     from lungseg.training.engine import _Run
 
     config = TrainConfig(
         model=name,
-        size=plan.size,
         batch_size=plan.batch,
         device=ctx.device,
         epochs=plan.passes + 1,
         threads=ctx.threads,
     )
+    splits = ["train"] * (len(images) - 1) + ["val"]
+    data = PreparedData(
+        path=ctx.tmp / "steps",
+        images=images,
+        masks=masks,
+        rows=[{"stem": f"img{i}", "split": split} for i, split in enumerate(splits)],
+        config=PrepareConfig(PreprocessConfig(size=plan.size)),
+        source="benchmark: real images repeated",
+    )
     device = torch.device(ctx.device)
     # The engine's private loop object, built directly so the benchmark times exactly the code
     # `lungseg train` runs per epoch (the quick test breaks if its signature changes).
-    engine = _Run(config, None, ctx.tmp, device, DistContext(), False, None, None, False)
+    engine = _Run(config, data, ctx.tmp, device, DistContext(), False)
     engine._setup_backend()
     return config, device, engine
 
 
 def _engine_speed(ctx: Context, name: str, plan: Plan, images: np.ndarray, masks: np.ndarray):
-    from lungseg.training.engine import make_loss
+    from lungseg.training.losses import make_loss
 
     threads = torch.get_num_threads()
-    config, device, engine = _setup(ctx, name, plan)
+    config, device, engine = _setup(ctx, name, plan, images, masks)
     x = torch.from_numpy(images).to(device)
     y = torch.from_numpy(masks).to(device)
     torch.manual_seed(config.seed)
@@ -196,7 +207,7 @@ def _engine_speed(ctx: Context, name: str, plan: Plan, images: np.ndarray, masks
 
 
 def _peer_speed(ctx: Context, model, plan: Plan, images: np.ndarray, masks: np.ndarray):
-    from lungseg.training.engine import physical_cores
+    from lungseg.devices import physical_cores
 
     threads = torch.get_num_threads()
     torch.set_num_threads(ctx.threads or physical_cores())  # as many as lungseg's loop had

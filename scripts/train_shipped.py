@@ -154,7 +154,8 @@ def cmd_package(args: argparse.Namespace) -> None:
     describes all shipped models with numbers from one code version.
     """
     from lungseg.evaluation import evaluate
-    from lungseg.inference import ENSEMBLE_MODELS, ensemble
+    from lungseg.inference import ensemble
+    from lungseg.shipped import ENSEMBLE_MODELS
 
     work = Path(args.work)
     weights = Path(args.weights_dir)
@@ -310,7 +311,7 @@ def _int8_result(model: str, fp32: dict, work: Path, weights: Path) -> dict:
     """Export ``model`` to int8 ONNX calibrated on training images; score it like the others."""
     from lungseg.data.cache import load_cache
     from lungseg.evaluation import evaluate
-    from lungseg.inference import evenly_spread, export_onnx
+    from lungseg.export import evenly_spread, export_onnx
 
     data = load_cache(fp32["cache"])
     train = [Path(data.source) / data.rows[i]["image_key"] for i in data.indices("train")]
@@ -576,7 +577,7 @@ def cmd_adopt(args: argparse.Namespace) -> None:
 
     from lungseg.data.cache import load_cache
     from lungseg.training.checkpoint import load_checkpoint, save_checkpoint
-    from lungseg.training.engine import split_digest
+    from lungseg.training.data import split_digest
 
     work = Path(args.work)
     (work / "runs").mkdir(parents=True, exist_ok=True)

@@ -82,8 +82,9 @@ def _section(tmp_path, name: str, value: float) -> dict:
 def test_inference_times_the_study_networks_and_what_ships():
     from benchmarks.infer_bench import timed_models
 
-    from lungseg.inference import SHIPPED_MODELS, load_model
+    from lungseg.inference import load_model
     from lungseg.models import create_model, list_models
+    from lungseg.shipped import SHIPPED_MODELS
 
     models = timed_models()
     assert all(models[name] == (name, {}) for name in list_models())

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from lungseg.cli import main
-from lungseg.cli.prepare import prepare_config
 from lungseg.data.cache import load_cache
+from lungseg.data.settings import prepare_settings
 
 COUNTS_LINE = "prepared {n} images at {s}x{s} in {out} (train {train}, val {val}, test {test})"
 
@@ -140,7 +140,7 @@ def _yaml(tmp_path: Path, prepare: dict) -> Path:
 
 
 def test_settings_defaults() -> None:
-    settings = prepare_config()
+    settings = prepare_settings()
     assert (settings.val_fraction, settings.test_fraction, settings.seed) == (0.2, 0.1, 0)
     assert settings.preprocess.size == 256 and settings.preprocess.preset == "seed"
 
@@ -154,7 +154,7 @@ def test_yaml_kept_where_no_flag_given(tmp_path: Path) -> None:
             "preprocess": {"size": 128, "preset": "clahe", "clahe_clip_limit": 3.0},
         },
     )
-    settings = prepare_config(config=config)
+    settings = prepare_settings(config=config)
     assert (settings.val_fraction, settings.test_fraction, settings.seed) == (0.3, 0.1, 4)
     pre = settings.preprocess
     assert (pre.size, pre.preset, pre.gradient, pre.clahe_clip_limit) == (128, "clahe", False, 3.0)
@@ -165,7 +165,7 @@ def test_flags_win_over_yaml(tmp_path: Path) -> None:
         tmp_path,
         {"val_fraction": 0.3, "seed": 4, "preprocess": {"size": 128, "clahe_clip_limit": 3.0}},
     )
-    settings = prepare_config(preprocess="none", size=64, val=0.25, seed=1, config=config)
+    settings = prepare_settings(preprocess="none", size=64, val=0.25, seed=1, config=config)
     assert (settings.val_fraction, settings.seed) == (0.25, 1)
     pre = settings.preprocess
     assert (pre.size, pre.preset, pre.blur, pre.gradient, pre.clahe) == (64, "none", *[False] * 3)

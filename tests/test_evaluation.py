@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lungseg.data.cache import PrepareConfig, load_cache, prepare
+from lungseg.data.cache import load_cache, prepare
+from lungseg.data.settings import PrepareConfig
 from lungseg.errors import LungsegError
 from lungseg.evaluation import evaluate
-from lungseg.inference import shipped_weights
 from lungseg.preprocessing import PreprocessConfig
+from lungseg.shipped import shipped_weights
 from lungseg.training import load_checkpoint
 from trained import SIZE, assert_one_line_error, dice, lungseg, read_gray
 
@@ -98,7 +99,7 @@ def test_checkpoint_on_source_folder_uses_its_preprocessing(
 def test_cache_with_other_preprocessing_is_prepared_again(
     tiny_run, examples_dir: Path, tmp_path: Path
 ) -> None:
-    plain = PrepareConfig(PreprocessConfig.preset_config("none", SIZE), 0.25, 0.25, 0)
+    plain = PrepareConfig(PreprocessConfig.from_preset("none", SIZE), 0.25, 0.25, 0)
     other = prepare(examples_dir, tmp_path / "plain", plain, workers=1, progress=False)
     result = evaluate(tiny_run.checkpoint, tmp_path / "eval", data=other.path, device="cpu")
     assert result.data.path != other.path
@@ -109,7 +110,7 @@ def test_cache_with_other_preprocessing_is_prepared_again(
 def test_shipped_weights_missing_says_what_to_do(
     tmp_path: Path, examples_dir, capsys, monkeypatch
 ) -> None:
-    monkeypatch.setattr("lungseg.inference.weights_dir", lambda: tmp_path / "no-weights")
+    monkeypatch.setattr("lungseg.shipped.weights_dir", lambda: tmp_path / "no-weights")
     with pytest.raises(LungsegError) as info:
         shipped_weights("unet")
     assert "not in this installation" in str(info.value)
@@ -126,7 +127,7 @@ def _zero_test_cache(examples_dir: Path, root: Path) -> Path:
         (root / "src" / "COVID" / kind).mkdir(parents=True)
         for name in ("1d435a4b.png", "333932bd.png"):
             shutil.copy(examples_dir / "COVID" / kind / name, root / "src" / "COVID" / kind / name)
-    config = PrepareConfig(PreprocessConfig.preset_config("seed", SIZE), 0.5, 0.0, 0)
+    config = PrepareConfig(PreprocessConfig.from_preset("seed", SIZE), 0.5, 0.0, 0)
     return prepare(root / "src", root / "cache", config, workers=1, progress=False).path
 
 
@@ -168,7 +169,7 @@ def test_common_scoring_size(tiny_run, examples_dir: Path, tmp_path: Path, capsy
     # Ground truth prepared independently at the scoring size; the masks at the working size,
     # resized the way segment resizes them.
     truth = prepare(examples_dir, tmp_path / "big",
-                    PrepareConfig(PreprocessConfig.preset_config("seed", big)), workers=1,
+                    PrepareConfig(PreprocessConfig.from_preset("seed", big)), workers=1,
                     progress=False)  # fmt: skip
     from lungseg.inference import upscale_mask
 

@@ -107,7 +107,7 @@ def _other_checkpoint(tiny_run, path: Path) -> Path:
     ckpt = load_checkpoint(tiny_run.checkpoint)
     last = [k for k in ckpt["state_dict"] if k.endswith("bias")][-1]
     ckpt["state_dict"][last] = ckpt["state_dict"][last] + 1.5
-    ckpt["preprocess"] = vars(PreprocessConfig.preset_config("none", ckpt["size"]))
+    ckpt["preprocess"] = vars(PreprocessConfig.from_preset("none", ckpt["size"]))
     save_checkpoint(path, ckpt)
     return path
 
@@ -126,7 +126,7 @@ def test_ensemble_averages_probabilities(tiny_run, segmenter, xray, tmp_path: Pa
 def test_load_model_errors(segmenter, tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(LungsegError, match="model not found"):
         load_model(tmp_path / "missing.pt")
-    monkeypatch.setattr("lungseg.inference.weights_dir", lambda: tmp_path / "no-weights")
+    monkeypatch.setattr("lungseg.shipped.weights_dir", lambda: tmp_path / "no-weights")
     with pytest.raises(LungsegError, match="not in this installation"):
         load_model("fcn")
     with pytest.raises(LungsegError, match="image file not found"):

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from lungseg.config import from_dict, to_dict
-from lungseg.data.cache import PrepareConfig
+from lungseg.data.settings import PrepareConfig
 from lungseg.errors import LungsegError
 from lungseg.preprocessing import (
-    PREPROCESS_PRESETS,
+    PRESETS,
     PreprocessConfig,
     clahe,
     gaussian_blur,
@@ -121,24 +121,24 @@ def test_resize_mask_stays_binary(lung_mask: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("size", [64, 256])
-@pytest.mark.parametrize("preset", PREPROCESS_PRESETS)
+@pytest.mark.parametrize("preset", PRESETS)
 def test_preset_equals_direct_opencv(xray: np.ndarray, preset: str, size: int) -> None:
     # 256 keeps the 299x299 original (filters at full resolution, as the study did); 64 first
     # shrinks it to 80x80 so the kernels cover the same share of the chest.
-    config = PreprocessConfig.preset_config(preset, size)
+    config = PreprocessConfig.from_preset(preset, size)
     out = preprocess(xray, config)
     np.testing.assert_array_equal(out, _direct(xray, preset, size))
 
 
 def test_presets_differ(xray: np.ndarray) -> None:
-    outs = [preprocess(xray, PreprocessConfig.preset_config(p, 64)) for p in PREPROCESS_PRESETS]
+    outs = [preprocess(xray, PreprocessConfig.from_preset(p, 64)) for p in PRESETS]
     for i in range(len(outs)):
         for j in range(i + 1, len(outs)):
             assert not np.array_equal(outs[i], outs[j])
 
 
 def test_preset_steps() -> None:
-    steps = {p: PreprocessConfig.preset_config(p).steps() for p in PREPROCESS_PRESETS}
+    steps = {p: PreprocessConfig.from_preset(p).steps() for p in PRESETS}
     assert steps["seed"] == [
         "gaussian_blur",
         "morphological_gradient",
@@ -148,12 +148,12 @@ def test_preset_steps() -> None:
     ]
     assert steps["clahe"] == ["gaussian_blur", "clahe", "normalize", "resize"]
     assert steps["none"] == ["normalize", "resize"]
-    assert PreprocessConfig() == PreprocessConfig.preset_config("seed")
+    assert PreprocessConfig() == PreprocessConfig.from_preset("seed")
 
 
-@pytest.mark.parametrize("preset", PREPROCESS_PRESETS)
+@pytest.mark.parametrize("preset", PRESETS)
 def test_config_round_trips(preset: str) -> None:
-    config = PreprocessConfig.preset_config(preset, 96)
+    config = PreprocessConfig.from_preset(preset, 96)
     as_dict = to_dict(config)
     assert from_dict(PreprocessConfig, as_dict) == config
     # Through YAML text too, as the cache manifest and checkpoints store it.
@@ -164,10 +164,10 @@ def test_config_round_trips(preset: str) -> None:
 
 def test_unknown_preset_lists_valid_ones() -> None:
     with pytest.raises(LungsegError) as info:
-        PreprocessConfig.preset_config("sharpen")
+        PreprocessConfig.from_preset("sharpen")
     message = str(info.value)
     assert "sharpen" in message
-    for name in PREPROCESS_PRESETS:
+    for name in PRESETS:
         assert name in message
 
 
@@ -182,11 +182,11 @@ def test_invalid_config_rejected(kwargs: dict) -> None:
         PreprocessConfig(**kwargs)
 
 
-@pytest.mark.parametrize("preset", PREPROCESS_PRESETS)
+@pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("shape", [(299, 299), (200, 350), (40, 30)])
 def test_dtype_and_shape_contract(xray: np.ndarray, preset: str, shape: tuple[int, int]) -> None:
     image = cv2.resize(xray, shape[::-1], interpolation=cv2.INTER_AREA)
-    out = preprocess(image, PreprocessConfig.preset_config(preset, 64))
+    out = preprocess(image, PreprocessConfig.from_preset(preset, 64))
     assert out.dtype == np.uint8 and out.shape == (64, 64)
     assert out.max() > out.min()
 

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lungseg.inference import ENSEMBLE_MODELS, SHIPPED_MODELS, load_model, shipped_weights
+from lungseg.inference import load_model
+from lungseg.shipped import ENSEMBLE_MODELS, SHIPPED_MODELS, shipped_weights
 from lungseg.training.checkpoint import load_checkpoint
 from trained import dice, lungseg
 

@@ -34,11 +34,12 @@ class TinyRun:
 
 def train_tiny(examples: Path, root: Path) -> TinyRun:
     """Prepare the examples (3 test, 2 val images) and train the tiny U-Net on them."""
-    from lungseg.data.cache import PrepareConfig, prepare
+    from lungseg.data.cache import prepare
+    from lungseg.data.settings import PrepareConfig
     from lungseg.preprocessing import PreprocessConfig
     from lungseg.training import TrainConfig, train
 
-    config = PrepareConfig(PreprocessConfig.preset_config("seed", SIZE), 0.25, 0.25, 0)
+    config = PrepareConfig(PreprocessConfig.from_preset("seed", SIZE), 0.25, 0.25, 0)
     prepared = prepare(examples, root / "cache", config, workers=1, progress=False)
     settings = TrainConfig(
         model="unet", n_filters=4, epochs=8, batch_size=4, lr=3e-3, augment=False,

@@ -20,11 +20,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from lungseg.data.cache import PrepareConfig, prepare
+from lungseg.data.cache import prepare as prepare_data
+from lungseg.data.settings import PrepareConfig
 from lungseg.errors import LungsegError
 from lungseg.evaluation import evaluate
 from lungseg.preprocessing import PreprocessConfig
 from lungseg.report import Entry, build_report, load_checkpoint_entry, load_entry
+
+#: The reference study's three architectures, compared by default.
+STUDY_MODELS = ("unet", "fcn", "deeplabv3")
 
 
 def _label(model: str, pre: str, post: str, many_pre: bool, many_post: bool) -> str:
@@ -40,11 +44,10 @@ def compare(
     data: str | Path,
     out: str | Path,
     train_config,
-    models: Sequence[str] = ("unet", "fcn", "deeplabv3"),
-    preprocess: Sequence[str] = ("seed",),
-    postprocess: Sequence[str] = ("seed",),
-    size: int = 256,
-    split: PrepareConfig | None = None,
+    models: Sequence[str] | None = None,
+    preprocess: Sequence[str] | None = None,
+    postprocess: Sequence[str] | None = None,
+    prepare: PrepareConfig | None = None,
     progress: bool = True,
 ) -> Path:
     """Run the whole comparison and return the path of ``report.html``.
@@ -53,17 +56,18 @@ def compare(
         data: dataset folder or ``az://`` URL.
         out: output folder (see the module docstring).
         train_config: a :class:`~lungseg.training.TrainConfig` with the shared training settings;
-            its ``model``, ``size`` and ``preprocess`` are set per run.
-        models: registered model names.
-        preprocess: preprocessing presets (one cache each).
-        postprocess: postprocessing presets (one evaluation each).
-        size: working size.
-        split: split settings (default: test 10 %, validation 20 %, seed 0).
+            its ``model`` is set per run.
+        models: registered model names (default: the study's three).
+        preprocess: preprocessing presets, one cache each (default: ``prepare``'s).
+        postprocess: postprocessing presets, one evaluation each (default: ``train_config``'s).
+        prepare: working size and split settings (default: lungseg's); with ``preprocess``,
+            each preset replaces its preprocessing.
         progress: show progress bars.
     """
     from lungseg.models import list_models
     from lungseg.training import train
 
+    models = list(STUDY_MODELS if models is None else models)
     unknown = [m for m in models if m not in list_models()]
     if unknown:
         raise LungsegError(
@@ -72,24 +76,27 @@ def compare(
     if not models:
         raise LungsegError("--models is empty; name at least one model")
     out = Path(out)
-    split = split or PrepareConfig()
+    prepare = prepare or PrepareConfig()
+    size = prepare.preprocess.size
+    presets = list(preprocess or [prepare.preprocess.preset])
+    posts = list(postprocess or [train_config.postprocess])
     entries: list[Entry] = []
-    for pre in preprocess:
-        settings = replace(split, preprocess=PreprocessConfig.preset_config(pre, size))
-        prepared = prepare(
+    for pre in presets:
+        settings = replace(prepare, preprocess=PreprocessConfig.from_preset(pre, size))
+        prepared = prepare_data(
             data, out / f"cache-{pre}", settings, workers=train_config.workers, progress=progress
         )
         for model in models:
             run_dir = out / "runs" / f"{model}-{pre}"
-            config = replace(train_config, model=model, size=size, preprocess=pre)
+            config = replace(train_config, model=model)
             if not _finished(run_dir, config.epochs):
                 resume = (run_dir / "last.pt").is_file()
                 train(config, prepared, run_dir, resume=resume, progress=progress)
-            for post in postprocess:
+            for post in posts:
                 eval_dir = run_dir / f"eval-{post}"
                 evaluate(run_dir, eval_dir, split="test", postprocess=[post], save_masks=True,
                          device=config.device)  # fmt: skip
-                label = _label(model, pre, post, len(preprocess) > 1, len(postprocess) > 1)
+                label = _label(model, pre, post, len(presets) > 1, len(posts) > 1)
                 entries.append(load_entry(run_dir, eval_dir, label))
     return build_report(entries, out)
 

@@ -36,7 +36,8 @@ import cv2
 import numpy as np
 
 from lungseg.config import to_dict
-from lungseg.data.cache import PrepareConfig, PreparedData, is_cache, load_cache, prepare
+from lungseg.data.cache import PreparedData, is_cache, load_cache, prepare
+from lungseg.data.settings import PrepareConfig
 from lungseg.errors import LungsegError
 from lungseg.inference import Segmenter, load_model, upscale_mask
 from lungseg.io_utils import atomic_write_bytes, atomic_write_text, csv_text, sha256_json

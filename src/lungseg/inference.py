@@ -19,68 +19,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from lungseg.config import from_dict, to_dict
+from lungseg.config import from_dict
 from lungseg.data.io import Decoded, decode_image, to_gray8
+from lungseg.devices import resolve_device
 from lungseg.errors import LungsegError
 from lungseg.postprocessing import PostprocessConfig, postprocess_batch
 from lungseg.preprocessing import PreprocessConfig, preprocess
+from lungseg.shipped import ENSEMBLE_MODELS, SHIPPED_MODELS, shipped_weights
 from lungseg.tta import DEFAULT_VIEWS, TTANetwork, View
 
-#: Models shipped inside the package. ``unet-fast`` is the U-Net run at half resolution inside
-#: the model (``downsample=2``), the variant for CPU latency (see MODEL_CARD.md for its accuracy).
-SHIPPED_MODELS = ("unet", "fcn", "deeplabv3", "unet-fast")
-#: The members of ``load_model("ensemble")``: the study's three architectures.
-ENSEMBLE_MODELS = ("unet", "fcn", "deeplabv3")
 ImageLike = str | Path | bytes | np.ndarray | Decoded
 
 
-def shipped_weights(name: str) -> Path:
-    """Path of a shipped model's weights inside the installed package."""
-    if name not in SHIPPED_MODELS:
-        raise LungsegError(
-            f"no shipped model named {name!r}; shipped models: {', '.join(SHIPPED_MODELS)}, "
-            "ensemble (or give a checkpoint path)"
-        )
-    path = weights_dir() / f"{name}.pt"
-    if not path.is_file():
-        raise LungsegError(
-            f"the shipped weights of {name!r} are not in this installation (a partial install?); "
-            "reinstall lungseg, or use a run directory or checkpoint of your own (train one with "
-            "'lungseg train'), e.g. load_model('runs/unet'), segment --weights runs/unet",
-            path,
-        )
-    return path
-
-
-def weights_dir() -> Path:
-    """Folder of the shipped weights and their MODEL_CARD.md inside the installed package."""
-    return Path(str(resources.files("lungseg") / "weights"))
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else is checked."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LungsegError(f"--device {device} asked for, but no CUDA device is available")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise LungsegError(f"unknown device {device!r}; use auto, cpu or cuda[:N]")
-    return device
-
-
-class _TorchNetwork:
+class TorchNetwork:
     """A PyTorch model: ``float32[B, 1, S, S]`` in [0, 1] -> probabilities ``float32[B, S, S]``."""
 
     def __init__(self, model: Any, device: str) -> None:
@@ -101,8 +60,8 @@ class _TorchNetwork:
             return torch.sigmoid(self.model(x).float())[:, 0].cpu().numpy()
 
 
-class _OnnxNetwork:
-    """An exported model on ONNX Runtime, same contract as :class:`_TorchNetwork`."""
+class OnnxNetwork:
+    """An exported model on ONNX Runtime, same contract as :class:`TorchNetwork`."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         try:
@@ -155,7 +114,7 @@ class Segmenter:
 
     def prepare_inputs(self, images: Sequence[ImageLike]) -> list[Decoded]:
         """Decode paths/bytes/arrays into 8-bit grayscale :class:`Decoded` images."""
-        return [_as_decoded(im) for im in images]
+        return [as_decoded(im) for im in images]
 
     def proba_working(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """``uint8[H, W]`` images -> probabilities ``float32[N, S, S]`` at the working size."""
@@ -170,13 +129,13 @@ class Segmenter:
 
     def predict_proba(self, image: ImageLike) -> np.ndarray:
         """``float32[H, W]`` lung probability at the image's own resolution."""
-        decoded = _as_decoded(image)
+        decoded = as_decoded(image)
         prob = self.proba_working([decoded.pixels])[0]
         return _resize_prob(prob, decoded.pixels.shape)
 
     def predict(self, image: ImageLike) -> np.ndarray:
         """``bool[H, W]`` lung mask at the image's own resolution."""
-        decoded = _as_decoded(image)
+        decoded = as_decoded(image)
         return self.predict_batch([decoded.pixels])[0]
 
     def with_tta(self, views: Sequence[View] = DEFAULT_VIEWS) -> Segmenter:
@@ -217,7 +176,7 @@ def _resize_prob(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def _as_decoded(image: ImageLike) -> Decoded:
+def as_decoded(image: ImageLike) -> Decoded:
     if isinstance(image, Decoded):
         return image
     if isinstance(image, str | Path):
@@ -286,7 +245,7 @@ def _load(
         from lungseg.training.checkpoint import load_checkpoint, model_from_checkpoint
 
         meta = load_checkpoint(path)
-        network = _TorchNetwork(model_from_checkpoint(meta), resolve_device(device))
+        network = TorchNetwork(model_from_checkpoint(meta), resolve_device(device))
     pre = from_dict(PreprocessConfig, meta["preprocess"], f"{path}:preprocess")
     post = _postprocess_config(postprocess, meta.get("postprocess"), path)
     info = {k: v for k, v in meta.items() if k not in _HEAVY_KEYS}
@@ -319,139 +278,11 @@ def ensemble(members: Sequence[Segmenter]) -> Segmenter:
 ONNX_METADATA_KEY = "lungseg"
 
 
-def _load_onnx(path: Path, threads: int | None) -> tuple[_OnnxNetwork, dict]:
-    network = _OnnxNetwork(path, threads)
+def _load_onnx(path: Path, threads: int | None) -> tuple[OnnxNetwork, dict]:
+    network = OnnxNetwork(path, threads)
     props = network.session.get_modelmeta().custom_metadata_map
     if ONNX_METADATA_KEY not in props:
         raise LungsegError(
             "ONNX model has no lungseg metadata (export it with 'lungseg export')", path
         )
     return network, json.loads(props[ONNX_METADATA_KEY])
-
-
-def export_onnx(
-    model: str | Path,
-    out: str | Path,
-    opset: int = 17,
-    int8_calibration: Sequence[ImageLike] | None = None,
-) -> Path:
-    """Export a checkpoint or shipped model to ONNX with a dynamic batch axis.
-
-    The file carries the model description, preprocessing and postprocessing as metadata, so
-    ``load_model("model.onnx")`` needs nothing else. Output: logits ``float32[B, 1, S, S]``.
-
-    Args:
-        model: a shipped model name, checkpoint or run directory.
-        out: the ``.onnx`` file to write.
-        opset: ONNX opset.
-        int8_calibration: X-rays (paths, bytes or arrays) to calibrate a static int8
-            quantisation with ONNX Runtime (weights int8, activations uint8, QDQ format, ranges
-            from these images after the model's own preprocessing). ``None``: float32.
-    """
-    if int8_calibration is not None:
-        return _export_int8(model, Path(out), opset, int8_calibration)
-    import onnx
-    import torch
-
-    segmenter = load_model(model, device="cpu")
-    if len(segmenter.networks) != 1 or not isinstance(segmenter.networks[0][0], _TorchNetwork):
-        raise LungsegError("export needs a single PyTorch model (not an ensemble or ONNX file)")
-    net = segmenter.networks[0][0].model.to(memory_format=torch.contiguous_format).eval()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(2, 1, segmenter.size, segmenter.size)
-    with warnings.catch_warnings():
-        # The models' input checks (channels, size divisible by 16) become constants in the
-        # trace, which is right: the exported graph takes the one working size it was made for.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(
-            net,
-            (example,),
-            str(out),
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=opset,
-            dynamo=False,
-        )
-    proto = onnx.load(str(out))
-    meta = {
-        "model": segmenter.info["model"] if segmenter.info else {"name": segmenter.name},
-        "size": segmenter.size,
-        "preprocess": to_dict(segmenter.preprocess),
-        "postprocess": to_dict(segmenter.postprocess),
-        "source": segmenter.source,
-    }
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(meta)
-    onnx.save(proto, str(out))
-    return out
-
-
-def evenly_spread(items: Sequence[Any], n: int) -> list[Any]:
-    """At most ``n`` (at least one) of ``items``, evenly spread over them: a calibration set
-    that covers a sorted folder or a split instead of its first files."""
-    count = min(max(1, n), len(items))
-    step = len(items) / count if count else 1.0
-    return [items[int(i * step)] for i in range(count)]
-
-
-def _export_int8(
-    model: str | Path, out: Path, opset: int, calibration: Sequence[ImageLike]
-) -> Path:
-    """float32 export -> ONNX Runtime pre-processing (BN folding, shapes) -> static int8."""
-    import tempfile
-
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    images = list(calibration)
-    if not images:
-        raise LungsegError("int8 export needs at least one calibration image")
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", opset)
-        segmenter = load_model(fp32)  # the float32 file's preprocessing and metadata
-        pre = segmenter.preprocess
-        inputs = [
-            preprocess(_as_decoded(im).pixels, pre).astype(np.float32)[None, None] / 255.0
-            for im in images
-        ]
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.batches = iter(inputs)
-
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                batch = next(self.batches, None)
-                return None if batch is None else {"image": batch}
-
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32), str(prepared))
-        quantized = Path(tmp) / "int8.onnx"
-        quantize_static(
-            str(prepared),
-            str(quantized),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=False,
-        )
-        proto = onnx.load(str(quantized))
-    meta = dict(segmenter.info or {})
-    meta["quantization"] = {
-        "type": "int8 static (ONNX Runtime): int8 weights, uint8 activations, QDQ, per tensor",
-        "calibration_images": len(inputs),
-    }
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(meta)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(out))
-    return out

@@ -6,79 +6,56 @@ Every step maps ``uint8[H, W] -> uint8[H, W]``; images are transformed, masks ar
 (:func:`resize_mask`). The steps and their parameters are recorded with every prepared dataset and
 checkpoint so inference applies exactly what training saw.
 
-Presets:
-    ``seed``: every step, as the study did.
-    ``clahe``: blur + CLAHE, no gradient.
-    ``none``: normalise and resize only.
+:data:`PRESETS` is the one table of presets (which steps run); a preset is an input shorthand
+for its switches, never stored beside them: :attr:`PreprocessConfig.preset` is read back from
+the switches. OpenCV and NumPy are imported inside the steps, not at the top, so the command
+line can show the presets and defaults in its help without loading them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-
-import cv2
-import numpy as np
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 from lungseg.errors import LungsegError
 
+if TYPE_CHECKING:
+    import numpy as np
 
-def gaussian_blur(image: np.ndarray, ksize: int = 5, sigma: float = 0.0) -> np.ndarray:
-    """``uint8[H, W] -> uint8[H, W]``: Gaussian blur with an odd ``ksize`` (sigma 0: from ksize)."""
-    return cv2.GaussianBlur(image, (ksize, ksize), sigma)
-
-
-def morphological_gradient(image: np.ndarray, ksize: int = 3, iterations: int = 2) -> np.ndarray:
-    """``uint8[H, W] -> uint8[H, W]``: dilation minus erosion, applied ``iterations`` times."""
-    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (ksize, ksize))
-    for _ in range(iterations):
-        image = cv2.morphologyEx(image, cv2.MORPH_GRADIENT, kernel)
-    return image
-
-
-def clahe(image: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.ndarray:
-    """``uint8[H, W] -> uint8[H, W]``: contrast-limited adaptive histogram equalisation."""
-    return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tile_grid, tile_grid)).apply(image)
-
-
-def normalize(image: np.ndarray) -> np.ndarray:
-    """``uint8[H, W] -> uint8[H, W]``: min-max stretch to 0..255 (a constant image becomes 0)."""
-    return cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX)
-
-
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """``uint8[H, W] -> uint8[size, size]``: area interpolation to shrink, linear to grow."""
-    if image.shape == (size, size):
-        return image
-    shrinking = image.shape[0] * image.shape[1] > size * size
-    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interp)
-
-
-def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``bool|uint8[H, W] -> same dtype [h, w]`` by nearest neighbour, so a mask stays binary."""
-    if mask.shape == tuple(shape):
-        return mask
-    h, w = shape
-    out = cv2.resize(mask.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
-    return out.astype(mask.dtype, copy=False)
+#: Which steps each preset runs. ``seed``: every step, as the study did; ``clahe``: blur + CLAHE,
+#: no gradient; ``none``: normalise and resize only.
+PRESETS: dict[str, dict[str, bool]] = {
+    "seed": {"blur": True, "gradient": True, "clahe": True, "normalize": True},
+    "clahe": {"blur": True, "gradient": False, "clahe": True, "normalize": True},
+    "none": {"blur": False, "gradient": False, "clahe": False, "normalize": True},
+}
+DEFAULT_PRESET = "seed"
+#: A configuration whose switches match no preset.
+CUSTOM = "custom"
+_DEFAULT_STEPS = PRESETS[DEFAULT_PRESET]
 
 
 @dataclass
 class PreprocessConfig:
-    """Which steps run and with what parameters. Round-trips through a plain dict."""
+    """Which steps run and with what parameters. Round-trips through a plain dict.
+
+    The defaults are the :data:`DEFAULT_PRESET` at a working size of 256. As input (YAML, flags,
+    :func:`~lungseg.config.from_dict`), ``preset: NAME`` stands for that preset's switches;
+    switches given beside it override it.
+    """
 
     size: int = 256
-    blur: bool = True
+    blur: bool = _DEFAULT_STEPS["blur"]
     blur_ksize: int = 5
     blur_sigma: float = 0.0
-    gradient: bool = True
+    gradient: bool = _DEFAULT_STEPS["gradient"]
     gradient_ksize: int = 3
     gradient_iterations: int = 2
-    clahe: bool = True
+    clahe: bool = _DEFAULT_STEPS["clahe"]
     clahe_clip_limit: float = 2.0
     clahe_tile_grid: int = 8
-    normalize: bool = True
-    preset: str = field(default="seed")
+    normalize: bool = _DEFAULT_STEPS["normalize"]
 
     def __post_init__(self) -> None:
         if self.size < 16:
@@ -87,18 +64,33 @@ class PreprocessConfig:
             raise LungsegError(f"blur_ksize must be an odd positive number, got {self.blur_ksize}")
 
     @classmethod
-    def preset_config(cls, name: str, size: int = 256) -> PreprocessConfig:
-        """The settings of preset ``name`` (``seed``, ``clahe`` or ``none``) at ``size``."""
-        presets = {
-            "seed": {},
-            "clahe": {"gradient": False},
-            "none": {"blur": False, "gradient": False, "clahe": False},
-        }
-        if name not in presets:
+    def from_preset(cls, name: str, size: int | None = None) -> PreprocessConfig:
+        """The settings of preset ``name`` (see :data:`PRESETS`), at ``size`` (default 256)."""
+        given = {} if size is None else {"size": size}
+        return cls(**cls.expand_input({"preset": name, **given}))
+
+    @classmethod
+    def expand_input(cls, data: Mapping[str, Any], where: str = "preprocess") -> dict[str, Any]:
+        """``{"preset": NAME, ...}`` -> the preset's switches, then the other keys given."""
+        data = dict(data)
+        name = data.pop("preset", None)
+        if name is None:
+            return data
+        if name not in PRESETS:
             raise LungsegError(
-                f"unknown preprocessing preset {name!r}; valid presets: {', '.join(presets)}"
+                f"unknown preprocessing preset {name!r} in {where}; "
+                f"valid presets: {', '.join(PRESETS)}"
             )
-        return replace(cls(size=size, preset=name), **presets[name])
+        return {**PRESETS[name], **data}
+
+    @property
+    def preset(self) -> str:
+        """The preset whose switches these are, or ``custom``."""
+        switches = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, steps in PRESETS.items():
+            if all(switches[k] == v for k, v in steps.items()):
+                return name
+        return CUSTOM
 
     def steps(self) -> list[str]:
         """Names of the enabled steps in the order they run."""
@@ -112,7 +104,57 @@ class PreprocessConfig:
         return [name for name, on in flags if on]
 
 
-PREPROCESS_PRESETS = ("seed", "clahe", "none")
+def gaussian_blur(image: np.ndarray, ksize: int = 5, sigma: float = 0.0) -> np.ndarray:
+    """``uint8[H, W] -> uint8[H, W]``: Gaussian blur with an odd ``ksize`` (sigma 0: from ksize)."""
+    import cv2
+
+    return cv2.GaussianBlur(image, (ksize, ksize), sigma)
+
+
+def morphological_gradient(image: np.ndarray, ksize: int = 3, iterations: int = 2) -> np.ndarray:
+    """``uint8[H, W] -> uint8[H, W]``: dilation minus erosion, applied ``iterations`` times."""
+    import cv2
+
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (ksize, ksize))
+    for _ in range(iterations):
+        image = cv2.morphologyEx(image, cv2.MORPH_GRADIENT, kernel)
+    return image
+
+
+def clahe(image: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.ndarray:
+    """``uint8[H, W] -> uint8[H, W]``: contrast-limited adaptive histogram equalisation."""
+    import cv2
+
+    return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tile_grid, tile_grid)).apply(image)
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """``uint8[H, W] -> uint8[H, W]``: min-max stretch to 0..255 (a constant image becomes 0)."""
+    import cv2
+
+    return cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX)
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """``uint8[H, W] -> uint8[size, size]``: area interpolation to shrink, linear to grow."""
+    import cv2
+
+    if image.shape == (size, size):
+        return image
+    shrinking = image.shape[0] * image.shape[1] > size * size
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interp)
+
+
+def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``bool|uint8[H, W] -> same dtype [h, w]`` by nearest neighbour, so a mask stays binary."""
+    import cv2
+
+    if mask.shape == tuple(shape):
+        return mask
+    h, w = shape
+    out = cv2.resize(mask.view("uint8"), (w, h), interpolation=cv2.INTER_NEAREST)
+    return out.astype(mask.dtype, copy=False)
 
 
 def preprocess(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
@@ -123,7 +165,7 @@ def preprocess(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     to 1.25x the working size, so a 5x5 blur or a 3x3 gradient covers the same share of the chest
     whatever the file's size, and the work per image stays bounded.
     """
-    if image.dtype != np.uint8 or image.ndim != 2:
+    if image.dtype != "uint8" or image.ndim != 2:
         raise ValueError(f"expected uint8[H, W], got {image.dtype}{list(image.shape)}")
     image = _bring_near(image, config.size)
     if config.blur:
@@ -142,6 +184,8 @@ _NEAR_FACTOR = 1.25
 
 
 def _bring_near(image: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
     limit = int(size * _NEAR_FACTOR)
     h, w = image.shape
     if max(h, w) <= limit:

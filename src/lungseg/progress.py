@@ -69,3 +69,30 @@ def _summary(description: str, count: int, total: int, elapsed: float, unit: str
         f"{description}: {count}/{total} {unit} in {elapsed:.1f}s ({rate:.0f} {unit}/s)",
         file=sys.stderr,
     )
+
+
+class StepBar:
+    """A transient bar over the steps of one epoch with live fields (loss, speed), on a terminal
+    only; elsewhere it does nothing and the loop prints one line per epoch."""
+
+    def __init__(self, description: str, total: int, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.description, self.total = description, total
+
+    def __enter__(self) -> StepBar:
+        if self.enabled:
+            self._progress = progress_bar(
+                "loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} img/s", transient=True
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task(
+                self.description, total=self.total, loss=float("nan"), speed=0.0
+            )
+        return self
+
+    def update(self, loss: float, speed: float) -> None:
+        self._progress.update(self._task, advance=1, loss=loss, speed=speed)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._progress.__exit__(*exc)

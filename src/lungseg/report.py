@@ -20,11 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from lungseg.config import from_dict
 from lungseg.errors import LungsegError
 from lungseg.evaluation import load_metrics, read_per_image
 from lungseg.io_utils import atomic_write_bytes, atomic_write_text
 from lungseg.metrics import paired_wilcoxon
 from lungseg.plots import read_history
+from lungseg.preprocessing import PreprocessConfig
 
 ALPHA = 0.05
 #: Colours of the sample grid; the caption names them, so change both together.
@@ -386,11 +388,12 @@ def _settings(entries: list[Entry]) -> list[tuple[str, str]]:
     items.append(("evaluated on", f"{first.get('split')} split, {first.get('n_images')} images"))
     for e in entries:
         pre = e.metrics.get("preprocess", {})
+        preset = from_dict(PreprocessConfig, pre, "metrics.json:preprocess").preset if pre else None
         steps = ", ".join(k for k in ("blur", "gradient", "clahe", "normalize") if pre.get(k))
         post = e.metrics.get("postprocess")
         items.append((
             f"{e.label}",
-            f"preprocessing {pre.get('preset')} ({steps or 'none'}, size {pre.get('size')}); "
+            f"preprocessing {preset} ({steps or 'none'}, size {pre.get('size')}); "
             f"postprocessing {post}; best epoch {e.summary.get('best_epoch', '–')} of "
             f"{e.summary.get('epochs', '–')}",
         ))  # fmt: skip

@@ -18,8 +18,9 @@ import yaml
 from PIL import Image
 
 from dicom_files import dicom_bytes
-from lungseg.data.cache import PrepareConfig, load_cache, prepare
+from lungseg.data.cache import load_cache, prepare
 from lungseg.data.io import decode_image
+from lungseg.data.settings import PrepareConfig
 from lungseg.errors import BadInputError, LungsegError
 from lungseg.preprocessing import PreprocessConfig, preprocess
 
@@ -28,7 +29,7 @@ SPLIT_COLUMNS = ["stem", "class", "patient_id", "split"]
 
 
 def _config(preset: str = "seed", size: int = SIZE, seed: int = 0) -> PrepareConfig:
-    return PrepareConfig(PreprocessConfig.preset_config(preset, size), seed=seed)
+    return PrepareConfig(PreprocessConfig.from_preset(preset, size), seed=seed)
 
 
 def _stamp(path: Path) -> tuple[int, int]:

@@ -113,7 +113,7 @@ def test_fractions_validated(val: float, test: float) -> None:
 @pytest.mark.parametrize("field", ["val_fraction", "test_fraction"])
 def test_prepare_settings_validate_fractions(field: str) -> None:
     from lungseg.config import from_dict
-    from lungseg.data.cache import PrepareConfig
+    from lungseg.data.settings import PrepareConfig
 
     with pytest.raises(LungsegError, match="split fractions"):
         PrepareConfig(**{field: 1.0})

@@ -14,13 +14,14 @@ import yaml
 
 from lungseg.cli import main
 from lungseg.config import from_dict
-from lungseg.data.cache import PrepareConfig, load_cache, prepare
+from lungseg.data.cache import load_cache, prepare
+from lungseg.data.settings import PrepareConfig
+from lungseg.devices import cpu_has_native_bf16
 from lungseg.errors import LungsegError
 from lungseg.metrics import Confusion, dice_score
 from lungseg.plots import HISTORY_COLUMNS
 from lungseg.preprocessing import PreprocessConfig
 from lungseg.training import TrainConfig, load_checkpoint, model_from_checkpoint, train
-from lungseg.training.engine import cpu_has_native_bf16
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "covid-cxr"
 pytestmark = [
@@ -40,7 +41,7 @@ def run_cli(*args: object) -> int:
 
 
 def _cache(folder: Path, out: Path, size: int) -> Path:
-    config = PrepareConfig(PreprocessConfig.preset_config("seed", size))
+    config = PrepareConfig(PreprocessConfig.from_preset("seed", size))
     prepare(folder, out, config, workers=1, progress=False)
     return out
 
@@ -115,14 +116,17 @@ def test_each_model_learns_beyond_trivial_masks(cache64, tmp_path, capsys, model
     assert summary["images_per_second"] > 0
     assert ckpt["epoch"] == ckpt["best_epoch"] == summary["best_epoch"]
     assert summary["precision"] == ("bf16 autocast" if cpu_has_native_bf16() else "float32")
-    assert ckpt["size"] == 64 and ckpt["preprocess"]["preset"] == "seed"
+    assert ckpt["size"] == 64
+    assert from_dict(PreprocessConfig, ckpt["preprocess"]).preset == "seed"
     # The rebuilt best model scores on the validation images what training recorded for it
     # (up to a few pixels whose logit is ~0: batching and memory layout change the rounding).
     recorded = ckpt["history"][ckpt["best_epoch"] - 1]["val_dice"]
     assert _val_dice(rebuilt, cache64) == pytest.approx(recorded, abs=1e-4)
     settings = yaml.safe_load((out / "config.yaml").read_text())
     assert from_dict(TrainConfig, settings["train"]).lr == float(lr)
-    assert settings["train"]["size"] == 64 and settings["train"]["preprocess"] == "seed"
+    # The run's data settings are its prepare section, which rebuilds the same cache.
+    prepared = from_dict(PrepareConfig, settings["prepare"])
+    assert prepared == load_cache(cache64).config and prepared.preprocess.preset == "seed"
 
 
 @pytest.mark.parametrize("amp", [True, False])
@@ -207,19 +211,37 @@ def test_source_is_prepared_next_to_the_run(subset, tmp_path, capsys):
 
 
 def test_yaml_then_flags_resolution(tmp_path):
-    from lungseg.cli.train import train_settings
+    from lungseg.training.config import resolve_run
 
     config = tmp_path / "settings.yaml"
     config.write_text("train:\n  epochs: 7\n  lr: 0.01\n  augment: false\nprepare: {}\n")
-    resolved = train_settings({"lr": 0.5, "model": "fcn"}, config, None)
+    run = tmp_path / "run"
+    resolved = resolve_run(run, {"lr": 0.5, "model": "fcn"}, {}, config, "data").config
     assert (resolved.epochs, resolved.lr, resolved.model) == (7, 0.5, "fcn")
     assert resolved.augment.enabled is False and resolved.batch_size == 16
     config.write_text("train:\n  epoch: 7\n")
     with pytest.raises(LungsegError, match="unknown setting.*epoch.*settings.yaml"):
-        train_settings({}, config, None)
+        resolve_run(run, {}, {}, config, "data")
     config.write_text("train:\n  model: nope\n")
     with pytest.raises(LungsegError, match="unknown model 'nope'; valid: deeplabv3, fcn, unet"):
-        train_settings({}, config, None)
+        resolve_run(run, {}, {}, config, "data")
+    config.write_text("trian:\n  model: unet\n")
+    with pytest.raises(LungsegError, match="settings.yaml: unknown section.*trian"):
+        resolve_run(run, {}, {}, config, "data")
+
+
+def test_a_setting_given_two_ways_is_refused(cache32, tmp_path, capsys):
+    """--n-filters and --model-arg n_filters=... would silently train another model than the
+    run's config.yaml says: refused in one line naming both."""
+    out = tmp_path / "run"
+    code = run_cli(
+        "train", "--model", "unet", "--data", cache32, "--out", out,
+        "--n-filters", 16, "--model-arg", "n_filters=4",
+    )  # fmt: skip
+    _assert_error(capsys, code, "n_filters=4", "--model-arg", "--n-filters")
+    assert not out.exists()
+    with pytest.raises(LungsegError, match="dropout=0.*--dropout"):
+        TrainConfig(model_kwargs={"dropout": 0})
 
 
 def _assert_error(capsys, code: int, *fragments: str) -> None:
@@ -325,7 +347,7 @@ def test_existing_run_bad_resume_and_changed_settings(cache32, tmp_path, capsys)
 def test_model_args_reach_the_model_and_the_checkpoint(cache32, tmp_path, capsys):
     out = tmp_path / "run"
     base = ["train", "--model", "unet", "--n-filters", 4, "--data", cache32, "--out", out, *FAST]
-    code = run_cli(*base, "--epochs", 1, "--model-arg", "downsample=2", "--model-arg", "dropout=0")
+    code = run_cli(*base, "--epochs", 1, "--model-arg", "downsample=2", "--dropout", 0)
     assert code == 0, capsys.readouterr().err
     kwargs = load_checkpoint(out / "best.pt")["model"]["kwargs"]
     assert kwargs["downsample"] == 2 and kwargs["dropout"] == 0

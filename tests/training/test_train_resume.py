@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lungseg.data.cache import PrepareConfig, prepare
+from lungseg.data.cache import prepare
+from lungseg.data.settings import PrepareConfig
 from lungseg.preprocessing import PreprocessConfig
 from lungseg.training import load_checkpoint
 
@@ -36,7 +37,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 def cache32(covid_subset30: Path, tmp_path_factory) -> Path:
     """30 image/mask pairs of the shared dataset, prepared at 32x32."""
     out = tmp_path_factory.mktemp("cache32")
-    settings = PrepareConfig(PreprocessConfig.preset_config("seed", 32))
+    settings = PrepareConfig(PreprocessConfig.from_preset("seed", 32))
     prepare(covid_subset30, out, settings, workers=1, progress=False)
     return out
 

@@ -29,16 +29,21 @@ def _register() -> None:
         importlib.import_module(f"lungseg.cli.{name}")
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
-    """Lung segmentation in chest X-rays: prepare, train, evaluate, compare, segment."""
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from lungseg import __version__
 
         typer.echo(f"lungseg {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print the version."
+    ),
+) -> None:
+    """Lung segmentation in chest X-rays: prepare, train, evaluate, compare, segment."""
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,10 +8,28 @@ from typing import Annotated
 import typer
 
 from lungseg.cli import app
+from lungseg.cli.options import (
+    BatchSize,
+    Config,
+    Device,
+    Epochs,
+    Loss,
+    Lr,
+    NFilters,
+    Schedule,
+    Select,
+    Size,
+    Test,
+    TrainSeed,
+    Val,
+    default,
+)
+from lungseg.data.settings import PrepareConfig
+from lungseg.preprocessing import DEFAULT_PRESET, PRESETS
 
 
-def _names(text: str) -> list[str]:
-    return [p.strip() for p in text.split(",") if p.strip()]
+def _names(text: str | None) -> list[str] | None:
+    return [p.strip() for p in text.split(",") if p.strip()] if text else None
 
 
 @app.command("compare")
@@ -22,29 +40,35 @@ def compare_command(
     ] = None,
     models: Annotated[str, typer.Option(help="Comma-separated models.")] = "unet,fcn,deeplabv3",
     preprocess: Annotated[
-        str, typer.Option(help="Preprocessing preset(s), comma-separated.")
-    ] = "seed",
+        str | None,
+        typer.Option(
+            help=f"Preprocessing preset(s), comma-separated: {', '.join(PRESETS)}.",
+            show_default=DEFAULT_PRESET,
+        ),
+    ] = None,
     postprocess: Annotated[
-        str, typer.Option(help="Postprocessing preset(s), comma-separated.")
-    ] = "seed",
-    size: Annotated[int, typer.Option(help="Working size.")] = 256,
-    epochs: Annotated[int | None, typer.Option(help="Epochs per model.", show_default="50")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size.", show_default="16")] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Adam learning rate.", show_default="1e-3")
+        str | None,
+        typer.Option(
+            help="Postprocessing preset(s), comma-separated.", show_default="the training's"
+        ),
     ] = None,
-    loss: Annotated[str | None, typer.Option(help="bce or bce_dice.", show_default="bce")] = None,
-    schedule: Annotated[str | None, typer.Option(help="none, cosine, onecycle.")] = None,
-    select: Annotated[str | None, typer.Option(help="Best weights by loss or dice.")] = None,
-    n_filters: Annotated[int | None, typer.Option(help="Model base width.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
-    val: Annotated[float, typer.Option(help="Validation share of non-test images.")] = 0.2,
-    test: Annotated[float, typer.Option(help="Test share of all images.")] = 0.1,
-    split_seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
-    config: Annotated[
-        Path | None, typer.Option(help="YAML settings file (train: section).")
+    size: Size = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    loss: Loss = None,
+    schedule: Schedule = None,
+    select: Select = None,
+    n_filters: NFilters = None,
+    seed: TrainSeed = None,
+    device: Device = None,
+    val: Val = None,
+    test: Test = None,
+    split_seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of the split.", show_default=default(PrepareConfig, "seed")),
     ] = None,
+    config: Config = None,
     shipped: Annotated[
         bool,
         typer.Option(
@@ -69,10 +93,11 @@ def compare_command(
     ] = None,
 ) -> None:
     """Compare models: train each, evaluate on the same test split, write report.md/html."""
-    from lungseg.cli.train import train_settings
     from lungseg.compare import compare, compare_shipped, report_from_runs
-    from lungseg.data.cache import PrepareConfig
+    from lungseg.config import read_section, resolve
+    from lungseg.data.settings import prepare_settings
     from lungseg.errors import LungsegError
+    from lungseg.training.config import TrainConfig
 
     # RUN_DIR... after one --from-runs (click options take one value each, arguments many).
     if runs and not from_runs:
@@ -94,11 +119,11 @@ def compare_command(
         "schedule": schedule, "select": select, "n_filters": n_filters, "seed": seed,
         "device": device,
     }  # fmt: skip
-    settings = train_settings(flags, config, None)
-    split = PrepareConfig(val_fraction=val, test_fraction=test, seed=split_seed)
+    settings = resolve(TrainConfig, [read_section(config, "train"), ("flags", flags)])
+    prepare = prepare_settings(config, size=size, val=val, test=test, seed=split_seed)
     path = compare(
         data, out, settings, models=_names(models), preprocess=_names(preprocess),
-        postprocess=_names(postprocess), size=size, split=split,
+        postprocess=_names(postprocess), prepare=prepare,
     )  # fmt: skip
     _print_summary(out, path)
 

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from lungseg.cli import app
+from lungseg.cli.options import InferenceDevice
+from lungseg.shipped import MODEL_NAMES
 
 
 def _split_list(text: str | None) -> list[str] | None:
@@ -20,7 +22,7 @@ def evaluate_command(
     run: Annotated[Path | None, typer.Option(help="Run directory (uses its best.pt).")] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="Shipped model (unet, fcn, deeplabv3, unet-fast, ensemble) or .pt/.onnx"),
+        typer.Option(help=f"Shipped model ({', '.join(MODEL_NAMES)}) or a .pt/.onnx file."),
     ] = None,
     data: Annotated[str | None, typer.Option(help="Dataset folder, az:// URL or cache.")] = None,
     split: Annotated[str | None, typer.Option(help="test, val, train or all.")] = None,
@@ -28,7 +30,7 @@ def evaluate_command(
         str | None, typer.Option(help="Preset(s) to report, comma-separated, or 'all'.")
     ] = None,
     save_masks: Annotated[bool, typer.Option(help="Write the masks as PNG.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: InferenceDevice = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
     size: Annotated[
         int | None,

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.table import Table
-
 from lungseg.cli import app
-from lungseg.models import list_models, model_info
 
 
 @app.command("models")
 def models() -> None:
     """List every model usable with --model: parameters, input size divisor, defaults."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lungseg.models import list_models, model_info
+
     table = Table(title="Registered models")
     table.add_column("name", style="bold")
     table.add_column("parameters", justify="right")

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from lungseg.cli import app
+from lungseg.cli.options import InferenceDevice
+from lungseg.shipped import MODEL_NAMES
 
 
 @app.command("segment")
@@ -16,9 +18,7 @@ def segment_command(
         list[Path], typer.Argument(help="Image files or folders (PNG/JPEG/TIFF/DICOM).")
     ],
     out: Annotated[Path, typer.Option(help="Folder for masks/, overlays/, measurements.csv.")],
-    model: Annotated[
-        str, typer.Option(help="Shipped model: unet, fcn, deeplabv3, unet-fast or ensemble.")
-    ] = "unet",
+    model: Annotated[str, typer.Option(help=f"Shipped model: {', '.join(MODEL_NAMES)}.")] = "unet",
     weights: Annotated[
         Path | None, typer.Option(help="A checkpoint or run directory instead of a shipped model.")
     ] = None,
@@ -28,7 +28,7 @@ def segment_command(
     postprocess: Annotated[
         str | None, typer.Option(help="Override the postprocessing preset.")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: InferenceDevice = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
     tta: Annotated[
         bool, typer.Option(help="Test-time augmentation: average over 5 zoomed/rotated views.")
@@ -76,7 +76,7 @@ def export_command(
 ) -> None:
     """Export a model to ONNX (dynamic batch; preprocessing recorded in the file)."""
     from lungseg.errors import LungsegError
-    from lungseg.inference import evenly_spread, export_onnx
+    from lungseg.export import evenly_spread, export_onnx
     from lungseg.segment import find_images
 
     images = None

@@ -2,79 +2,37 @@
 
 from __future__ import annotations
 
-import enum
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from lungseg.cli import app
-from lungseg.models import list_models
-from lungseg.preprocessing import PREPROCESS_PRESETS
-from lungseg.training.engine import DEVICES, LOSSES, SCHEDULES, SELECT
-
-
-def _choices(name: str, values: Any) -> type[enum.Enum]:
-    return enum.Enum(name, {v: v for v in values}, type=str)
-
-
-ModelName = _choices("ModelName", list_models())
-Preset = _choices("Preset", PREPROCESS_PRESETS)
-Device = _choices("Device", DEVICES)
-Loss = _choices("Loss", LOSSES)
-Schedule = _choices("Schedule", SCHEDULES)
-Select = _choices("Select", SELECT)
-
-
-def train_settings(flags: dict[str, Any], config: Path | None, resume_from: Path | None):
-    """Resolve training settings: defaults (or the resumed run's) -> YAML ``train:`` -> flags.
-
-    Args:
-        flags: settings given on the command line (``None``: not given).
-        config: a YAML file whose ``train:`` section holds settings.
-        resume_from: the ``last.pt`` of a run being resumed; its settings replace the defaults,
-            so a resumed run needs no flags repeated.
-    """
-    from lungseg.config import from_dict, load_yaml, merge, to_dict
-    from lungseg.errors import LungsegError
-    from lungseg.training import TrainConfig, load_checkpoint
-
-    resolved = to_dict(TrainConfig())
-    if resume_from is not None:
-        resolved = merge(resolved, load_checkpoint(resume_from)["train_config"])
-    if config is not None:
-        section = load_yaml(config).get("train") or {}
-        if not isinstance(section, dict):
-            raise LungsegError("the 'train' section must be a mapping of settings", config)
-        resolved = merge(resolved, section)
-        from_dict(TrainConfig, resolved, f"{config} (train section)")
-    resolved = merge(resolved, flags)
-    return from_dict(TrainConfig, resolved, "train settings")
-
-
-def parse_model_args(items: list[str]) -> dict[str, Any]:
-    """``["downsample=2", "skips=false"]`` -> ``{"downsample": 2, "skips": False}`` (YAML)."""
-    import yaml
-
-    from lungseg.errors import LungsegError
-
-    kwargs: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise LungsegError(f"--model-arg takes KEY=VALUE, got {item!r}")
-        try:
-            kwargs[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise LungsegError(f"--model-arg {item!r}: the value is not a YAML scalar") from None
-    return kwargs
+from lungseg.cli.options import (
+    BatchSize,
+    Config,
+    Device,
+    Epochs,
+    Loss,
+    Lr,
+    NFilters,
+    Preprocess,
+    Schedule,
+    Select,
+    Size,
+    TrainSeed,
+    default,
+)
+from lungseg.training.config import TrainConfig
 
 
 @app.command("train")
 def train_command(
     out: Annotated[Path, typer.Option(help="Run directory to write (or to resume).")],
-    model: Annotated[ModelName | None, typer.Option(help="Model architecture.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model architecture ('lungseg models' lists them).")
+    ] = None,
     data: Annotated[
         str | None,
         typer.Option(
@@ -82,51 +40,26 @@ def train_command(
             "first. With --resume, defaults to the run's cache."
         ),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs in total.", show_default="50")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Images per step (per process).", show_default="16")
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Adam learning rate.", show_default="1e-3")
-    ] = None,
-    size: Annotated[
-        int | None,
-        typer.Option(
-            help="Working size; a cache built at another size is refused.",
-            show_default="the cache's, 256 for a source",
-        ),
-    ] = None,
-    preprocess: Annotated[
-        Preset | None,
-        typer.Option(
-            help="Preprocessing preset; a cache built otherwise is refused.",
-            show_default="the cache's, seed for a source",
-        ),
-    ] = None,
-    device: Annotated[
-        Device | None, typer.Option(help="Where to train.", show_default="auto")
-    ] = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    size: Size = None,
+    preprocess: Preprocess = None,
+    device: Device = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
-    loss: Annotated[
-        Loss | None, typer.Option(help="bce, or bce + soft Dice.", show_default="bce")
-    ] = None,
-    schedule: Annotated[
-        Schedule | None, typer.Option(help="Learning-rate schedule, per step.", show_default="none")
-    ] = None,
+    loss: Loss = None,
+    schedule: Schedule = None,
     augment: Annotated[
         bool | None,
         typer.Option(
             "--augment/--no-augment", help="Augment training batches.", show_default="augment"
         ),
     ] = None,
-    select: Annotated[
-        Select | None,
-        typer.Option(help="Best weights by validation loss or Dice.", show_default="loss"),
+    select: Select = None,
+    n_filters: NFilters = None,
+    dropout: Annotated[
+        float | None, typer.Option(help="Dropout.", show_default=default(TrainConfig, "dropout"))
     ] = None,
-    n_filters: Annotated[
-        int | None, typer.Option(help="Model base width.", show_default="16")
-    ] = None,
-    dropout: Annotated[float | None, typer.Option(help="Dropout.", show_default="0.1")] = None,
     model_arg: Annotated[
         list[str] | None,
         typer.Option(
@@ -135,7 +68,7 @@ def train_command(
             "'lungseg models' lists them.",
         ),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.", show_default="0")] = None,
+    seed: TrainSeed = None,
     workers: Annotated[
         int | None, typer.Option(help="Processes preparing a source.", show_default="one per core")
     ] = None,
@@ -158,62 +91,25 @@ def train_command(
         Path | None,
         typer.Option(help="Where to prepare a source.", show_default="OUT/../.cache/NAME-SIZE-..."),
     ] = None,
-    config: Annotated[
-        Path | None, typer.Option(help="YAML settings file (train: section).")
-    ] = None,
+    config: Config = None,
 ) -> None:
     """Train a segmentation model; writes config.yaml, best.pt, last.pt, history.csv, curves.png."""
-    from lungseg.config import load_yaml
-    from lungseg.data.cache import is_cache
-    from lungseg.errors import LungsegError
+    from lungseg.cli.options import parse_model_args
+    from lungseg.data.settings import prepare_flags
     from lungseg.training import train
+    from lungseg.training.config import resolve_run
 
-    last = out / "last.pt"
     flags = {
-        "model": model,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "size": size,
-        "preprocess": preprocess,
-        "device": device,
-        "loss": loss,
-        "schedule": schedule,
-        "augment": None if augment is None else {"enabled": augment},
-        "select": select,
-        "n_filters": n_filters,
-        "dropout": dropout,
+        "model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device,
+        "loss": loss, "schedule": schedule, "augment": augment, "select": select,
+        "n_filters": n_filters, "dropout": dropout, "seed": seed, "workers": workers,
+        "threads": threads, "compile": compile, "amp": amp,
         "model_kwargs": parse_model_args(model_arg) if model_arg else None,
-        "seed": seed,
-        "workers": workers,
-        "threads": threads,
-        "compile": compile,
-        "amp": amp,
-    }
-    flags = {k: v.value if isinstance(v, enum.Enum) else v for k, v in flags.items()}
-    resuming = resume and last.is_file()
-    if resume and not resuming and not (out / "config.yaml").is_file():
-        raise LungsegError("nothing to resume: no last.pt (start a run without --resume)", out)
-    settings = train_settings(flags, config, last if resuming else None)
-    if model is None and not resuming:
-        in_yaml = config is not None and "model" in (load_yaml(config).get("train") or {})
-        if not in_yaml:
-            raise LungsegError(f"--model is required; valid models: {', '.join(list_models())}")
-    if data is None:
-        run_config = out / "config.yaml"
-        if not (resume and run_config.is_file()):
-            raise LungsegError("--data is required (a prepared cache or a dataset folder)")
-        data = load_yaml(run_config).get("cache")
-    prepare_settings = None
-    if not is_cache(data):
-        from lungseg.cli.prepare import prepare_config
-
-        prepare_settings = prepare_config(
-            settings.preprocess or "seed", settings.size or 256, None, None, None, config
-        )
+    }  # fmt: skip
+    plan = resolve_run(out, flags, prepare_flags(preprocess, size), config, data, resume)
     try:
         result = train(
-            settings, data, out, resume=resume, cache=cache, prepare_config=prepare_settings
+            plan.config, plan.data, out, resume=resume, cache=cache, prepare=plan.prepare
         )
     except KeyboardInterrupt:
         typer.echo(
@@ -225,7 +121,7 @@ def train_command(
         return  # under torchrun, rank 0 reports
     best = result.best_metric
     typer.echo(
-        f"trained {settings.model} ({result.n_parameters:,} parameters) for {result.epochs} "
+        f"trained {plan.config.model} ({result.n_parameters:,} parameters) for {result.epochs} "
         f"epochs in {result.train_seconds:.0f}s ({result.images_per_second:.1f} img/s); best "
         f"epoch {result.best_epoch} ({best['name']} {best['value']:.4f}); run in {out}"
     )

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,9 @@ from lungseg import __version__
 from lungseg.config import from_dict, load_yaml, save_yaml, to_dict
 from lungseg.data.dataset import METADATA_FILE, Record, discover
 from lungseg.data.io import binarize_mask, decode_image
+from lungseg.data.settings import PrepareConfig, disagreements
 from lungseg.data.sources import DataSource, open_source
-from lungseg.data.split import SPLITS, check_fractions, split_records
+from lungseg.data.split import SPLITS, split_records
 from lungseg.errors import BadInputError, LungsegError
 from lungseg.io_utils import atomic_write, atomic_write_text, csv_text, sha256_json
 from lungseg.preprocessing import PreprocessConfig, preprocess, resize_mask
@@ -41,19 +43,6 @@ MANIFEST = "prepare.yaml"
 ASPECT_TOLERANCE = 0.05
 #: Below this many images, worker processes cost more to start than they save.
 MIN_IMAGES_PER_WORKER = 128
-
-
-@dataclass
-class PrepareConfig:
-    """Settings of ``prepare``: preprocessing and the split."""
-
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    val_fraction: float = 0.2
-    test_fraction: float = 0.1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_fractions(self.val_fraction, self.test_fraction)  # before hours of decoding
 
 
 @dataclass
@@ -318,12 +307,15 @@ def is_cache(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def load_cache(path: str | Path, expect: PrepareConfig | None = None) -> PreparedData:
+def load_cache(
+    path: str | Path, expect: Mapping[str, Any] | PrepareConfig | None = None
+) -> PreparedData:
     """Open a cache folder written by :func:`prepare`.
 
     Args:
         path: the cache folder.
-        expect: when given, settings the cache must have been built with.
+        expect: ``prepare`` settings the cache must have been built with: a whole
+            :class:`PrepareConfig`, or a partial mapping (:func:`~lungseg.data.settings.asked`).
 
     Raises:
         LungsegError: the folder is not a complete cache, or was built with other settings.
@@ -336,11 +328,13 @@ def load_cache(path: str | Path, expect: PrepareConfig | None = None) -> Prepare
         )
     manifest = load_yaml(path / MANIFEST)
     config = from_dict(PrepareConfig, manifest["config"], f"{path / MANIFEST}:config")
-    if expect is not None and to_dict(expect) != to_dict(config):
-        diff = _diff(to_dict(expect), to_dict(config))
+    if isinstance(expect, PrepareConfig):
+        expect = to_dict(expect)
+    differ = disagreements(expect or {}, config)
+    if differ:
         raise LungsegError(
-            f"cache was prepared with other settings ({diff}); prepare it again or point "
-            "--data at the source folder",
+            f"cache was prepared with other settings ({'; '.join(differ)}); prepare it again or "
+            "point --data at the source folder",
             path,
         )
     with open(path / "split.csv", newline="", encoding="utf-8") as fh:
@@ -352,16 +346,3 @@ def load_cache(path: str | Path, expect: PrepareConfig | None = None) -> Prepare
             "cache is inconsistent (arrays and split.csv differ); re-run prepare", path
         )
     return PreparedData(path, images, masks, rows, config, manifest.get("source", ""))
-
-
-def _diff(want: dict, have: dict, prefix: str = "") -> str:
-    parts = []
-    for key in sorted(set(want) | set(have)):
-        a, b = want.get(key), have.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            sub = _diff(a, b, f"{prefix}{key}.")
-            if sub:
-                parts.append(sub)
-        elif a != b:
-            parts.append(f"{prefix}{key}: asked {a}, cache has {b}")
-    return "; ".join(parts)

@@ -1,28 +1,43 @@
-"""Training: the loop, its checkpoints, augmentation and multi-process support.
+"""Training: the loop, its settings, checkpoints, augmentation and multi-process support.
 
 ``train(TrainConfig(model="unet", epochs=50), "cache/", "runs/unet")`` trains and records a run;
 :func:`load_checkpoint` and :func:`model_from_checkpoint` rebuild a trained model from its
 ``best.pt`` or ``last.pt``.
+
+======================  ============================================================
+``config``              :class:`TrainConfig` and how ``lungseg train`` resolves it
+``data``                the prepared data a run reads (or prepares first)
+``engine``              :func:`train`: the loop
+``losses``              BCE and BCE + soft Dice on logits
+``augment``             batch augmentation on the training device
+``checkpoint``          what a checkpoint holds; saving, loading, resuming
+``distributed``         ``torchrun`` process groups, sharding, reductions
+======================  ============================================================
+
+The names below are imported on first use, so ``lungseg.training.config`` (and the command
+line's help) does not load PyTorch.
 """
 
-from lungseg.training.augment import AugmentConfig, augment_batch
-from lungseg.training.checkpoint import (
-    CHECKPOINT_FORMAT,
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-)
-from lungseg.training.engine import RunResult, TrainConfig, resolve_data, train
+from __future__ import annotations
 
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "AugmentConfig",
-    "RunResult",
-    "TrainConfig",
-    "augment_batch",
-    "load_checkpoint",
-    "model_from_checkpoint",
-    "resolve_data",
-    "save_checkpoint",
-    "train",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AugmentConfig": "lungseg.training.config",
+    "TrainConfig": "lungseg.training.config",
+    "RunResult": "lungseg.training.engine",
+    "train": "lungseg.training.engine",
+    "augment_batch": "lungseg.training.augment",
+    "CHECKPOINT_FORMAT": "lungseg.training.checkpoint",
+    "load_checkpoint": "lungseg.training.checkpoint",
+    "model_from_checkpoint": "lungseg.training.checkpoint",
+    "save_checkpoint": "lungseg.training.checkpoint",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lungseg.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -13,42 +13,11 @@ interrupted and resumed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from lungseg.errors import LungsegError
-
-
-@dataclass
-class AugmentConfig:
-    """Augmentation switches and ranges (each drawn uniformly per image).
-
-    Attributes:
-        enabled: augment the training batches at all.
-        rotation: maximum rotation in degrees (``+-``).
-        scale: maximum relative zoom (``1 +- scale``).
-        shift: maximum shift as a fraction of the image side (``+-``, per axis).
-        brightness: maximum offset added to intensities in ``[0, 1]`` (``+-``).
-        contrast: maximum relative contrast change around the image mean (``1 +- contrast``).
-        gamma: maximum log-gamma change (``gamma = exp(+-log(1 + gamma))``).
-    """
-
-    enabled: bool = True
-    rotation: float = 10.0
-    scale: float = 0.1
-    shift: float = 0.08
-    brightness: float = 0.1
-    contrast: float = 0.1
-    gamma: float = 0.1
-
-    def __post_init__(self) -> None:
-        for name in ("rotation", "scale", "shift", "brightness", "contrast", "gamma"):
-            if getattr(self, name) < 0:
-                raise LungsegError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
-        if self.scale >= 1 or self.contrast >= 1:
-            raise LungsegError("augment.scale and augment.contrast must be < 1")
+from lungseg.training.config import AugmentConfig
 
 
 def _uniform(n: int, bound: float, generator: torch.Generator, device: torch.device):

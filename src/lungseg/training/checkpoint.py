@@ -21,9 +21,9 @@ Keys (format 1):
   val_acc, val_dice, lr, seconds``).
 * ``state_dict``: model weights, fp32, from the plain module (never DDP- or compile-wrapped).
 * ``optimizer``, ``scheduler`` (``None`` without a schedule): their ``state_dict()``.
-* ``rng``: ``{"torch": ByteTensor, "cuda": [ByteTensor, ...], "numpy": {...}}`` generator states.
 * ``train_config`` (dict): the :class:`~lungseg.training.TrainConfig` of the run.
-* ``data`` (dict): ``cache``, ``fingerprint``, ``n_train``, ``n_val`` of the training data.
+* ``data`` (dict): ``cache``, ``split`` (digest of the train/validation stems), ``n_train``,
+  ``n_val`` of the training data.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -137,30 +136,88 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def rng_state() -> dict[str, Any]:
-    """The global torch, CUDA and numpy generator states, as tensors and plain values."""
-    kind, key, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "kind": kind,
-            "key": torch.from_numpy(key.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
+def training_checkpoint(
+    *,
+    config: Any,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    prepared: Any,
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+    split: str,
+    n_train: int,
+    n_val: int,
+) -> dict[str, Any]:
+    """The checkpoint of a training run after its latest epoch (see the module docstring).
+
+    Args:
+        config: the run's :class:`~lungseg.training.config.TrainConfig`.
+        model: the plain model (not DDP- or compile-wrapped).
+        optimizer, scheduler: their state is kept for ``--resume`` (``scheduler`` may be None).
+        prepared: the :class:`~lungseg.data.cache.PreparedData` trained on.
+        history: one row per finished epoch.
+        best: ``{"epoch", "name", "value"}`` of the best epoch so far.
+        split: :func:`~lungseg.training.data.split_digest` of the training/validation split.
+        n_train, n_val: training and validation images.
+    """
+    from lungseg.config import to_dict
+    from lungseg.postprocessing import PostprocessConfig
+
+    return {
+        "model": {"name": config.model, "kwargs": to_dict(model.init_kwargs)},
+        "size": prepared.size,
+        "preprocess": to_dict(prepared.config.preprocess),
+        "postprocess": to_dict(PostprocessConfig.preset(config.postprocess)),
+        "epoch": history[-1]["epoch"],
+        "best_epoch": best["epoch"],
+        "best_metric": {"name": best["name"], "value": best["value"]},
+        "metrics": dict(history[-1]),
+        "history": [dict(row) for row in history],
+        "state_dict": plain_state_dict(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "train_config": to_dict(config),
+        "data": {
+            "cache": str(prepared.path.absolute()),
+            "split": split,
+            "n_train": n_train,
+            "n_val": n_val,
         },
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved (CUDA states only where CUDA is available)."""
-    torch.set_rng_state(state["torch"].cpu())
-    n = state["numpy"]
-    key = n["key"].cpu().numpy().astype(np.uint32)
-    np.random.set_state((n["kind"], key, n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = [s.cpu() for s in state["cuda"]][: torch.cuda.device_count()]
-        torch.cuda.set_rng_state_all(cuda)
+def check_resumable(ckpt: dict[str, Any], config: Any, split: str, path: Path) -> None:
+    """Refuse to resume ``ckpt`` with other settings or data than it was trained with.
+
+    Only :data:`~lungseg.training.config.RESUMABLE_CHANGES` (speed, not results) may differ.
+
+    Raises:
+        LungsegError: naming every difference, or a key the checkpoint lacks.
+    """
+    from lungseg.config import to_dict
+    from lungseg.training.config import RESUMABLE_CHANGES, stored_settings
+
+    for key in ("train_config", "optimizer", "history", "epoch", "data"):
+        if key not in ckpt:
+            raise LungsegError(f"cannot resume: the checkpoint has no {key!r}", path)
+    stored = stored_settings(ckpt)
+    asked = to_dict(config)
+    changed = [
+        f"{k}: run has {stored.get(k)!r}, asked {asked[k]!r}"
+        for k in asked
+        if k not in RESUMABLE_CHANGES and stored.get(k) != asked[k]
+    ]
+    if stored.get("epochs") != asked["epochs"] and config.schedule != "none":
+        changed.append(
+            f"epochs: run has {stored.get('epochs')}, asked {asked['epochs']} "
+            f"(the {config.schedule} schedule is fixed by the number of epochs)"
+        )
+    if ckpt["data"].get("split") != split:
+        changed.append("data: the training/validation images differ from the run's")
+    if changed:
+        raise LungsegError(
+            "cannot resume with other settings (" + "; ".join(changed) + "); resume with "
+            "the run's settings or start a new run in another --out",
+            path,
+        )

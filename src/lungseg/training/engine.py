@@ -1,4 +1,4 @@
-"""Training: ``train(config, data, out) -> RunResult``, the library behind ``lungseg train``.
+"""Training: ``train(config, data, out) -> RunResult``, the loop behind ``lungseg train``.
 
 A run directory records one training run:
 
@@ -13,16 +13,17 @@ A run directory records one training run:
 The loop: the training and validation images live in memory as uint8 tensors on the training
 device, batches are gathered by index and converted to float there, augmented on the device
 (:mod:`lungseg.training.augment`), and fed to the model with Adam and ``BCEWithLogitsLoss``
-(optionally plus a soft Dice loss). Validation computes the same loss, pixel accuracy and the
-per-image mean Dice of ``sigmoid(logits) > 0.5`` (no postprocessing). The best weights are those
-of the lowest validation loss (the study's rule) or, with ``select="dice"``, the highest Dice.
+(optionally plus a soft Dice loss, :mod:`lungseg.training.losses`). Validation computes the same
+loss, pixel accuracy and the per-image mean Dice of ``sigmoid(logits) > 0.5`` (no
+postprocessing). The best weights are those of the lowest validation loss (the study's rule) or,
+with ``select="dice"``, the highest Dice.
 
 Reproducibility: at the start of every epoch the global torch/numpy/random generators are
 reseeded from ``(seed, epoch, rank)`` and the shuffle and augmentation use generators seeded
 likewise, so each epoch's randomness is a function of ``(seed, epoch)`` alone. A run killed at any
 moment and resumed from ``last.pt`` therefore ends with the same history and bit-identical weights
 as an uninterrupted run (on the CPU, with the same number of threads; CUDA kernels chosen by
-``cudnn.benchmark`` are not bitwise deterministic).
+``cudnn.benchmark`` are not bitwise deterministic), without saving generator states.
 
 Learning-rate schedules step once per optimizer step: ``cosine`` anneals from ``lr`` to 0 over
 all steps of the run, ``onecycle`` warms up to ``lr`` over the first 30% then anneals. The ``lr``
@@ -37,18 +38,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
-import functools
 import json
 import math
-import os
 import random
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,134 +56,31 @@ from torch import nn
 
 from lungseg import __version__
 from lungseg.config import save_yaml, to_dict
-from lungseg.data.cache import PrepareConfig, PreparedData, is_cache, load_cache, prepare
+from lungseg.data.cache import PreparedData
+from lungseg.data.settings import PrepareConfig
+from lungseg.devices import cpu_has_native_bf16, physical_cores, resolve_device
 from lungseg.errors import LungsegError
-from lungseg.io_utils import atomic_write_text, sha256_json
-from lungseg.training.augment import AugmentConfig, augment_batch
+from lungseg.io_utils import atomic_write_text
+from lungseg.progress import StepBar
+from lungseg.training.augment import augment_batch
 from lungseg.training.checkpoint import (
+    check_resumable,
     load_checkpoint,
-    plain_state_dict,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
+    training_checkpoint,
 )
+from lungseg.training.config import TrainConfig
+from lungseg.training.data import check_splits, split_digest, training_data
 from lungseg.training.distributed import (
     DistContext,
     all_reduce_sum,
-    barrier,
     init_distributed,
+    per_epoch_images,
     shard,
     shutdown,
     sync_buffers,
 )
-
-LOSSES = ("bce", "bce_dice")
-SCHEDULES = ("none", "cosine", "onecycle")
-SELECT = ("loss", "dice")
-DEVICES = ("auto", "cpu", "cuda")
-#: Settings that may differ when a run is resumed: they change speed, not what is computed.
-RESUMABLE_CHANGES = ("epochs", "device", "threads", "workers", "compile")
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run; round-trips through ``to_dict`` / ``from_dict``.
-
-    Attributes:
-        model: registered model name (``lungseg.models.list_models()``).
-        n_filters: base width of the model.
-        dropout: dropout probability of the model.
-        batch_norm: batch norm after convolutions.
-        model_kwargs: further constructor arguments of the model (e.g. ``{"skips": False}``).
-        size: working size; ``None`` takes the cache's (256 when preparing a source). Given
-            explicitly, a cache built at another size is refused.
-        preprocess: preprocessing preset (``seed``, ``clahe``, ``none``); ``None`` takes the
-            cache's (``seed`` when preparing a source). Given explicitly, a cache built with
-            another preset is refused.
-        epochs: total epochs of the run.
-        batch_size: images per optimizer step (per process under torchrun).
-        lr: Adam learning rate (the peak rate with ``onecycle``).
-        weight_decay: Adam weight decay (L2).
-        loss: ``bce`` (``BCEWithLogitsLoss``) or ``bce_dice`` (BCE + soft Dice loss).
-        schedule: ``none``, ``cosine`` or ``onecycle``, stepped per optimizer step.
-        augment: augmentation settings; a bool in YAML switches it with default ranges.
-        select: best weights by validation ``loss`` (lowest) or ``dice`` (highest).
-        seed: seeds weight init, shuffling, augmentation and dropout.
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        amp: bf16 autocast for the training steps on CUDA, and on a CPU with native bf16
-            arithmetic (Intel AMX or AVX512-BF16: 1.5-2x the float32 training speed
-            there); float32 elsewhere, where emulated bf16 would be slower. The weights,
-            optimizer and validation stay float32.
-        channels_last: channels-last memory format (faster on CPU and GPU).
-        compile: ``torch.compile`` the model.
-        threads: CPU threads per process; ``None``: physical cores / processes on the machine.
-        workers: processes for preparing a source on the fly (``None``: one per core).
-        postprocess: postprocessing preset recorded in the checkpoints.
-    """
-
-    model: str = "unet"
-    n_filters: int = 16
-    dropout: float = 0.1
-    batch_norm: bool = True
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    size: int | None = None
-    preprocess: str | None = None
-    epochs: int = 50
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    loss: str = "bce"
-    schedule: str = "none"
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    select: str = "loss"
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    threads: int | None = None
-    workers: int | None = None
-    postprocess: str = "seed"
-
-    def __post_init__(self) -> None:
-        from lungseg.models import list_models
-        from lungseg.preprocessing import PREPROCESS_PRESETS
-
-        if isinstance(self.augment, bool):
-            self.augment = AugmentConfig(enabled=self.augment)
-        choices = {
-            "model": (self.model, list_models()),
-            "loss": (self.loss, LOSSES),
-            "schedule": (self.schedule, SCHEDULES),
-            "select": (self.select, SELECT),
-            "device": (self.device, DEVICES),
-        }
-        if self.preprocess is not None:
-            choices["preprocess"] = (self.preprocess, PREPROCESS_PRESETS)
-        for name, (value, valid) in choices.items():
-            if value not in valid:
-                raise LungsegError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
-        positive = {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "n_filters": self.n_filters,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise LungsegError(f"{name} must be >= 1, got {value}")
-        if not self.lr > 0:
-            raise LungsegError(f"lr must be > 0, got {self.lr}")
-        if self.threads is not None and self.threads < 1:
-            raise LungsegError(f"threads must be >= 1, got {self.threads}")
-
-    def model_kwargs_resolved(self) -> dict[str, Any]:
-        """Constructor arguments for ``create_model(self.model, ...)``."""
-        return {
-            "n_filters": self.n_filters,
-            "dropout": self.dropout,
-            "batch_norm": self.batch_norm,
-            **self.model_kwargs,
-        }
+from lungseg.training.losses import make_loss
 
 
 @dataclass
@@ -230,7 +125,7 @@ def train(
     *,
     resume: bool = False,
     cache: str | Path | None = None,
-    prepare_config: PrepareConfig | None = None,
+    prepare: Mapping[str, Any] | PrepareConfig | None = None,
     progress: bool = True,
 ) -> RunResult:
     """Train a segmentation model and record the run in ``out``.
@@ -241,10 +136,11 @@ def train(
             ``az://`` URL, which is prepared first (into ``cache``).
         out: the run directory.
         resume: continue the run in ``out`` from its ``last.pt`` (settings other than
-            :data:`RESUMABLE_CHANGES` must be those it was started with).
+            :data:`~lungseg.training.config.RESUMABLE_CHANGES` must be those it was started with).
         cache: where to prepare a source (default ``out/../.cache/<name>-<size>-<preset>-<hash>``).
-        prepare_config: preparation settings for a source (default: ``config``'s size and preset,
-            the default split).
+        prepare: ``prepare`` settings the data must have (a cache) or is prepared with (a
+            source), as a possibly partial mapping (:func:`lungseg.data.settings.asked`) or a
+            whole :class:`PrepareConfig`; default: any cache, or the default settings.
         progress: show progress (a bar on a terminal, one line per epoch otherwise).
 
     Returns:
@@ -256,112 +152,23 @@ def train(
             ``out`` without ``resume``, an unreadable checkpoint or changed settings on resume.
     """
     config = copy.deepcopy(config)
-    out = Path(out)
-    device = _device(config.device)
+    wanted = to_dict(prepare) if isinstance(prepare, PrepareConfig) else dict(prepare or {})
+    device = torch.device(resolve_device(config.device))
     ctx = init_distributed(device.type == "cuda")
     if ctx.distributed and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
     threads = torch.get_num_threads()
     try:
-        result = _Run(config, data, out, device, ctx, resume, cache, prepare_config, progress).run()
+        prepared = training_data(
+            data, wanted, Path(out), cache, config.workers, ctx, progress=progress
+        )
+        result = _Run(config, prepared, Path(out), device, ctx, progress).run(resume)
         shutdown(ctx)
         return result
     finally:
         torch.set_num_threads(threads)
         if ctx.owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LungsegError("--device cuda asked, but no CUDA device is available; use --device cpu")
-    return torch.device(name)
-
-
-def physical_cores() -> int:
-    """CPU cores this process may run on, counting hyper-threads of one core once."""
-    try:
-        cpus = os.sched_getaffinity(0)
-    except AttributeError:
-        return os.cpu_count() or 1
-    cores = set()
-    for cpu in cpus:
-        try:
-            topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
-            cores.add(topo.read_text().strip())
-        except OSError:
-            return len(cpus)
-    return max(1, len(cores))
-
-
-def resolve_data(
-    config: TrainConfig,
-    data: str | Path | PreparedData,
-    out: Path,
-    cache: str | Path | None = None,
-    prepare_config: PrepareConfig | None = None,
-    ctx: DistContext | None = None,
-    progress: bool = True,
-) -> PreparedData:
-    """Open (or prepare) the training data and fill in ``config.size`` / ``config.preprocess``.
-
-    A cache is used as is; when ``config.size`` or ``config.preprocess`` is set and differs from
-    how the cache was built, :func:`load_cache` refuses it, naming the differences. A source is
-    prepared with ``prepare_config`` (or ``config``'s size and preset) into ``cache``.
-    """
-    from lungseg.preprocessing import PreprocessConfig
-
-    ctx = ctx or DistContext()
-    if isinstance(data, PreparedData) or is_cache(data):
-        prepared = data if isinstance(data, PreparedData) else load_cache(data)
-        if config.size is not None or config.preprocess is not None:
-            have = prepared.config.preprocess
-            if config.preprocess is None:
-                want = dataclasses.replace(have, size=config.size)
-            else:
-                want = PreprocessConfig.preset_config(config.preprocess, config.size or have.size)
-            expect = dataclasses.replace(prepared.config, preprocess=want)
-            prepared = load_cache(prepared.path, expect=expect)
-    else:
-        if prepare_config is None:
-            prepare_config = PrepareConfig(
-                PreprocessConfig.preset_config(config.preprocess or "seed", config.size or 256)
-            )
-        if cache is None:
-            cache = _default_cache(data, out, prepare_config)
-        show = progress and ctx.is_main
-        if ctx.local_rank != 0:
-            barrier(ctx)  # local rank 0 prepares; the others then find the cache ready
-        prepared = prepare(data, cache, prepare_config, workers=config.workers, progress=show)
-        if ctx.local_rank == 0:
-            barrier(ctx)
-    have = prepared.config.preprocess
-    for name, asked, built in (
-        ("size", config.size, have.size),
-        ("preprocess", config.preprocess, have.preset),
-    ):
-        if asked is not None and asked != built:
-            raise LungsegError(
-                f"the data was prepared with {name} {built}, but {name} {asked} was asked",
-                prepared.path,
-            )
-    config.size, config.preprocess = have.size, have.preset
-    return prepared
-
-
-def _default_cache(data: str | Path, out: Path, prepare_config: PrepareConfig) -> Path:
-    text = str(data).rstrip("/")
-    name = text.rsplit("/", 1)[-1] or "data"
-    pre = prepare_config.preprocess
-    digest = sha256_json(
-        {
-            "data": os.path.abspath(text) if "://" not in text else text,
-            "config": to_dict(prepare_config),
-        }
-    )[:8]
-    return out.absolute().parent / ".cache" / f"{name}-{pre.size}-{pre.preset}-{digest}"
 
 
 def _seed(*parts: int, bits: int = 64) -> int:
@@ -380,94 +187,47 @@ def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
     random.seed(_seed(seed, epoch, rank, _GLOBAL))
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """``1 -`` the mean over images of the soft Dice of ``sigmoid(logits)`` and ``target``.
-
-    Args:
-        logits: ``float[B, 1, H, W]``.
-        target: ``float[B, 1, H, W]`` in ``{0, 1}``.
-        smooth: added to numerator and denominator; keeps the loss defined (and 0) when both
-            the prediction and the target of an image are empty.
-    """
-    prob = torch.sigmoid(logits)
-    dims = tuple(range(1, logits.ndim))
-    inter = (prob * target).sum(dims)
-    denom = prob.sum(dims) + target.sum(dims)
-    return 1 - ((2 * inter + smooth) / (denom + smooth)).mean()
-
-
-def make_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The loss ``(logits, target) -> scalar`` (mean over the batch) called ``name``."""
-    bce = nn.BCEWithLogitsLoss()
-    if name == "bce":
-        return bce
-    if name == "bce_dice":
-        return lambda logits, target: bce(logits, target) + soft_dice_loss(logits, target)
-    raise LungsegError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
-
-
 class _Run:
-    """One call of :func:`train`; split in steps so each stays short."""
+    """One call of :func:`train`: set-up (everything checked before the run directory is
+    touched), then the epochs."""
 
-    def __init__(self, config, data, out, device, ctx, resume, cache, prepare_config, progress):
+    def __init__(self, config, prepared, out, device, ctx, progress) -> None:
         self.config: TrainConfig = config
-        self.data = data
+        self.prepared: PreparedData = prepared
         self.out: Path = out
         self.device: torch.device = device
         self.ctx: DistContext = ctx
-        self.resume = resume
-        self.cache = cache
-        self.prepare_config = prepare_config
         self.progress = progress and ctx.is_main
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": 0, "name": "", "value": math.nan}
+        self.train_idx, self.val_idx = check_splits(prepared)
+        self.split = split_digest(prepared.stems, self.train_idx, self.val_idx)
 
-    # -- set-up: everything is checked before the run directory is touched ----------------------
-
-    def run(self) -> RunResult:
-        cfg = self.config
-        self.prepared = resolve_data(
-            cfg, self.data, self.out, self.cache, self.prepare_config, self.ctx, self.progress
-        )
-        self.train_idx = self.prepared.indices("train")
-        self.val_idx = self.prepared.indices("val")
-        for split, idx in (("training", self.train_idx), ("validation", self.val_idx)):
-            if len(idx) == 0:
-                counts = ", ".join(
-                    f"{s} {len(self.prepared.indices(s))}" for s in ("train", "val", "test")
-                )
-                raise LungsegError(
-                    f"the {split} split is empty ({counts}); use more images or other split "
-                    "fractions in 'lungseg prepare'",
-                    self.prepared.path,
-                )
-        torch.manual_seed(cfg.seed)
+    def run(self, resume: bool) -> RunResult:
+        torch.manual_seed(self.config.seed)
         self.model = self._build_model()
-        ckpt = self._checkpoint_to_resume()
+        ckpt = self._checkpoint_to_resume(resume)
         self._write_start()
         return self._train(ckpt)
 
     def _build_model(self) -> nn.Module:
         from lungseg.models import create_model, valid_size
 
-        cfg = self.config
+        cfg, size = self.config, self.prepared.size
         model = create_model(cfg.model, **cfg.model_kwargs_resolved())
         divisor = model.input_divisor
-        if cfg.size % divisor:
-            lower = cfg.size // divisor * divisor
-            hint = f"{lower} or {valid_size(cfg.size, divisor)}" if lower else str(divisor)
+        if size % divisor:
+            lower = size // divisor * divisor
+            hint = f"{lower} or {valid_size(size, divisor)}" if lower else str(divisor)
             raise LungsegError(
-                f"model {cfg.model} cannot take {cfg.size}x{cfg.size} images: it needs a size "
+                f"model {cfg.model} cannot take {size}x{size} images: it needs a size "
                 f"divisible by {divisor} (e.g. --size {hint})"
             )
         return model
 
-    def _split_digest(self) -> str:
-        return split_digest(self.prepared.stems, self.train_idx, self.val_idx)
-
-    def _checkpoint_to_resume(self) -> dict[str, Any] | None:
+    def _checkpoint_to_resume(self, resume: bool) -> dict[str, Any] | None:
         last = self.out / "last.pt"
-        if not self.resume:
+        if not resume:
             if last.exists():
                 raise LungsegError(
                     "already holds a training run (last.pt); pass --resume to continue it, or "
@@ -482,29 +242,7 @@ class _Run:
                 "nothing to resume: no last.pt (start a run without --resume)", self.out
             )
         ckpt = load_checkpoint(last, map_location=self.device)
-        for key in ("train_config", "optimizer", "history", "epoch", "rng", "data"):
-            if key not in ckpt:
-                raise LungsegError(f"cannot resume: the checkpoint has no {key!r}", last)
-        stored = ckpt["train_config"]
-        asked = to_dict(self.config)
-        changed = [
-            f"{k}: run has {stored.get(k)!r}, asked {asked[k]!r}"
-            for k in asked
-            if k not in RESUMABLE_CHANGES and stored.get(k) != asked[k]
-        ]
-        if stored.get("epochs") != asked["epochs"] and self.config.schedule != "none":
-            changed.append(
-                f"epochs: run has {stored.get('epochs')}, asked {asked['epochs']} "
-                f"(the {self.config.schedule} schedule is fixed by the number of epochs)"
-            )
-        if ckpt["data"].get("split") != self._split_digest():
-            changed.append("data: the training/validation images differ from the run's")
-        if changed:
-            raise LungsegError(
-                "cannot resume with other settings (" + "; ".join(changed) + "); resume with "
-                "the run's settings or start a new run in another --out",
-                last,
-            )
+        check_resumable(ckpt, self.config, self.split, last)
         return ckpt
 
     def _write_start(self) -> None:
@@ -555,7 +293,6 @@ class _Run:
             optimizer.load_state_dict(ckpt["optimizer"])
             if scheduler is not None:
                 scheduler.load_state_dict(ckpt["scheduler"])
-            set_rng_state(ckpt["rng"])
             self.history = [dict(row) for row in ckpt["history"]]
             self.best = {"epoch": ckpt["best_epoch"], **ckpt["best_metric"]}
             start = ckpt["epoch"] + 1
@@ -603,7 +340,7 @@ class _Run:
             improved = self._update_best(row)
             if ctx.is_main:
                 with _deferred_sigint():
-                    self._save(epoch, model, optimizer, scheduler, improved)
+                    self._save(model, optimizer, scheduler, improved)
                 if self.progress:
                     speed = train_stats["images"] / max(train_time, 1e-9)
                     _log(_epoch_line(row, cfg.epochs, speed, improved))
@@ -621,7 +358,7 @@ class _Run:
         correct = torch.zeros((), dtype=torch.int64, device=device)
         pixels = 0
         t0 = time.perf_counter()
-        with _Bar(f"epoch {epoch}/{cfg.epochs}", steps, enabled=self.progress) as bar:
+        with StepBar(f"epoch {epoch}/{cfg.epochs}", steps, enabled=self.progress) as bar:
             for step in range(steps):
                 idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                 x, y = self._batch(images, masks, idx)
@@ -721,37 +458,14 @@ class _Run:
             return True
         return False
 
-    def _checkpoint(self, epoch, model, optimizer, scheduler) -> dict[str, Any]:
-        from lungseg.postprocessing import PostprocessConfig
-
-        cfg = self.config
-        return {
-            "model": {"name": cfg.model, "kwargs": to_dict(model.init_kwargs)},
-            "size": cfg.size,
-            "preprocess": to_dict(self.prepared.config.preprocess),
-            "postprocess": to_dict(PostprocessConfig.preset(cfg.postprocess)),
-            "epoch": epoch,
-            "best_epoch": self.best["epoch"],
-            "best_metric": {"name": self.best["name"], "value": self.best["value"]},
-            "metrics": dict(self.history[-1]),
-            "history": [dict(row) for row in self.history],
-            "state_dict": plain_state_dict(model),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": rng_state(),
-            "train_config": to_dict(cfg),
-            "data": {
-                "cache": str(self.prepared.path.absolute()),
-                "split": self._split_digest(),
-                "n_train": len(self.train_idx),
-                "n_val": len(self.val_idx),
-            },
-        }
-
-    def _save(self, epoch, model, optimizer, scheduler, improved: bool) -> None:
+    def _save(self, model, optimizer, scheduler, improved: bool) -> None:
         from lungseg.plots import history_csv, save_training_curves
 
-        ckpt = self._checkpoint(epoch, model, optimizer, scheduler)
+        ckpt = training_checkpoint(
+            config=self.config, model=model, optimizer=optimizer, scheduler=scheduler,
+            prepared=self.prepared, history=self.history, best=self.best, split=self.split,
+            n_train=len(self.train_idx), n_val=len(self.val_idx),
+        )  # fmt: skip
         # best.pt before last.pt: a crash in between re-runs this epoch, which rewrites both.
         if improved:
             save_checkpoint(self.out / "best.pt", ckpt)
@@ -762,8 +476,8 @@ class _Run:
         )
 
     def _title(self) -> str:
-        cfg = self.config
-        return f"{cfg.model} ({cfg.size}x{cfg.size}, preprocess {cfg.preprocess})"
+        pre = self.prepared.config.preprocess
+        return f"{self.config.model} ({pre.size}x{pre.size}, preprocess {pre.preset})"
 
     def _finish(self, model: nn.Module) -> RunResult:
         seconds = float(sum(row["seconds"] for row in self.history))
@@ -772,12 +486,13 @@ class _Run:
         speed = per_epoch * epochs / seconds if seconds > 0 else 0.0
         best_metric = {"name": self.best["name"], "value": self.best["value"]}
         if self.ctx.is_main:
+            pre = self.prepared.config.preprocess
             summary = {
                 "model": self.config.model,
                 "model_kwargs": to_dict(model.init_kwargs),
                 "params": self.n_parameters,
-                "size": self.config.size,
-                "preprocess": self.config.preprocess,
+                "size": pre.size,
+                "preprocess": pre.preset,
                 "epochs": epochs,
                 "best_epoch": self.best["epoch"],
                 "best_metric": best_metric,
@@ -803,11 +518,6 @@ class _Run:
             train_seconds=seconds,
             images_per_second=speed,
         )
-
-
-def per_epoch_images(n_train: int, ctx: DistContext) -> int:
-    """Training images seen per epoch over all processes (the shards are padded to be equal)."""
-    return -(-n_train // ctx.world_size) * ctx.world_size
 
 
 def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
@@ -836,30 +546,6 @@ def _deferred_sigint() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
-def split_digest(stems: Sequence[str], train_idx: Sequence[int], val_idx: Sequence[int]) -> str:
-    """The digest of a train/validation split that checkpoints record (``data.split``)."""
-    return sha256_json(
-        {s: [stems[i] for i in idx] for s, idx in (("train", train_idx), ("val", val_idx))}
-    )
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (Intel AMX or AVX512-BF16).
-
-    Elsewhere PyTorch emulates bf16 on the CPU, slower than float32; older PyTorch releases
-    without ``torch.cpu.get_capabilities`` are treated as emulating.
-    """
-    capabilities = getattr(torch.cpu, "get_capabilities", None)
-    if capabilities is None:
-        return False
-    try:
-        found = capabilities()
-    except Exception:  # pragma: no cover - a CPU PyTorch cannot describe
-        return False
-    return bool(found.get("amx_bf16") or found.get("avx512_bf16"))
-
-
 def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -870,31 +556,3 @@ def _epoch_line(row: dict[str, Any], epochs: int, speed: float, best: bool) -> s
         f"val_loss {row['val_loss']:.4f}  val_dice {row['val_dice']:.4f}  lr {row['lr']:.1e}  "
         f"{speed:.1f} img/s  {row['seconds']:.1f}s" + ("  *best" if best else "")
     )
-
-
-class _Bar:
-    """A transient rich progress bar over an epoch's steps, on a terminal only."""
-
-    def __init__(self, description: str, total: int, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self.description, self.total = description, total
-
-    def __enter__(self) -> _Bar:
-        if self.enabled:
-            from lungseg.progress import progress_bar
-
-            self._progress = progress_bar(
-                "loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} img/s", transient=True
-            )
-            self._progress.__enter__()
-            self._task = self._progress.add_task(
-                self.description, total=self.total, loss=math.nan, speed=0.0
-            )
-        return self
-
-    def update(self, loss: float, speed: float) -> None:
-        self._progress.update(self._task, advance=1, loss=loss, speed=speed)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._progress.__exit__(*exc)

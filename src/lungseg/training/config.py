@@ -1,0 +1,242 @@
+"""Settings of a training run: :class:`TrainConfig` and how ``lungseg train`` resolves them.
+
+One road: the dataclass defaults, then a resumed run's settings, then the ``train:`` section of a
+settings file, then the flags given (:func:`resolve_run`). The data a run trains on is described
+by the ``prepare`` settings (:mod:`lungseg.data.settings`): ``--size`` and ``--preprocess`` are
+those settings, checked against a prepared cache or used to prepare a source, not training
+settings. This module imports no PyTorch, so the command line can build its help from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lungseg.config import Layer, load_yaml, read_section, resolve
+from lungseg.data.settings import asked, prepare_layers
+from lungseg.errors import LungsegError
+
+LOSSES = ("bce", "bce_dice")
+SCHEDULES = ("none", "cosine", "onecycle")
+SELECT = ("loss", "dice")
+DEVICES = ("auto", "cpu", "cuda")
+#: Settings that may differ when a run is resumed: they change speed, not what is computed.
+RESUMABLE_CHANGES = ("epochs", "device", "threads", "workers", "compile")
+#: Keys of ``train_config`` in checkpoints written before the data settings moved to the
+#: ``prepare`` section (lungseg 0.1.0); the checkpoint's ``size`` and ``preprocess`` hold them.
+LEGACY_KEYS = ("size", "preprocess")
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation switches and ranges (each drawn uniformly per image).
+
+    Attributes:
+        enabled: augment the training batches at all.
+        rotation: maximum rotation in degrees (``+-``).
+        scale: maximum relative zoom (``1 +- scale``).
+        shift: maximum shift as a fraction of the image side (``+-``, per axis).
+        brightness: maximum offset added to intensities in ``[0, 1]`` (``+-``).
+        contrast: maximum relative contrast change around the image mean (``1 +- contrast``).
+        gamma: maximum log-gamma change (``gamma = exp(+-log(1 + gamma))``).
+    """
+
+    enabled: bool = True
+    rotation: float = 10.0
+    scale: float = 0.1
+    shift: float = 0.08
+    brightness: float = 0.1
+    contrast: float = 0.1
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("rotation", "scale", "shift", "brightness", "contrast", "gamma"):
+            if getattr(self, name) < 0:
+                raise LungsegError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+        if self.scale >= 1 or self.contrast >= 1:
+            raise LungsegError("augment.scale and augment.contrast must be < 1")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; round-trips through ``to_dict`` / ``from_dict``.
+
+    Attributes:
+        model: registered model name (``lungseg.models.list_models()``).
+        n_filters: base width of the model.
+        dropout: dropout probability of the model.
+        batch_norm: batch norm after convolutions.
+        model_kwargs: further constructor arguments of the model (e.g. ``{"skips": True}``);
+            ``n_filters``, ``dropout`` and ``batch_norm`` have their own settings and are refused
+            here, so no value can arrive by two roads.
+        epochs: total epochs of the run.
+        batch_size: images per optimizer step (per process under torchrun).
+        lr: Adam learning rate (the peak rate with ``onecycle``).
+        weight_decay: Adam weight decay (L2).
+        loss: ``bce`` (``BCEWithLogitsLoss``) or ``bce_dice`` (BCE + soft Dice loss).
+        schedule: ``none``, ``cosine`` or ``onecycle``, stepped per optimizer step.
+        augment: augmentation settings; a bool in YAML switches it with default ranges.
+        select: best weights by validation ``loss`` (lowest) or ``dice`` (highest).
+        seed: seeds weight init, shuffling, augmentation and dropout.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        amp: bf16 autocast for the training steps on CUDA, and on a CPU with native bf16
+            arithmetic (Intel AMX or AVX512-BF16: 1.5-2x the float32 training speed
+            there); float32 elsewhere, where emulated bf16 would be slower. The weights,
+            optimizer and validation stay float32.
+        channels_last: channels-last memory format (faster on CPU and GPU).
+        compile: ``torch.compile`` the model.
+        threads: CPU threads per process; ``None``: physical cores / processes on the machine.
+        workers: processes for preparing a source on the fly (``None``: one per core).
+        postprocess: postprocessing preset recorded in the checkpoints.
+    """
+
+    model: str = "unet"
+    n_filters: int = 16
+    dropout: float = 0.1
+    batch_norm: bool = True
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    loss: str = "bce"
+    schedule: str = "none"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    select: str = "loss"
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    threads: int | None = None
+    workers: int | None = None
+    postprocess: str = "seed"
+
+    def __post_init__(self) -> None:
+        from lungseg.models import list_models
+
+        if isinstance(self.augment, bool):
+            self.augment = AugmentConfig(enabled=self.augment)
+        choices = {
+            "model": (self.model, list_models()),
+            "loss": (self.loss, LOSSES),
+            "schedule": (self.schedule, SCHEDULES),
+            "select": (self.select, SELECT),
+            "device": (self.device, DEVICES),
+        }
+        for name, (value, valid) in choices.items():
+            if value not in valid:
+                raise LungsegError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "n_filters": self.n_filters,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise LungsegError(f"{name} must be >= 1, got {value}")
+        if not self.lr > 0:
+            raise LungsegError(f"lr must be > 0, got {self.lr}")
+        if self.threads is not None and self.threads < 1:
+            raise LungsegError(f"threads must be >= 1, got {self.threads}")
+        twice = sorted(set(self.model_kwargs) & set(_OWN_SETTINGS))
+        if twice:
+            given = ", ".join(f"{k}={self.model_kwargs[k]!r}" for k in twice)
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in twice)
+            raise LungsegError(
+                f"model argument(s) {given} (--model-arg / model_kwargs) set what {flags} "
+                f"(train.{', train.'.join(twice)}) sets; give each setting one way"
+            )
+
+    def model_kwargs_resolved(self) -> dict[str, Any]:
+        """Constructor arguments for ``create_model(self.model, ...)``."""
+        return {**{k: getattr(self, k) for k in _OWN_SETTINGS}, **self.model_kwargs}
+
+    @classmethod
+    def expand_input(cls, data: dict[str, Any], where: str = "train") -> dict[str, Any]:
+        """``augment: false`` switches augmentation off with the default ranges."""
+        data = dict(data)
+        if isinstance(data.get("augment"), bool):
+            data["augment"] = {"enabled": data["augment"]}
+        return data
+
+
+#: Model constructor arguments that are training settings of their own.
+_OWN_SETTINGS = ("n_filters", "dropout", "batch_norm")
+
+
+@dataclass
+class RunSettings:
+    """What ``lungseg train`` resolved: the settings, the data and what the data must be.
+
+    Attributes:
+        config: the training settings.
+        data: a prepared cache, a dataset folder or ``az://`` URL.
+        prepare: the ``prepare`` settings that were given (flags, YAML): a cache must agree
+            with them; a source is prepared with the defaults overridden by them.
+        resume: continue the run in the run directory.
+    """
+
+    config: TrainConfig
+    data: str
+    prepare: dict[str, Any]
+    resume: bool
+
+
+def resolve_run(
+    out: str | Path,
+    flags: dict[str, Any],
+    data_flags: dict[str, Any],
+    config_file: str | Path | None = None,
+    data: str | None = None,
+    resume: bool = False,
+) -> RunSettings:
+    """Resolve everything ``lungseg train`` needs, before anything is written.
+
+    Args:
+        out: the run directory.
+        flags: training settings given on the command line (``None``: not given).
+        data_flags: ``prepare`` settings given on the command line
+            (:func:`~lungseg.data.settings.prepare_flags`).
+        config_file: a settings file (``train:`` and ``prepare:`` sections).
+        data: the training data; with ``resume``, defaults to the run's cache.
+        resume: continue the run in ``out`` (its settings are the defaults then).
+
+    Raises:
+        LungsegError: no model or data named, nothing to resume, an unknown or conflicting
+            setting.
+    """
+    out = Path(out)
+    last = out / "last.pt"
+    run_config = out / "config.yaml"
+    if resume and not last.is_file() and not run_config.is_file():
+        raise LungsegError("nothing to resume: no last.pt (start a run without --resume)", out)
+    layers: list[Layer] = []
+    if resume and last.is_file():
+        layers.append((f"checkpoint {last}", _stored_settings(last)))
+    elif resume:  # stopped before its first epoch ended: the settings it was started with
+        layers.append(read_section(run_config, "train"))
+    section = read_section(config_file, "train")
+    layers += [section, ("flags", flags)]
+    config = resolve(TrainConfig, layers)
+    if not resume and "model" not in section[1] and flags.get("model") is None:
+        from lungseg.models import list_models
+
+        raise LungsegError(f"--model is required; valid models: {', '.join(list_models())}")
+    if data is None:
+        if not (resume and run_config.is_file()):
+            raise LungsegError("--data is required (a prepared cache or a dataset folder)")
+        data = load_yaml(run_config).get("cache")
+    return RunSettings(config, str(data), asked(prepare_layers(config_file, data_flags)), resume)
+
+
+def stored_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The ``train_config`` a checkpoint recorded, without :data:`LEGACY_KEYS`."""
+    return {k: v for k, v in ckpt["train_config"].items() if k not in LEGACY_KEYS}
+
+
+def _stored_settings(checkpoint: Path) -> dict[str, Any]:
+    from lungseg.training.checkpoint import load_checkpoint
+
+    return stored_settings(load_checkpoint(checkpoint))
