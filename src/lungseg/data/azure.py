@@ -53,7 +53,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobServiceClient, ContentSettings, ExponentialRetry
 
 from lungseg.data.blob_cache import cache_root
-from lungseg.data.sources import LocalSource
+from lungseg.data.local import LocalSource
 from lungseg.errors import LungsegError
 
 ENV_CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
