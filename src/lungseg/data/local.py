@@ -8,6 +8,7 @@ importing each other.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,3 +48,6 @@ class LocalSource:
 
     def local_path(self, key: str) -> Path:
         return self.root / key
+
+    def download(self, keys: Iterable[str]) -> None:
+        """Nothing to fetch: the files are already on local disk."""

@@ -10,6 +10,7 @@ reads from local disk and never downloads a file twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -43,6 +44,17 @@ class DataSource(Protocol):
 
     def local_path(self, key: str) -> Path:
         """A local file with the key's content (sources that are remote download it first)."""
+        ...
+
+    def download(self, keys: Iterable[str]) -> object:
+        """Make the keys' files local before many :meth:`local_path` calls.
+
+        A remote source fetches the missing ones in parallel; a local one has nothing to do.
+
+        Returns:
+            The source's own report (``AzureSource``: its ``TransferStats``); callers may
+            ignore it.
+        """
         ...
 
 
