@@ -198,8 +198,7 @@ def prepare(
         accepted = skip_bad or not (problems or manifest.get("n_skipped"))
         if manifest.get("fingerprint") == digest and accepted:
             return load_cache(out)
-    if hasattr(source, "download"):
-        source.download([k for r in records for k in (r.image_key, r.mask_key) if k])
+    source.download([k for r in records for k in (r.image_key, r.mask_key) if k])
     size = config.preprocess.size
     images = np.zeros((len(records), size, size), np.uint8)
     masks = np.zeros((len(records), size, size), np.uint8)

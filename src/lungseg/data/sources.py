@@ -2,19 +2,22 @@
 
 A data source lists relative keys (``COVID/images/x.png``, always ``/``-separated) and reads
 their bytes. ``open_source`` turns what the user typed after ``--data`` into a source:
-a folder path, or ``az://CONTAINER/PREFIX`` for Azure Blob Storage (see :mod:`lungseg.data.azure`).
+a folder path (:mod:`lungseg.data.local`), or ``az://CONTAINER/PREFIX`` for Azure Blob Storage
+(see :mod:`lungseg.data.azure`).
 Sources that live remotely are mirrored into a local content cache first, so preparation always
 reads from local disk and never downloads a file twice.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
+from lungseg.data.local import LocalSource
 from lungseg.errors import LungsegError
+
+__all__ = ["DataSource", "LocalSource", "open_source"]
 
 
 class DataSource(Protocol):
@@ -43,40 +46,16 @@ class DataSource(Protocol):
         """A local file with the key's content (sources that are remote download it first)."""
         ...
 
+    def download(self, keys: Iterable[str]) -> object:
+        """Make the keys' files local before many :meth:`local_path` calls.
 
-@dataclass
-class LocalSource:
-    """A folder on local disk."""
+        A remote source fetches the missing ones in parallel; a local one has nothing to do.
 
-    root: Path
-
-    def __post_init__(self) -> None:
-        self.root = Path(self.root)
-        if not self.root.exists():
-            raise LungsegError("data folder not found", self.root)
-        if not self.root.is_dir():
-            raise LungsegError("expected a folder of images and masks, got a file", self.root)
-        self.name = str(self.root)
-
-    def list_keys(self) -> list[str]:
-        keys = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel = Path(dirpath).relative_to(self.root)
-            for fn in filenames:
-                if not fn.startswith("."):
-                    keys.append((rel / fn).as_posix())
-        return sorted(keys)
-
-    def read_bytes(self, key: str) -> bytes:
-        return (self.root / key).read_bytes()
-
-    def stat(self, key: str) -> tuple[int, str]:
-        st = (self.root / key).stat()
-        return st.st_size, str(st.st_mtime_ns)
-
-    def local_path(self, key: str) -> Path:
-        return self.root / key
+        Returns:
+            The source's own report (``AzureSource``: its ``TransferStats``); callers may
+            ignore it.
+        """
+        ...
 
 
 def open_source(spec: str | Path) -> DataSource:

@@ -1,0 +1,53 @@
+"""Azure Blob Storage: read a dataset from ``az://CONTAINER/PREFIX`` and upload one there.
+
+Needs the ``azure`` extra (``pip install 'lungseg[azure]'``); importing this package without it
+raises ``ImportError``, which :func:`lungseg.data.sources.open_source` and ``lungseg upload`` turn
+into that advice.
+
+Modules, by concern:
+
+* :mod:`~lungseg.data.azure.connection`: credentials from the environment (never shown), the
+  account and container clients, retries and timeouts, SDK errors translated into one line;
+* :mod:`~lungseg.data.azure.transfer`: the one parallel transfer loop with its progress display,
+  shared by downloads and uploads;
+* :mod:`~lungseg.data.azure.source`: :class:`AzureSource`, the read side, through a local
+  content cache;
+* :mod:`~lungseg.data.azure.upload`: :func:`upload`, publishing a folder, one
+  :func:`~lungseg.data.azure.upload.put_file` per file.
+"""
+
+from lungseg.data.azure.connection import (
+    CONNECTION_TIMEOUT_S,
+    DEFAULT_WORKERS,
+    ENV_ACCOUNT,
+    ENV_ACCOUNT_URL,
+    ENV_CONNECTION_STRING,
+    ENV_KEY,
+    ENV_SAS,
+    NO_CREDENTIALS,
+    READ_TIMEOUT_S,
+    RETRY,
+    BlobLocation,
+    parse_url,
+)
+from lungseg.data.azure.source import AzureSource
+from lungseg.data.azure.transfer import TransferStats
+from lungseg.data.azure.upload import upload
+
+__all__ = [
+    "CONNECTION_TIMEOUT_S",
+    "DEFAULT_WORKERS",
+    "ENV_ACCOUNT",
+    "ENV_ACCOUNT_URL",
+    "ENV_CONNECTION_STRING",
+    "ENV_KEY",
+    "ENV_SAS",
+    "NO_CREDENTIALS",
+    "READ_TIMEOUT_S",
+    "RETRY",
+    "AzureSource",
+    "BlobLocation",
+    "TransferStats",
+    "parse_url",
+    "upload",
+]
