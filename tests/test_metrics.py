@@ -17,20 +17,18 @@ from lungseg.metrics import (
     Confusion,
     MetricAccumulator,
     accuracy_score,
-    bootstrap_ci,
     confusion,
     dice_score,
     hausdorff_distance,
     hd95,
     iou_score,
     mse,
-    paired_wilcoxon,
     per_image_metrics,
     pooled_scores,
     precision_score,
     recall_score,
-    summarize,
 )
+from lungseg.statistics import bootstrap_ci, paired_wilcoxon, summarize
 
 
 def masks(*rows: str) -> np.ndarray:

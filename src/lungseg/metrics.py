@@ -1,4 +1,4 @@
-"""Segmentation metrics: per image, summarised over a dataset, and compared between models.
+"""Segmentation metrics per image, and their accumulation over a dataset.
 
 Every overlap score derives from the confusion counts ``tp, fp, fn, tn`` of :func:`confusion`
 (as in segmentation_models_pytorch); each metric is a plain function, and
@@ -16,6 +16,8 @@ claimed in an image without one). Pixel accuracy and MSE never have a zero denom
 distance has no value when one surface is missing, so hd95 is NaN there (as in MONAI 1.6, which
 also gives NaN, not 0.0, when both are empty). :func:`summarize` leaves NaNs out of its statistics
 and reports how many (``n_nan``); Dice and IoU already count such an image as a failure.
+Summaries, confidence intervals and the paired test between models are in
+:mod:`lungseg.statistics`.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
-from scipy import ndimage, stats
+from scipy import ndimage
 
 from lungseg.errors import LungsegError
+from lungseg.statistics import summarize
 
 METRIC_NAMES = ("dice", "iou", "precision", "recall", "accuracy", "mse", "hd95")
 # hd95 and mse are errors: their worst image is the largest value.
@@ -314,81 +317,6 @@ def per_image_metrics(
     return _per_image(prob, pred, target, spacing)[1]
 
 
-def summarize(
-    values: Sequence[float] | np.ndarray,
-    higher_is_better: bool = True,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Summary statistics of per-image values, NaNs left out and counted.
-
-    Args:
-        values: ``float[N]`` per-image values.
-        higher_is_better: decides which extreme is the ``worst`` (min for Dice, max for hd95).
-        n_resamples: bootstrap resamples for the confidence interval of the mean.
-        seed: bootstrap seed; the same seed and values give the same interval.
-
-    Returns:
-        ``mean``, ``std`` (sample, ``ddof=1``; 0.0 for one value), ``median``, ``min``, ``max``,
-        ``worst`` and ``worst_index`` (index into ``values``, first on ties), ``ci95``
-        (``[low, high]``, percentile bootstrap of the mean), ``n`` (values used) and ``n_nan``
-        (values left out). Without any finite value the statistics are NaN and
-        ``worst_index`` is ``None``.
-    """
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    finite = ~np.isnan(arr)
-    used = arr[finite]
-    n = int(used.size)
-    out: dict[str, Any] = {"n": n, "n_nan": int(arr.size - n)}
-    if n == 0:
-        nan = math.nan
-        out.update(mean=nan, std=nan, median=nan, min=nan, max=nan, worst=nan, worst_index=None)
-        out["ci95"] = [nan, nan]
-        return out
-    worst_position = int(np.argmin(used) if higher_is_better else np.argmax(used))
-    out.update(
-        mean=float(used.mean()),
-        std=float(used.std(ddof=1)) if n > 1 else 0.0,
-        median=float(np.median(used)),
-        min=float(used.min()),
-        max=float(used.max()),
-        worst=float(used[worst_position]),
-        worst_index=int(np.flatnonzero(finite)[worst_position]),
-        ci95=bootstrap_ci(used, n_resamples=n_resamples, seed=seed),
-    )
-    return out
-
-
-def bootstrap_ci(
-    values: np.ndarray, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95
-) -> list[float]:
-    """Percentile-bootstrap confidence interval of the mean.
-
-    Args:
-        values: ``float[N]`` without NaNs.
-        n_resamples: number of resamples with replacement.
-        seed: seed of ``numpy.random.default_rng``.
-        confidence: interval coverage.
-
-    Returns:
-        ``[low, high]``.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    n = values.size
-    # Chunks bound the (resamples x n) index matrix to ~32 MB for large test sets.
-    chunk = max(1, 4_000_000 // n)
-    means = np.concatenate(
-        [
-            values[rng.integers(0, n, size=(min(chunk, n_resamples - start), n))].mean(axis=1)
-            for start in range(0, n_resamples, chunk)
-        ]
-    )
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return [float(low), float(high)]
-
-
 def pooled_scores(counts: Confusion) -> dict[str, float]:
     """Dataset-level Dice and IoU from counts summed over all images.
 
@@ -397,45 +325,6 @@ def pooled_scores(counts: Confusion) -> dict[str, float]:
     """
     total = counts.pooled()
     return {"dice_pooled": float(dice_score(total)), "iou_pooled": float(iou_score(total))}
-
-
-def paired_wilcoxon(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> dict:
-    """Wilcoxon signed-rank test of two models' per-image scores on the same images.
-
-    Pairs where either value is NaN are dropped. Zero differences are dropped by the test
-    (``zero_method="wilcox"``) but kept in the median difference.
-
-    Args:
-        a: ``float[N]`` per-image scores of model A (e.g. Dice).
-        b: ``float[N]`` scores of model B on the same images, in the same order.
-
-    Returns:
-        ``statistic``, ``p_value`` (two-sided), ``median_difference`` (median of ``a - b``;
-        positive means A scores higher), ``n`` (pairs used) and ``n_nonzero``. When all
-        differences are zero the models are indistinguishable: statistic 0.0, p-value 1.0.
-        Without any pair, everything but the counts is NaN.
-    """
-    a = np.asarray(a, dtype=np.float64).reshape(-1)
-    b = np.asarray(b, dtype=np.float64).reshape(-1)
-    if a.shape != b.shape:
-        raise LungsegError(
-            f"paired test needs scores for the same images, got {a.size} and {b.size} values"
-        )
-    valid = ~(np.isnan(a) | np.isnan(b))
-    diff = a[valid] - b[valid]
-    n, n_nonzero = int(diff.size), int(np.count_nonzero(diff))
-    result = {"n": n, "n_nonzero": n_nonzero}
-    if n == 0:
-        return result | {"statistic": math.nan, "p_value": math.nan, "median_difference": math.nan}
-    median_difference = float(np.median(diff))
-    if n_nonzero == 0:
-        return result | {"statistic": 0.0, "p_value": 1.0, "median_difference": median_difference}
-    test = stats.wilcoxon(a[valid], b[valid], zero_method="wilcox")
-    return result | {
-        "statistic": float(test.statistic),
-        "p_value": float(test.pvalue),
-        "median_difference": median_difference,
-    }
 
 
 class MetricAccumulator:

@@ -1,4 +1,9 @@
-"""Progress reporting: a live bar on a terminal, a few plain lines otherwise (logs, CI)."""
+"""Progress reporting: a live bar on a terminal, a few plain lines otherwise (logs, CI).
+
+Every progress display of the package is here: :func:`track` (items of a stage), :class:`StepBar`
+(the steps of a training epoch, with loss and speed) and :class:`TransferBar` (files and bytes of
+an Azure download or upload). rich is imported when a bar is shown.
+"""
 
 from __future__ import annotations
 
@@ -96,3 +101,78 @@ class StepBar:
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
             self._progress.__exit__(*exc)
+
+
+class TransferBar:
+    """Files and bytes of a transfer on stderr: a rich bar on a terminal, one line otherwise.
+
+    The bar moves by each file's size; the summary counts only the bytes that crossed the wire
+    and the files that were already in place.
+    """
+
+    def __init__(self, description: str, files: int, nbytes: int, enabled: bool) -> None:
+        self.description = description
+        self.files = files
+        self.nbytes = nbytes
+        self.enabled = enabled
+        self.done_files = 0
+        self.moved_bytes = 0
+        self.in_place = 0
+        self._bar = None
+        self._task = None
+
+    def __enter__(self) -> TransferBar:
+        self._start = time.perf_counter()
+        if self.enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("[progress.description]{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TextColumn("{task.fields[files]}"),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(
+                self.description, total=self.nbytes, files=self._files_text()
+            )
+        return self
+
+    def _files_text(self) -> str:
+        return f"{self.done_files}/{self.files} files"
+
+    def advance(self, nbytes: int, moved: bool = True) -> None:
+        """One more file done: ``moved`` when it was transferred, not already in place."""
+        self.done_files += 1
+        if moved:
+            self.moved_bytes += nbytes
+        else:
+            self.in_place += 1
+        if self._bar is not None:
+            self._bar.update(self._task, advance=nbytes, files=self._files_text())
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        if self.enabled and exc_type is None:
+            from rich.filesize import decimal
+
+            elapsed = time.perf_counter() - self._start
+            rate = decimal(int(self.moved_bytes / elapsed)) if elapsed > 0 else "-"
+            note = f"; {self.in_place} already in place" if self.in_place else ""
+            print(
+                f"{self.description}: {self._files_text()}, {decimal(self.moved_bytes)} "
+                f"in {elapsed:.1f}s ({rate}/s){note}",
+                file=sys.stderr,
+            )

@@ -24,9 +24,9 @@ from lungseg.config import from_dict
 from lungseg.errors import LungsegError
 from lungseg.evaluation import load_metrics, read_per_image
 from lungseg.io_utils import atomic_write_bytes, atomic_write_text
-from lungseg.metrics import paired_wilcoxon
 from lungseg.plots import read_history
 from lungseg.preprocessing import PreprocessConfig
+from lungseg.statistics import paired_wilcoxon
 
 ALPHA = 0.05
 #: Colours of the sample grid; the caption names them, so change both together.
@@ -303,7 +303,7 @@ def software_versions() -> dict[str, str]:
     import cv2
     import torch
 
-    from lungseg import __version__
+    from lungseg._version import __version__
 
     return {
         "lungseg": __version__,

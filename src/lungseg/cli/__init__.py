@@ -31,7 +31,7 @@ def _register() -> None:
 
 def _print_version(value: bool) -> None:
     if value:
-        from lungseg import __version__
+        from lungseg._version import __version__
 
         typer.echo(f"lungseg {__version__}")
         raise typer.Exit()

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from lungseg import __version__
+from lungseg._version import __version__
 from lungseg.config import from_dict, load_yaml, save_yaml, to_dict
 from lungseg.data.dataset import METADATA_FILE, Record, discover
 from lungseg.data.io import binarize_mask, decode_image

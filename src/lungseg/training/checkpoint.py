@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lungseg import __version__
+from lungseg._version import __version__
 from lungseg.errors import LungsegError
 from lungseg.io_utils import atomic_write
 
@@ -185,39 +185,3 @@ def training_checkpoint(
             "n_val": n_val,
         },
     }
-
-
-def check_resumable(ckpt: dict[str, Any], config: Any, split: str, path: Path) -> None:
-    """Refuse to resume ``ckpt`` with other settings or data than it was trained with.
-
-    Only :data:`~lungseg.training.config.RESUMABLE_CHANGES` (speed, not results) may differ.
-
-    Raises:
-        LungsegError: naming every difference, or a key the checkpoint lacks.
-    """
-    from lungseg.config import to_dict
-    from lungseg.training.config import RESUMABLE_CHANGES, stored_settings
-
-    for key in ("train_config", "optimizer", "history", "epoch", "data"):
-        if key not in ckpt:
-            raise LungsegError(f"cannot resume: the checkpoint has no {key!r}", path)
-    stored = stored_settings(ckpt)
-    asked = to_dict(config)
-    changed = [
-        f"{k}: run has {stored.get(k)!r}, asked {asked[k]!r}"
-        for k in asked
-        if k not in RESUMABLE_CHANGES and stored.get(k) != asked[k]
-    ]
-    if stored.get("epochs") != asked["epochs"] and config.schedule != "none":
-        changed.append(
-            f"epochs: run has {stored.get('epochs')}, asked {asked['epochs']} "
-            f"(the {config.schedule} schedule is fixed by the number of epochs)"
-        )
-    if ckpt["data"].get("split") != split:
-        changed.append("data: the training/validation images differ from the run's")
-    if changed:
-        raise LungsegError(
-            "cannot resume with other settings (" + "; ".join(changed) + "); resume with "
-            "the run's settings or start a new run in another --out",
-            path,
-        )

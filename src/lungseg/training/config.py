@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lungseg.config import Layer, load_yaml, read_section, resolve
+from lungseg.config import Layer, load_yaml, read_section, resolve, to_dict
 from lungseg.data.settings import asked, prepare_layers
 from lungseg.errors import LungsegError
 
@@ -240,3 +240,36 @@ def _stored_settings(checkpoint: Path) -> dict[str, Any]:
     from lungseg.training.checkpoint import load_checkpoint
 
     return stored_settings(load_checkpoint(checkpoint))
+
+
+def check_resumable(ckpt: dict[str, Any], config: Any, split: str, path: Path) -> None:
+    """Refuse to resume ``ckpt`` with other settings or data than it was trained with.
+
+    Only :data:`RESUMABLE_CHANGES` (speed, not results) may differ.
+
+    Raises:
+        LungsegError: naming every difference, or a key the checkpoint lacks.
+    """
+    for key in ("train_config", "optimizer", "history", "epoch", "data"):
+        if key not in ckpt:
+            raise LungsegError(f"cannot resume: the checkpoint has no {key!r}", path)
+    stored = stored_settings(ckpt)
+    asked = to_dict(config)
+    changed = [
+        f"{k}: run has {stored.get(k)!r}, asked {asked[k]!r}"
+        for k in asked
+        if k not in RESUMABLE_CHANGES and stored.get(k) != asked[k]
+    ]
+    if stored.get("epochs") != asked["epochs"] and config.schedule != "none":
+        changed.append(
+            f"epochs: run has {stored.get('epochs')}, asked {asked['epochs']} "
+            f"(the {config.schedule} schedule is fixed by the number of epochs)"
+        )
+    if ckpt["data"].get("split") != split:
+        changed.append("data: the training/validation images differ from the run's")
+    if changed:
+        raise LungsegError(
+            "cannot resume with other settings (" + "; ".join(changed) + "); resume with "
+            "the run's settings or start a new run in another --out",
+            path,
+        )

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lungseg import __version__
+from lungseg._version import __version__
 from lungseg.config import save_yaml, to_dict
 from lungseg.data.cache import PreparedData
 from lungseg.data.settings import PrepareConfig
@@ -63,13 +63,8 @@ from lungseg.errors import LungsegError
 from lungseg.io_utils import atomic_write_text
 from lungseg.progress import StepBar
 from lungseg.training.augment import augment_batch
-from lungseg.training.checkpoint import (
-    check_resumable,
-    load_checkpoint,
-    save_checkpoint,
-    training_checkpoint,
-)
-from lungseg.training.config import TrainConfig
+from lungseg.training.checkpoint import load_checkpoint, save_checkpoint, training_checkpoint
+from lungseg.training.config import TrainConfig, check_resumable
 from lungseg.training.data import check_splits, split_digest, training_data
 from lungseg.training.distributed import (
     DistContext,
