@@ -8,11 +8,11 @@ Reproduces the shipped weights from the project's development data::
     python scripts/train_shipped.py train unet-fast --data ../shared/data/covid-cxr --work work/
     python scripts/train_shipped.py package --work work/ --data ../shared/data/covid-cxr
 
-``train`` prepares the data (patient-grouped split, seed 0) and trains one model with the recipe
-below (they can run in parallel: give each ``--threads 1`` on a small CPU). ``package`` chooses
-each new model's postprocessing preset on the **validation** split, stores the weights in fp16
-(checking that validation Dice does not change), evaluates every shipped model, the ensemble and
-the int8 export of ``unet-fast`` on the **test** split, and writes
+``train`` prepares the data (patient-grouped split, seed 0) and trains one model with its recipe,
+``configs/<model>.yaml`` (they can run in parallel: give each ``--threads 1`` on a small CPU).
+``package`` chooses each new model's postprocessing preset on the **validation** split, stores
+the weights in fp16 (checking that validation Dice does not change), evaluates every shipped
+model, the ensemble and the int8 export of ``unet-fast`` on the **test** split, and writes
 ``src/lungseg/weights/<model>.pt``, ``src/lungseg/weights/MODEL_CARD.md`` and
 ``docs/comparison/``. ``package --models NAME...`` replaces only those models' weights; the
 others are kept and scored again. Nothing is tuned on the test split.
@@ -34,89 +34,59 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "src" / "lungseg" / "weights"
 
-#: The recipe, chosen on validation Dice (see MODEL_CARD.md for the ablation behind it).
-RECIPE = {
-    "preprocess": "clahe",
-    "batch_size": 16,
-    "loss": "bce_dice",
-    "schedule": "cosine",
-    "select": "dice",
-}
-#: Per model. Epochs: longer runs beat the first 35-40 on validation for all three (chosen
-#: postprocessing): U-Net 0.9518 -> 0.9558 at 60 -> 0.9569 at 100; DeepLabV3 0.9477 -> 0.9518 at
-#: 60 -> 0.9525 at 80 (24 filters: 0.9522 at 60; DeepLabV3+ skips: 0.9525 at 80); FCN 0.9409
-#: -> 0.9478 at 80.
-#: Sizes were chosen on validation Dice between 128 and 256 runs: the study's FCN (two poolings)
-#: sees too little of a 256 image (validation Dice 0.910 at 256 with 16 filters against 0.941 at
-#: 128 with 32), while DeepLabV3 gained from 256 (0.948 vs 0.943). FCN with four poolings and
-#: FCN-8s skips at every level (depth=4, skips=True; 80 epochs, chosen postprocessing): 0.9582 at
-#: 256 against 0.9475 at 128 (both scored at 256) and 0.9448 for the study's FCN at 128.
-#: Not better on validation (clean postprocessing, at 256): 24 filters instead of 16 (FCN depth 4
-#: + skips, 80 epochs: 0.9572 against 0.9582; U-Net, 80 epochs: 0.9558 against 0.9569 for 16
-#: filters at 100); stronger augmentation (rotation 15, scale 0.2, shift 0.1, intensity 0.15;
-#: unet-fast: 0.9519 against 0.9531). Training on 209 instead of 257 images (unet-fast) cost
-#: 0.0015, so the recipe is near what this data gives it.
-MODEL_SETTINGS = {
-    "unet": {"n_filters": 16, "lr": 1e-3, "size": 256, "epochs": 100},
-    "fcn": {
-        "n_filters": 16, "lr": 1e-3, "size": 256, "epochs": 80,
-        "model_args": {"depth": 4, "skips": True},
-    },
-    "deeplabv3": {"n_filters": 16, "lr": 2e-3, "size": 256, "epochs": 80},
-    # The fast variant for the CPU latency goal: the U-Net run at half resolution inside the
-    # model (input 256, average-pooled to 128, logits upsampled back to 256).
-    "unet-fast": {
-        "arch": "unet", "n_filters": 16, "lr": 1e-3, "size": 256, "epochs": 60,
-        "model_args": {"downsample": 2},
-    },
-}  # fmt: skip
+#: The recipes: one settings file per shipped model, read by ``lungseg train --config``; the
+#: comments in each say what was chosen on validation and what did not help.
+CONFIGS = REPO / "configs"
+MODELS = ("unet", "fcn", "deeplabv3", "unet-fast")
 
 
-def cache_dir(work: Path, recipe: dict) -> Path:
-    return work / f"cache-{recipe['preprocess']}-{recipe['size']}"
+def recipe(model: str) -> Path:
+    return CONFIGS / f"{model}.yaml"
+
+
+def cache_dir(work: Path, preprocess) -> Path:
+    """The cache of a preprocessing (a :class:`~lungseg.preprocessing.PreprocessConfig`)."""
+    return work / f"cache-{preprocess.preset}-{preprocess.size}"
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    recipe = {**RECIPE, **MODEL_SETTINGS[args.model]}
-    if args.epochs:
-        recipe["epochs"] = args.epochs
-    if args.size:
-        recipe["size"] = args.size
-    if args.preprocess:
-        recipe["preprocess"] = args.preprocess
+    from lungseg.data.settings import prepare_settings
+
+    config = recipe(args.model)
+    pre = prepare_settings(config, preprocess=args.preprocess, size=args.size).preprocess
     work = Path(args.work)
-    cache = cache_dir(work, recipe)
-    lungseg = [sys.executable, "-m", "lungseg"]
-    _prepare(args.data, cache, recipe)
+    cache = cache_dir(work, pre)
+    _prepare(args.data, cache, pre, config)
     run = work / "runs" / args.model
-    settings = {**MODEL_SETTINGS[args.model]}
-    if args.n_filters:
-        settings["n_filters"] = args.n_filters
     command = [
-        *lungseg, "train", "--model", settings.get("arch", args.model), "--data", str(cache),
+        sys.executable, "-m", "lungseg", "train", "--config", str(config), "--data", str(cache),
         "--out", str(run),
-        "--epochs", str(recipe["epochs"]), "--batch-size", str(recipe["batch_size"]),
-        "--lr", str(settings["lr"]), "--n-filters", str(settings["n_filters"]),
-        "--loss", recipe["loss"], "--schedule", recipe["schedule"], "--select", recipe["select"],
     ]  # fmt: skip
-    for key, value in settings.get("model_args", {}).items():
-        command += ["--model-arg", f"{key}={value}"]
-    if args.threads:
-        command += ["--threads", str(args.threads)]
-    if args.device:
-        command += ["--device", args.device]
+    options = {"--epochs": args.epochs, "--n-filters": args.n_filters, "--threads": args.threads,
+               "--device": args.device}  # fmt: skip
+    for flag, value in options.items():
+        if value:
+            command += [flag, str(value)]
     if (run / "last.pt").is_file():
         command.append("--resume")
     if not (run / "summary.json").is_file():
         subprocess.run(command, check=True)
 
 
-def _prepare(source: str, cache: Path, recipe: dict) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "lungseg", "prepare", "--data", source, "--out", str(cache),
-         "--size", str(recipe["size"]), "--preprocess", recipe["preprocess"]],
-        check=True,
-    )  # fmt: skip
+def _prepare(source: str, cache: Path, preprocess, config: Path | None = None) -> None:
+    command = [sys.executable, "-m", "lungseg", "prepare", "--data", source, "--out", str(cache),
+               "--size", str(preprocess.size), "--preprocess", preprocess.preset]  # fmt: skip
+    if config is not None:
+        command += ["--config", str(config)]
+    subprocess.run(command, check=True)
+
+
+def checkpoint_preprocess(ckpt: dict):
+    """The :class:`~lungseg.preprocessing.PreprocessConfig` a checkpoint records."""
+    from lungseg.config import from_dict
+    from lungseg.preprocessing import PreprocessConfig
+
+    return from_dict(PreprocessConfig, ckpt["preprocess"], "checkpoint:preprocess")
 
 
 def shipped_checkpoint(run: Path, preset: str, source_note: str) -> dict:
@@ -162,7 +132,7 @@ def cmd_package(args: argparse.Namespace) -> None:
     weights.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     segmenters = {}
-    for model in MODEL_SETTINGS:
+    for model in MODELS:
         run = work / "runs" / model
         if model in args.models and (run / "summary.json").is_file():
             shipped, data, results[model] = _package_run(model, run, work, weights)
@@ -241,13 +211,12 @@ def _rescore_shipped(model: str, work: Path, weights: Path, source: str | None):
 
     path = weights / f"{model}.pt"
     ckpt = load_checkpoint(path)
-    recipe = {**RECIPE, **MODEL_SETTINGS[model], "size": ckpt["size"],
-              "preprocess": ckpt["preprocess"]["preset"]}  # fmt: skip
-    data = cache_dir(work, recipe)
+    pre = checkpoint_preprocess(ckpt)
+    data = cache_dir(work, pre)
     if not (data / "split.csv").is_file():
         if not source:
             raise SystemExit(f"{model}: give --data to prepare {data} for re-scoring {path}")
-        _prepare(source, data, recipe)
+        _prepare(source, data, pre)
     shipped = load_model(path, device="cpu")
     val = evaluate(shipped, work / "eval" / model / "val", data=data, split="val",
                    postprocess=["all"])  # fmt: skip
@@ -257,7 +226,7 @@ def _rescore_shipped(model: str, work: Path, weights: Path, source: str | None):
         "epochs": len(ckpt.get("history") or []),
         "n_train": ckpt["data"].get("n_train"),
         "n_val": ckpt["data"].get("n_val"),
-        "preprocess": ckpt["preprocess"]["preset"],
+        "preprocess": pre.preset,
     }
     presets = val.metrics["postprocess_presets"]
     drift = _fp16_drift(work / "runs" / model, ckpt, presets[ckpt["postprocess_preset"]], data)
@@ -588,9 +557,9 @@ def cmd_adopt(args: argparse.Namespace) -> None:
         for model in sorted(names):
             run = work / "runs" / model
             last = load_checkpoint(run / "last.pt")
-            recipe = {"size": last["size"], "preprocess": last["preprocess"]["preset"]}
-            cache = cache_dir(work, recipe).absolute()
-            _prepare(args.data, cache, recipe)
+            pre = checkpoint_preprocess(last)
+            cache = cache_dir(work, pre).absolute()
+            _prepare(args.data, cache, pre)
             data = load_cache(cache)
             digest = split_digest(data.stems, data.indices("train"), data.indices("val"))
             if digest != last["data"]["split"]:
@@ -615,7 +584,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train")
-    train.add_argument("model", choices=sorted(MODEL_SETTINGS))
+    train.add_argument("model", choices=MODELS)
     train.add_argument("--data", required=True)
     train.add_argument("--work", required=True)
     train.add_argument("--epochs", type=int)
@@ -629,7 +598,7 @@ def main() -> None:
     package.add_argument(
         "--models",
         nargs="+",
-        default=list(MODEL_SETTINGS),
+        default=list(MODELS),
         help="models whose runs in WORK/runs replace the shipped weights",
     )
     package.add_argument("--data", help="dataset to prepare for re-scoring kept shipped models")

@@ -15,6 +15,8 @@ from lungseg.shipped import ENSEMBLE_MODELS, SHIPPED_MODELS, shipped_weights
 from lungseg.training.checkpoint import load_checkpoint
 from trained import dice, lungseg
 
+REPO = Path(__file__).resolve().parents[1]
+
 #: Shipped variants of a registered architecture.
 ARCHITECTURE = {"unet-fast": "unet"}
 
@@ -70,3 +72,23 @@ def test_fast_variant_is_the_unet_at_half_resolution_and_keeps_its_name() -> Non
     assert [load_checkpoint(m)["model"]["name"] for m in both.info["members"]] == list(
         ENSEMBLE_MODELS
     )
+
+
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
+def test_each_recipe_is_what_its_model_was_trained_with(name):
+    """configs/<model>.yaml, resolved as ``lungseg train --config`` resolves it, gives the
+    settings the shipped checkpoint recorded (all but those that only change speed) and the
+    same preprocessing."""
+    from lungseg.config import from_dict, to_dict
+    from lungseg.data.settings import prepare_settings
+    from lungseg.preprocessing import PreprocessConfig
+    from lungseg.training.config import RESUMABLE_CHANGES, resolve_run, stored_settings
+
+    recipe = REPO / "configs" / f"{name}.yaml"
+    ckpt = load_checkpoint(shipped_weights(name))
+    resolved = to_dict(resolve_run(REPO / "no-run", {}, {}, recipe, "data").config)
+    stored = stored_settings(ckpt)
+    differ = {k: (stored.get(k), v) for k, v in resolved.items() if stored.get(k) != v}
+    assert set(differ) <= set(RESUMABLE_CHANGES), differ
+    preprocess = from_dict(PreprocessConfig, ckpt["preprocess"])
+    assert prepare_settings(recipe).preprocess == preprocess
