@@ -24,12 +24,17 @@ from lungseg.errors import LungsegError
 from lungseg.evaluation import load_metrics, read_per_image
 from lungseg.io_utils import atomic_write_bytes, atomic_write_text
 from lungseg.metrics import paired_wilcoxon
-from lungseg.plots import read_history
+from lungseg.plots import (
+    MASK_COLOUR_NAME,
+    TRUTH_COLOUR_NAME,
+    comparison_curves,
+    png_bytes,
+    read_history,
+    sample_grid,
+)
 
 ALPHA = 0.05
-#: Colours of the sample grid; the caption names them, so change both together.
-MASK_COLOUR, MASK_COLOUR_NAME = "#e41a1c", "red"
-TRUTH_COLOUR, TRUTH_COLOUR_NAME = "cyan", "cyan"
+FIGURE_DPI = 110
 
 
 @dataclass
@@ -72,7 +77,8 @@ def load_checkpoint_entry(eval_dir: str | Path, label: str | None = None) -> Ent
     summary: dict[str, Any] = {}
     paths = [p for p in metrics.get("checkpoints") or [metrics.get("checkpoint")] if p]
     paths = [p for p in paths if str(p).endswith(".pt")]
-    from lungseg.training.checkpoint import load_checkpoint
+    from lungseg.models import count_parameters
+    from lungseg.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     for path in paths:
         ckpt = load_checkpoint(path)
@@ -81,11 +87,7 @@ def load_checkpoint_entry(eval_dir: str | Path, label: str | None = None) -> Ent
             history = [{k: float(v) for k, v in row.items()} for row in rows]
             summary["best_epoch"] = ckpt.get("best_epoch")
             summary["epochs"] = (ckpt.get("train_config") or {}).get("epochs", len(rows))
-        n_params = sum(
-            v.numel()
-            for k, v in ckpt["state_dict"].items()
-            if "running" not in k and not k.endswith("num_batches_tracked")
-        )
+        n_params = count_parameters(model_from_checkpoint(ckpt))
         summary["parameters"] = summary.get("parameters", 0) + n_params
         seconds = sum(row.get("seconds", 0.0) for row in rows)
         summary["train_seconds"] = summary.get("train_seconds", 0.0) + seconds
@@ -149,35 +151,7 @@ def verdict(entries: list[Entry], tests: list[dict[str, Any]]) -> str:
 
 def curves_png(entries: list[Entry]) -> bytes:
     """Loss, pixel accuracy and validation Dice per epoch for every model, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    panels = [("loss", "Loss (BCE)"), ("acc", "Pixel accuracy"), ("val_dice", "Validation Dice")]
-    for i, entry in enumerate(entries):
-        colour = colours[i % len(colours)]
-        epochs = [row["epoch"] for row in entry.history]
-        for ax, (key, title) in zip(axes, panels, strict=True):
-            if key == "val_dice":
-                ax.plot(epochs, [r.get("val_dice") for r in entry.history], color=colour,
-                        label=entry.label)  # fmt: skip
-            else:
-                ax.plot(epochs, [r.get(f"train_{key}") for r in entry.history], color=colour,
-                        linestyle="--", alpha=0.7, label=f"{entry.label} train")  # fmt: skip
-                ax.plot(epochs, [r.get(f"val_{key}") for r in entry.history], color=colour,
-                        label=f"{entry.label} val")  # fmt: skip
-            ax.set_title(title)
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
+    return png_bytes(comparison_curves([(e.label, e.history) for e in entries]), dpi=FIGURE_DPI)
 
 
 def worst_images(entries: list[Entry]) -> dict[str, str]:
@@ -198,12 +172,7 @@ def samples_png(entries: list[Entry], n_random: int = 3, seed: int = 0) -> tuple
     else the preprocessed image the model saw; ground truth comes from the prepared cache the
     evaluation used, masks from each ``masks/`` folder.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import cv2
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
 
     from lungseg.data.cache import load_cache
 
@@ -217,37 +186,23 @@ def samples_png(entries: list[Entry], n_random: int = 3, seed: int = 0) -> tuple
         worst_of.setdefault(stem, []).append(label)
         if stem not in picks:
             picks.append(stem)
-    fill = ListedColormap([MASK_COLOUR])
-    cols = 2 + len(entries)
-    fig, axes = plt.subplots(len(picks), cols, figsize=(2.6 * cols, 2.7 * len(picks)),
-                             squeeze=False)  # fmt: skip
-    for r, stem in enumerate(picks):
+    rows = []
+    for stem in picks:
         image, original = _shown_image(data, index[stem])
         truth = np.asarray(data.masks[index[stem]]).astype(bool)
-        title = "X-ray" if original else "input (preprocessed)"
-        panels = [(title, image, None), ("ground truth", image, truth)]
+        panels = [("X-ray" if original else "input (preprocessed)", None), ("ground truth", truth)]
         for e in entries:
             mask_file = e.eval_dir / "masks" / f"{stem}.png"
             mask = cv2.imread(str(mask_file), cv2.IMREAD_GRAYSCALE)
             if mask is not None and mask.shape != truth.shape:  # a model scored at another size
                 mask = cv2.resize(mask, truth.shape[::-1], interpolation=cv2.INTER_LINEAR)
             mask = mask > 127 if mask is not None else np.zeros_like(truth)
-            panels.append((f"{e.label}\nDice {e.dice_by_stem[stem]:.3f}", image, mask))
-        for c, (title, img, mask) in enumerate(panels):
-            ax = axes[r][c]
-            ax.imshow(img, cmap="gray", vmin=0, vmax=255)
-            if mask is not None:
-                ax.imshow(np.ma.masked_where(~mask, mask), cmap=fill, vmin=0, vmax=1, alpha=0.45)
-                ax.contour(truth, levels=[0.5], colors=TRUTH_COLOUR, linewidths=0.6)
-            ax.set_title(title if r == 0 or c >= 2 else "", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            panels.append((f"{e.label}\nDice {e.dice_by_stem[stem]:.3f}", mask))
         label = stem if len(stem) <= 24 else stem[:22] + "…"
         if stem in worst_of:
             label += "\nworst of " + ", ".join(worst_of[stem])
-        axes[r][0].set_ylabel(label, fontsize=7)
-    fig.tight_layout()
-    return _png(fig), picks
+        rows.append((label, image, truth, panels))
+    return png_bytes(sample_grid(rows), dpi=FIGURE_DPI), picks
 
 
 def _shown_image(data, i: int) -> tuple[np.ndarray, bool]:
@@ -283,17 +238,6 @@ def _eval_cache(entry: Entry) -> Path:
     if not candidates:
         raise LungsegError("cannot find the prepared data this evaluation used", entry.eval_dir)
     return candidates[0]
-
-
-def _png(fig) -> bytes:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def software_versions() -> dict[str, str]:
