@@ -3,13 +3,13 @@
 Built from run directories alone (``history.csv``, ``summary.json``, ``best.pt``) and their
 evaluation folders (``metrics.json``, ``per_image.csv``, ``masks/``), so ``lungseg compare
 --from-runs`` can rebuild it without training. Writes ``report.md`` (figures next to it in
-``figures/``) and a self-contained ``report.html`` (figures embedded).
+``figures/``) and a self-contained ``report.html`` (figures embedded), both rendered from the
+templates ``lungseg/templates/report.{md,html}.j2``: this module computes what they show.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import itertools
 import json
 import math
@@ -32,6 +32,7 @@ from lungseg.plots import (
     read_history,
     sample_grid,
 )
+from lungseg.render import render
 
 ALPHA = 0.05
 FIGURE_DPI = 110
@@ -356,12 +357,18 @@ def build_report(entries: list[Entry], out: str | Path, title: str = "lungseg co
     caption = samples_caption(entries)
     atomic_write_bytes(figures / "curves.png", curves)
     atomic_write_bytes(figures / "samples.png", samples)
-    settings = _settings(entries)
-    versions = software_versions()
-    atomic_write_text(out / "report.md", _markdown(title, header, rows, tests, sentence,
-                                                   settings, versions, caption))  # fmt: skip
-    page = _html(title, header, rows, tests, sentence, settings, versions, curves, samples, caption)
-    atomic_write_text(out / "report.html", page)
+    page = {
+        "title": title,
+        "results": {"header": header, "rows": rows},
+        "verdict": sentence,
+        "tests": _tests_table(tests),
+        "caption": caption,
+        "settings": _settings(entries),
+        "versions": software_versions(),
+    }
+    atomic_write_text(out / "report.md", render("report.md.j2", **page))
+    images = {"curves": _base64(curves), "samples": _base64(samples)}
+    atomic_write_text(out / "report.html", render("report.html.j2", images=images, **page))
     summary = {
         "models": [e.label for e in entries],
         "table": [dict(zip(header, r, strict=True)) for r in rows],
@@ -384,74 +391,14 @@ def samples_caption(entries: list[Entry]) -> str:
     )
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+def _base64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
 
 
-def _test_rows(tests: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def _tests_table(tests: list[dict[str, Any]]) -> dict[str, list]:
+    """Header and rows of the paired tests' table."""
     header = ["model A", "model B", "n", "median ΔDice (A−B)", "p (Wilcoxon)", "p (Holm)",
               "significant"]  # fmt: skip
     rows = [[t["a"], t["b"], str(t["n"]), _fmt(t["median_difference"]), _fmt_p(t["p_value"]),
              _fmt_p(t["p_holm"]), "yes" if t["significant"] else "no"] for t in tests]  # fmt: skip
-    return header, rows
-
-
-def _markdown(title, header, rows, tests, sentence, settings, versions, caption) -> str:
-    parts = [f"# {title}", "", "## Results on the test split", "", _md_table(header, rows), ""]
-    parts += ["## Which model is best?", "", sentence, ""]
-    if tests:
-        parts += [_md_table(*_test_rows(tests)), ""]
-    parts += ["## Training curves", "", "![training curves](figures/curves.png)", ""]
-    parts += ["## Sample predictions", "", caption, "",
-              "![sample predictions](figures/samples.png)", ""]  # fmt: skip
-    parts += ["## Data and settings", ""] + [f"- **{k}**: {v}" for k, v in settings] + [""]
-    parts += ["## Software", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [""]
-    return "\n".join(parts)
-
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
-th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
-img { max-width: 100%; border: 1px solid #eee; }
-.verdict { background: #f6f8fa; border-left: 4px solid #0366d6; padding: 0.6em 1em; }
-"""
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _img(data: bytes, alt: str) -> str:
-    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
-
-
-def _html(title, header, rows, tests, sentence, settings, versions, curves, samples, caption):
-    esc = html.escape
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
-        f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>",
-        "<h2>Results on the test split</h2>", _html_table(header, rows),
-        "<h2>Which model is best?</h2>", f"<p class='verdict'>{esc(sentence)}</p>",
-    ]  # fmt: skip
-    if tests:
-        parts.append(_html_table(*_test_rows(tests)))
-    parts += ["<h2>Training curves</h2>", _img(curves, "training curves")]
-    parts += [
-        "<h2>Sample predictions</h2>",
-        f"<p>{esc(caption)}</p>",
-        _img(samples, "sample predictions"),
-        "<h2>Data and settings</h2><ul>",
-        *[f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in settings],
-        "</ul><h2>Software</h2><ul>",
-        *[f"<li>{esc(k)}: {esc(v)}</li>" for k, v in versions.items()],
-        "</ul></body></html>",
-    ]
-    return "\n".join(parts)
+    return {"header": header, "rows": rows}
