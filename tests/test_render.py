@@ -16,6 +16,7 @@ def _page(**changes) -> dict:
     table = {"header": ["model", "mDice"], "rows": [[LABEL, "0.9000"]]}
     page = {
         "title": f"models on {LABEL}",
+        "evaluated_on": "the test split (3 images)",
         "results": table,
         "verdict": f"{LABEL} has the highest mean Dice (0.9000).",
         "tests": {"header": ["model A", "model B"], "rows": []},
@@ -30,6 +31,7 @@ def _page(**changes) -> dict:
 def test_html_report_escapes_user_text() -> None:
     page = render("report.html.j2", **_page())
     assert "<script" not in page
+    assert "<h2>Results on the test split (3 images)</h2>" in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
     assert "<td>&lt;script&gt;alert(1)&lt;/script&gt; &amp; co</td><td>0.9000</td>" in page
     assert '<img alt="training curves" src="data:image/png;base64,AAAA">' in page

@@ -40,7 +40,8 @@ FIGURE_DPI = 110
 
 @dataclass
 class Entry:
-    """One row of the comparison: a trained model evaluated on the test split."""
+    """One row of the comparison: a trained model and one evaluation of it (``metrics.json``
+    says which split it scored)."""
 
     label: str
     run_dir: Path
@@ -166,12 +167,12 @@ def worst_images(entries: list[Entry]) -> dict[str, str]:
 
 
 def samples_png(entries: list[Entry], n_random: int = 3, seed: int = 0) -> tuple[bytes, list[str]]:
-    """A grid of test images: the input, the ground truth, each model's mask as an overlay.
+    """A grid of evaluated images: the input, the ground truth, each model's mask as an overlay.
 
-    Rows: a few random test images plus each model's worst image (by Dice). The image shown is
-    the X-ray as stored (resized to the scoring size) when its file is still on this machine,
-    else the preprocessed image the model saw; ground truth comes from the prepared cache the
-    evaluation used, masks from each ``masks/`` folder.
+    Rows: a few random images scored by every model plus each model's worst image (by Dice).
+    The image shown is the X-ray as stored (resized to the scoring size) when its file is still
+    on this machine, else the preprocessed image the model saw; ground truth comes from the
+    prepared cache the evaluation used, masks from each ``masks/`` folder.
     """
     import cv2
 
@@ -328,7 +329,7 @@ def _settings(entries: list[Entry]) -> list[tuple[str, str]]:
         ]  # fmt: skip
     except LungsegError:
         items.append(("dataset", str(first.get("data"))))
-    items.append(("evaluated on", f"{first.get('split')} split, {first.get('n_images')} images"))
+    items.append(("evaluated on", evaluated_on(entries)))
     for e in entries:
         pre = e.metrics.get("preprocess", {})
         steps = ", ".join(k for k in ("blur", "gradient", "clahe", "normalize") if pre.get(k))
@@ -359,6 +360,7 @@ def build_report(entries: list[Entry], out: str | Path, title: str = "lungseg co
     atomic_write_bytes(figures / "samples.png", samples)
     page = {
         "title": title,
+        "evaluated_on": evaluated_on(entries),
         "results": {"header": header, "rows": rows},
         "verdict": sentence,
         "tests": _tests_table(tests),
@@ -379,11 +381,28 @@ def build_report(entries: list[Entry], out: str | Path, title: str = "lungseg co
     return out / "report.html"
 
 
+def evaluated_on(entries: list[Entry]) -> str:
+    """What the evaluations scored, from their ``metrics.json``: ``the test split (36 images)``,
+    ``all 12 images (every split)``, or several such joined by "and" when they differ."""
+    phrases: list[str] = []
+    for e in entries:
+        split, n = e.metrics["split"], e.metrics["n_images"]
+        phrase = (
+            f"all {n} images (every split)" if split == "all" else f"the {split} split ({n} images)"
+        )
+        if phrase not in phrases:
+            phrases.append(phrase)
+    return " and ".join(phrases)
+
+
 def samples_caption(entries: list[Entry]) -> str:
     """The sample grid's caption: what the rows are and what each colour means."""
     worst = "; ".join(f"{label}: {stem}" for label, stem in worst_images(entries).items())
+    splits = {e.metrics["split"] for e in entries}
+    (split,) = splits if len(splits) == 1 else {"mixed"}
+    kind = {"all": "image", "mixed": "evaluated image"}.get(split, f"{split} image")
     return (
-        f"Random test images, then each model's worst test image by Dice ({worst}). "
+        f"Random {kind}s, then each model's worst {kind} by Dice ({worst}). "
         f"Filled {MASK_COLOUR_NAME}: the mask of the column (ground truth or the model's); "
         f"{TRUTH_COLOUR_NAME} line: ground-truth outline. The X-ray is shown as stored, "
         "resized to the scoring size (the preprocessed input when the file is not on this "
