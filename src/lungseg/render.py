@@ -5,6 +5,8 @@ base64 images); the template only lays it out. Templates of the package live in
 ``lungseg/templates/``; scripts and benchmarks keep theirs next to them and pass their folder.
 
 A value a template names but is not given is an error (``StrictUndefined``), not a blank.
+Every template has the filter ``fmt``: Python's ``format`` (``{{ dice | fmt(".4f") }}``), so a
+number reads the same as from an f-string.
 HTML templates (``*.html.j2``) escape every value; Markdown templates escape nothing.
 Whitespace: a block tag's line leaves no blank line behind (``trim_blocks``, ``lstrip_blocks``)
 and a template's final newline is kept.
@@ -49,5 +51,14 @@ def render(
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(filters or {})
+    env.filters.update(fmt=_format, **(filters or {}))
     return env.get_template(template).render(**data)
+
+
+def _format(value: Any, spec: str) -> str:
+    """``format(value, spec)``; a missing value raises the error that names it."""
+    import jinja2
+
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises UndefinedError here ("... has no attribute 'x'")
+    return format(value, spec)
