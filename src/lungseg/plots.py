@@ -127,7 +127,8 @@ def comparison_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]]):
 
     Args:
         runs: ``(label, history)`` per model; ``history`` rows have the :data:`HISTORY_COLUMNS`
-            keys (an empty history draws nothing).
+            keys. A model without a history (an ensemble) is left out of the figure and its
+            legends, and keeps its colour, so the others' colours do not depend on it.
 
     Returns:
         A matplotlib ``Figure`` with three panels.
@@ -140,6 +141,8 @@ def comparison_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]]):
     colours = rcParams["axes.prop_cycle"].by_key()["color"]
     panels = [("loss", "Loss (BCE)"), ("acc", "Pixel accuracy"), ("val_dice", "Validation Dice")]
     for i, (label, history) in enumerate(runs):
+        if not history:
+            continue
         colour = colours[i % len(colours)]
         epochs = [row["epoch"] for row in history]
         for ax, (key, title) in zip(axes, panels, strict=True):
