@@ -1,5 +1,6 @@
 """What every benchmark shares: the run context, timing and statistics, memory peaks, goals,
-the machine description, real data, the per-device JSON records and the BENCHMARKS.md writer.
+the machine description, real data, the per-device JSON records and the BENCHMARKS.md writer
+(its layout is ``templates/benchmarks.md.j2``).
 
 A benchmark module exposes ``run(ctx: Context) -> Section``. A :class:`Section` holds figures
 (each the median of repeated samples with its min-max spread and interquartile range), goals
@@ -33,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "benchmarks" / "records"
 SHARED_DATA = Path(os.environ.get("LUNGSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 EXAMPLES = REPO / "examples"
+TEMPLATES = REPO / "benchmarks" / "templates"
 #: Section name -> title, in the order BENCHMARKS.md shows them.
 TITLES = {
     "prepare": "1. Preparation throughput",
@@ -513,41 +515,17 @@ def load_records(records: Path) -> dict[str, dict[str, Any]]:
 
 
 def render(records: dict[str, dict[str, Any]], records_dir: str) -> str:
-    """BENCHMARKS.md from all devices' records."""
+    """BENCHMARKS.md from all devices' records (``templates/benchmarks.md.j2``)."""
+    from lungseg.render import render as render_template
+
     machines: list[dict[str, Any]] = []
     for record in records.values():
         for section in record["sections"].values():
             if section["machine"] not in machines:
                 machines.append(section["machine"])
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Written by `python -m benchmarks` from `{records_dir}/*.json` (one file per device); "
-        "do not edit by hand. Re-run a benchmark (`--only NAME`) or another device "
-        "(`--device cuda`) and only that part is replaced.",
-        "",
-        "Every figure is the **median** of repeated measurements, with its spread as min–max "
-        "and interquartile range (IQR) and the number of samples *n*. Warm-up runs are never "
-        "counted. Goals are judged on the median, only on the device they are about.",
-        "",
-        "## Machines",
-        "",
-    ]
-    for i, m in enumerate(machines, 1):
-        lines.append(f"- **M{i}**: {_describe(m)}")
-    lines.append("")
-    for name, title in TITLES.items():
-        lines += [f"## {title}", ""]
-        found = False
-        for device, record in records.items():
-            section = record["sections"].get(name)
-            if section is None:
-                continue
-            found = True
-            lines += _render_section(section, device, machines.index(section["machine"]) + 1)
-        if not found:
-            lines += ["Not measured yet.", ""]
-    return "\n".join(lines).rstrip() + "\n"
+    filters = {"number": fmt, "spread": spread, "describe": _describe}
+    return render_template("benchmarks.md.j2", TEMPLATES, filters=filters, records=records,
+                           records_dir=records_dir, machines=machines, titles=TITLES)  # fmt: skip
 
 
 def _describe(m: dict[str, Any]) -> str:
@@ -560,57 +538,6 @@ def _describe(m: dict[str, Any]) -> str:
     parts.append(f"{m['os']}, Python {m['python']}")
     parts.append(", ".join(f"{k} {v}" for k, v in m["versions"].items()))
     return "; ".join(parts)
-
-
-def _render_section(section: dict[str, Any], device: str, machine: int) -> list[str]:
-    lines = [
-        f"### On {device} (M{machine}), {section['date']}",
-        "",
-        f"Command: `{section['command']}`; load average at the end: {section['load_average']}.",
-        "",
-    ]
-    if section["quick"]:
-        lines += [
-            "> **Quick mode**: tiny sizes and single runs, a smoke test of the benchmark code; "
-            "these numbers are not measurements.",
-            "",
-        ]
-    if section["figures"]:
-        lines += [
-            "| Figure | Median | Unit | Spread (min–max; IQR) | n | Device | Note |",
-            "| --- | ---: | --- | --- | ---: | --- | --- |",
-        ]
-        for row in section["figures"]:
-            lines.append(
-                f"| {row['figure']} | {fmt(row['median'])} | {row['unit']} | {spread(row)} | "
-                f"{row['n']} | {row['device']} | {row['note']} |"
-            )
-        lines.append("")
-    if section["goals"]:
-        lines += [
-            "| Goal | Measured (median) | Target | Verdict | Margin |",
-            "| --- | ---: | --- | --- | --- |",
-        ]
-        for g in section["goals"]:
-            lines.append(
-                f"| {g['goal']} | {g['measured']} | {g['target']} | **{g['verdict']}** | "
-                f"{g['margin']} |"
-            )
-        lines.append("")
-    for table in section["tables"]:
-        lines += [
-            f"{table['title']}:",
-            "",
-            "| " + " | ".join(table["columns"]) + " |",
-            "| " + " | ".join("---" for _ in table["columns"]) + " |",
-        ]
-        for row in table["rows"]:
-            lines.append("| " + " | ".join(str(c) for c in row) + " |")
-        lines.append("")
-    lines += [f"- {note}" for note in section["notes"]]
-    if section["notes"]:
-        lines.append("")
-    return lines
 
 
 def print_section(section: dict[str, Any]) -> None:

@@ -307,16 +307,6 @@ SCORE_SIZE = 256
 SOURCE_NOTE = "../shared/data/covid-cxr (355 pairs, 217 patients), split seed 0"
 
 
-TABLE_HEADER = (
-    "| model | working size | parameters | best / trained epochs | postprocessing | Dice | IoU | "
-    "MSE | HD95 (px) | worst Dice |\n|---|---|---|---|---|---|---|---|---|---|"
-)
-NETWORK_HEADER = (
-    "| model | network (constructor arguments) | training precision | training time |\n"
-    "|---|---|---|---|"
-)
-
-
 def network_text(path: Path) -> str:
     """``fcn (n_filters=16, depth=4, skips=True)``: the architecture and what differs from the
     study's network (its defaults), with the base width always shown."""
@@ -331,6 +321,10 @@ def network_text(path: Path) -> str:
     return f"{spec['name']} ({', '.join(shown)})"
 
 
+#: The model card's template (``model_card.md.j2``) and the filters it formats numbers with.
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
 def _ci(metrics: dict, key: str = "dice") -> str:
     low, high = metrics[f"{key}_ci95"]
     return f"{metrics[f'{key}_mean']:.4f} ({low:.4f}–{high:.4f})"
@@ -340,156 +334,16 @@ def _minutes(seconds: float | None) -> str:
     return f"{seconds / 60:.0f} min" if seconds else "–"
 
 
+def _having(results: dict, key: str) -> dict:
+    return {name: r for name, r in results.items() if key in r}
+
+
 def model_card(results: dict) -> str:
     """MODEL_CARD.md for the shipped weights, from the results of ``package``."""
-    first = next(iter(results.values()))
-    summary = first["summary"]
-    rows = []
-    for name, r in results.items():
-        t = r["test"]
-        s = r.get("summary", {})
-        params = f"{s['params'] / 1e6:.2f} M" if s.get("params") else "–"
-        epochs = f"{s.get('best_epoch', '–')} / {s.get('epochs', '–')}" if s else "–"
-        post = r.get("postprocess", t.get("postprocess", "–"))
-        rows.append(
-            f"| {name} | {t.get('model_size', t.get('size', '–'))} | {params} | {epochs} | "
-            f"{post} | {_ci(t)} | "
-            f"{_ci(t, 'iou')} | "
-            f"{t['mse_mean']:.4f} | {t['hd95_mean']:.2f} | {t['dice_worst']:.4f} "
-            f"({t['dice_worst_stem']}) |"
-        )
-    val_rows = []
-    for name, r in results.items():
-        for preset, v in (r.get("val_presets") or {}).items():
-            chosen = " (chosen)" if preset == r["postprocess"] else ""
-            val_rows.append(f"| {name} | {preset}{chosen} | {v['dice_mean']:.4f} |")
-    network_rows = [
-        f"| {name} | `{r['network']}` | {r['summary'].get('precision', 'float32')} | "
-        f"{_minutes(r['summary'].get('train_seconds'))} |"
-        for name, r in results.items()
-        if r.get("network")
-    ]
-    n_test = first["test"]["n_images"]
-    drifts = {n: r["fp16_val_dice_drift"] for n, r in results.items() if "fp16_val_dice_drift" in r}
-    known = [d for d in drifts.values() if d is not None]
-    unknown = [n for n, d in drifts.items() if d is None]
-    if not known:
-        drift_text = "the change in validation Dice was not measured"
-    else:
-        drift_text = f"this changed validation mean Dice by at most {max(known):.1e}"
-        if unknown:
-            drift_text += f" (not measured for {', '.join(unknown)}: training run not at hand)"
-    int8 = [
-        f"- `{name}`: `lungseg export --model {name.removesuffix('-int8')} --int8 --calibrate "
-        f"TRAINING_IMAGES` (static ONNX Runtime quantisation, calibrated on "
-        f"{r['calibration_images']} training images): validation Dice {r['val_dice']:.4f} "
-        f"against {r['val_dice_fp32']:.4f} in float32; test split in the table above."
-        for name, r in results.items()
-        if "calibration_images" in r
-    ]
-    int8_text = (
-        "\n## int8 ONNX\n\n" + "\n".join(int8) + "\nSpeed: see BENCHMARKS.md.\n" if int8 else ""
-    )
-    qc = ", ".join(
-        f"{name} {r['test']['uncertainty_error_spearman']:.2f}"
-        for name, r in results.items()
-        if r["test"].get("uncertainty_error_spearman") is not None
-    )
-    qc_text = (
-        "\n## Which masks to review\n\n`measurements.csv` of `lungseg segment` has "
-        "`uncertain_fraction` (`lungseg/quality.py`),\nthe share of the predicted lung with "
-        "probability between 0.1 and 0.9. Its Spearman correlation with\nthe error (1 - Dice) "
-        f"on the test split: {qc}.\n"
-        if qc
-        else ""
-    )
-    tta_rows = [
-        f"| {name} | {r['tta']['val_plain']:.4f} | {r['tta']['val']['dice_mean']:.4f} | "
-        f"{_ci(r['test'])} | {_ci(r['tta']['test'])} | {r['tta']['test']['dice_worst']:.4f} |"
-        for name, r in results.items()
-        if "tta" in r
-    ]
-    tta_text = (
-        "\n## Test-time augmentation (`--tta`, reported separately)\n\n"
-        "`lungseg segment --tta`, `lungseg evaluate --tta` and `load_model(..., tta=True)` "
-        "average each\nprediction over five views of the image: as it is, zoomed 0.9 and 1.1, "
-        "rotated +-5 degrees\n(five forward passes; see `lungseg/tta.py`). It is off by "
-        "default; the gain per model:\n\n"
-        "| model | validation Dice | with TTA | test Dice (95 % CI) | with TTA | worst with TTA |\n"
-        "|---|---|---|---|---|---|\n" + "\n".join(tta_rows) + "\n"
-        if tta_rows
-        else ""
-    )
-    return f"""# Model card: lungseg shipped lung-segmentation models
+    from lungseg.render import render
 
-The study's three models (U-Net, FCN, DeepLabV3) and a fast U-Net variant (`unet-fast`) that
-segment both lungs in frontal chest X-rays, shipped inside the `lungseg` package
-(`src/lungseg/weights/*.pt`, fp16 weights) and used by `lungseg segment`,
-`lungseg evaluate --model NAME` and `lungseg.load_model(NAME)`; `ensemble` averages the
-probabilities of the three study models. Reproduce them with `python scripts/train_shipped.py`
-(see its docstring).
-
-`unet-fast` is the same U-Net run at half resolution inside the model: it takes the 256x256
-image, average-pools it to 128x128 and upsamples its logits back to 256x256 (`downsample=2`), a
-quarter of the U-Net's compute. It exists for the CPU latency goal (ONNX Runtime, batch 1,
-2 threads: see BENCHMARKS.md); use `unet` or `ensemble` when accuracy matters more than speed.
-
-## Networks
-
-{NETWORK_HEADER}
-{chr(10).join(network_rows)}
-
-Arguments not shown are the study's (`lungseg models` lists them). FCN and DeepLabV3 may ship
-deeper or with skips than the study's networks, where that won on validation: `depth=4` pools
-four times instead of twice (the study's FCN sees about 45 px around each pixel, too little of
-a 256x256 chest), `skips=True` adds the 1x1-projected pooled features of each resolution to the
-decoder map of the same size (FCN-8s; for DeepLabV3, the low-level features of DeepLabV3+).
-
-## Data
-- **Training data**: `../shared/data/covid-cxr` — 355 frontal chest radiographs (PA, AP, AP supine)
-  of about 217 patients (352 COVID-19, 2 normal, 1 unknown), images 299x299, lung masks 256x256,
-  in the COVID-19 Radiography Database layout.
-- **Images**: COVID-19 Image Data Collection (J. P. Cohen et al., arXiv:2006.11988 and
-  arXiv:2003.11597); per-image licences vary (CC BY, CC BY-NC-SA, CC BY-NC-ND, unstated).
-  **Masks**: V7 Labs COVID-19 chest X-ray dataset lung polygons (CC BY 4.0). Research use only.
-- **Split**: patient-grouped (no patient on two sides), stratified by class, seed 0:
-  train {summary.get("n_train", "–")}, validation {summary.get("n_val", "–")}, test {n_test}
-  images. Every choice below was made on the validation split; the test split was used only for
-  the numbers in this card.
-
-## Settings
-- Preprocessing preset `{summary.get("preprocess")}` (chosen on validation Dice over `seed`,
-  `clahe` and `none`); working size per model (table below), chosen on validation Dice between
-  128 and 256 (validation Dice at the working size). On the test split every model is scored
-  at 256x256 against the same masks: a model working at 128 has its mask resized to 256 the way
-  `lungseg segment` resizes it, so Dice, IoU and HD95 (pixels of 256) compare like with like.
-- Loss BCE + soft Dice, Adam with a cosine schedule, on-device augmentation (rotation ±10°,
-  scale ±10 %, shift ±8 %, brightness/contrast/gamma), best epoch by validation Dice.
-- Trained on a 2-core CPU (no GPU was available to the sessions that trained them), in float32
-  or in bf16 autocast where the CPU has native bf16 (table above; validation is float32).
-- Weights are stored in fp16; {drift_text}.
-- Postprocessing preset per model chosen on validation Dice:
-
-| model | preset | validation mean Dice |
-|---|---|---|
-{chr(10).join(val_rows)}
-
-## Results on the test split ({n_test} images of patients never seen in training)
-
-Mean with 95 % bootstrap confidence interval.
-
-{TABLE_HEADER}
-{chr(10).join(rows)}
-{int8_text}{tta_text}{qc_text}
-## Known limits
-- Trained on COVID-19 chest X-rays, many of them figures cut out of papers (letters, arrows,
-  crops, tubes and wires over the lungs); performance on other populations, devices or paediatric
-  images is unknown.
-- The masks include the lung behind the heart down to the diaphragm, so areas are larger than
-  JSRT- or Montgomery-style masks.
-- The test split is small ({n_test} images), so confidence intervals are wide.
-- Not a medical device; not for clinical diagnosis.
-"""
+    filters = {"ci": _ci, "minutes": _minutes, "having": _having}
+    return render("model_card.md.j2", TEMPLATES, filters=filters, results=results)
 
 
 #: Files of a run that ``pack`` keeps (checkpoints without optimizer state: shipping needs none;

@@ -93,6 +93,21 @@ def test_holm_step_down_by_hand(base: np.ndarray, monkeypatch) -> None:
     assert [tests[k]["significant"] for k in raw] == [True, False, False]
 
 
+def test_evaluated_on_names_the_split_each_evaluation_scored(base: np.ndarray) -> None:
+    def scored(label: str, split: str, n: int) -> Entry:
+        entry = _entry(label, base)
+        entry.metrics.update(split=split, n_images=n)
+        return entry
+
+    assert report.evaluated_on([scored("a", "all", 12), scored("b", "all", 12)]) == (
+        "all 12 images (every split)"
+    )
+    assert report.evaluated_on([scored("a", "test", 36)]) == "the test split (36 images)"
+    assert report.evaluated_on([scored("a", "test", 36), scored("b", "val", 63)]) == (
+        "the test split (36 images) and the val split (63 images)"
+    )
+
+
 def test_formatting_of_small_p_and_durations() -> None:
     assert report._fmt_p(1.76e-10) == "1.8e-10" and report._fmt_p(0.0312) == "0.0312"
     assert report._duration(4.4) == "4.4 s" and report._duration(600) == "10.0 min"
@@ -178,6 +193,9 @@ def test_compare_report_has_every_section(comparison: Path) -> None:
         worst = min(per_image, key=lambda r: float(r["dice"]))["stem"]
         assert f"{label}: {worst}" in caption
     assert "Filled red" in caption and "cyan line" in caption
+    assert caption.startswith(f"{SECTIONS[3]}\n\nRandom test images, then each model's worst test")
+    n_test = json.loads((runs["unet"] / "eval-seed" / "metrics.json").read_text())["n_images"]
+    assert f"## Results on the test split ({n_test} images)\n" in md
     for figure in ("curves.png", "samples.png"):
         assert read_gray(comparison / "figures" / figure).ndim == 3
     settings = md[md.index(SECTIONS[4]) :]
@@ -185,6 +203,7 @@ def test_compare_report_has_every_section(comparison: Path) -> None:
     assert "**split**: train" in settings and "grouped by patient" in settings
     assert settings.count("preprocessing seed (blur, gradient, clahe, normalize, size 64)") == 3
     assert settings.count("postprocessing seed") == 3
+    assert f"**evaluated on**: the test split ({n_test} images)\n" in settings
     assert f"torch: {torch.__version__}" in settings
 
 
@@ -199,8 +218,10 @@ def test_compare_html_is_self_contained(comparison: Path) -> None:
         assert (comparison / "figures" / name).read_bytes() in embedded
     for outside in ("href=", "<link", "<script", "url(", "@import", "http://", "https://"):
         assert outside not in page, outside
-    for section in SECTIONS:
-        assert f"<h2>{section.removeprefix('## ')}</h2>" in page
+    headings = re.findall(r"^## (.*)$", (comparison / "report.md").read_text(), re.MULTILINE)
+    assert len(headings) == len(SECTIONS)
+    for heading in headings:
+        assert f"<h2>{heading}</h2>" in page
     assert "<th>p (Wilcoxon)</th>" in page and "<th>95% CI</th>" in page
 
 
@@ -292,6 +313,13 @@ def test_compare_shipped_evaluates_and_segments_without_training(
         original = read_gray(examples_dir / "COVID" / "images" / masks[0].name)
         assert read_gray(masks[0]).shape == original.shape  # original resolution
         assert (out / label / "measurements.csv").is_file()
+    # The report names what was scored: every image, not the test split.
+    md = (out / "report.md").read_text()
+    assert "test split" not in md and "test image" not in md
+    assert "## Results on all 12 images (every split)\n" in md
+    assert "\nRandom images, then each model's worst image by Dice" in md
+    assert "- **evaluated on**: all 12 images (every split)\n" in md
+    assert "<h2>Results on all 12 images (every split)</h2>" in (out / "report.html").read_text()
     # Identical models: every per-image Dice equal, so no difference can be significant.
     assert (
         "No difference in per-image Dice"

@@ -3,13 +3,13 @@
 Built from run directories alone (``history.csv``, ``summary.json``, ``best.pt``) and their
 evaluation folders (``metrics.json``, ``per_image.csv``, ``masks/``), so ``lungseg compare
 --from-runs`` can rebuild it without training. Writes ``report.md`` (figures next to it in
-``figures/``) and a self-contained ``report.html`` (figures embedded).
+``figures/``) and a self-contained ``report.html`` (figures embedded), both rendered from the
+templates ``lungseg/templates/report.{md,html}.j2``: this module computes what they show.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import itertools
 import json
 import math
@@ -24,19 +24,26 @@ from lungseg.config import from_dict
 from lungseg.errors import LungsegError
 from lungseg.evaluation import load_metrics, read_per_image
 from lungseg.io_utils import atomic_write_bytes, atomic_write_text
-from lungseg.plots import read_history
+from lungseg.plots import (
+    MASK_COLOUR_NAME,
+    TRUTH_COLOUR_NAME,
+    comparison_curves,
+    png_bytes,
+    read_history,
+    sample_grid,
+)
 from lungseg.preprocessing import PreprocessConfig
+from lungseg.render import render
 from lungseg.statistics import paired_wilcoxon
 
 ALPHA = 0.05
-#: Colours of the sample grid; the caption names them, so change both together.
-MASK_COLOUR, MASK_COLOUR_NAME = "#e41a1c", "red"
-TRUTH_COLOUR, TRUTH_COLOUR_NAME = "cyan", "cyan"
+FIGURE_DPI = 110
 
 
 @dataclass
 class Entry:
-    """One row of the comparison: a trained model evaluated on the test split."""
+    """One row of the comparison: a trained model and one evaluation of it (``metrics.json``
+    says which split it scored)."""
 
     label: str
     run_dir: Path
@@ -74,7 +81,8 @@ def load_checkpoint_entry(eval_dir: str | Path, label: str | None = None) -> Ent
     summary: dict[str, Any] = {}
     paths = [p for p in metrics.get("checkpoints") or [metrics.get("checkpoint")] if p]
     paths = [p for p in paths if str(p).endswith(".pt")]
-    from lungseg.training.checkpoint import load_checkpoint
+    from lungseg.models import count_parameters
+    from lungseg.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     for path in paths:
         ckpt = load_checkpoint(path)
@@ -83,11 +91,7 @@ def load_checkpoint_entry(eval_dir: str | Path, label: str | None = None) -> Ent
             history = [{k: float(v) for k, v in row.items()} for row in rows]
             summary["best_epoch"] = ckpt.get("best_epoch")
             summary["epochs"] = (ckpt.get("train_config") or {}).get("epochs", len(rows))
-        n_params = sum(
-            v.numel()
-            for k, v in ckpt["state_dict"].items()
-            if "running" not in k and not k.endswith("num_batches_tracked")
-        )
+        n_params = count_parameters(model_from_checkpoint(ckpt))
         summary["parameters"] = summary.get("parameters", 0) + n_params
         seconds = sum(row.get("seconds", 0.0) for row in rows)
         summary["train_seconds"] = summary.get("train_seconds", 0.0) + seconds
@@ -151,35 +155,7 @@ def verdict(entries: list[Entry], tests: list[dict[str, Any]]) -> str:
 
 def curves_png(entries: list[Entry]) -> bytes:
     """Loss, pixel accuracy and validation Dice per epoch for every model, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    panels = [("loss", "Loss (BCE)"), ("acc", "Pixel accuracy"), ("val_dice", "Validation Dice")]
-    for i, entry in enumerate(entries):
-        colour = colours[i % len(colours)]
-        epochs = [row["epoch"] for row in entry.history]
-        for ax, (key, title) in zip(axes, panels, strict=True):
-            if key == "val_dice":
-                ax.plot(epochs, [r.get("val_dice") for r in entry.history], color=colour,
-                        label=entry.label)  # fmt: skip
-            else:
-                ax.plot(epochs, [r.get(f"train_{key}") for r in entry.history], color=colour,
-                        linestyle="--", alpha=0.7, label=f"{entry.label} train")  # fmt: skip
-                ax.plot(epochs, [r.get(f"val_{key}") for r in entry.history], color=colour,
-                        label=f"{entry.label} val")  # fmt: skip
-            ax.set_title(title)
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
+    return png_bytes(comparison_curves([(e.label, e.history) for e in entries]), dpi=FIGURE_DPI)
 
 
 def worst_images(entries: list[Entry]) -> dict[str, str]:
@@ -193,19 +169,14 @@ def worst_images(entries: list[Entry]) -> dict[str, str]:
 
 
 def samples_png(entries: list[Entry], n_random: int = 3, seed: int = 0) -> tuple[bytes, list[str]]:
-    """A grid of test images: the input, the ground truth, each model's mask as an overlay.
+    """A grid of evaluated images: the input, the ground truth, each model's mask as an overlay.
 
-    Rows: a few random test images plus each model's worst image (by Dice). The image shown is
-    the X-ray as stored (resized to the scoring size) when its file is still on this machine,
-    else the preprocessed image the model saw; ground truth comes from the prepared cache the
-    evaluation used, masks from each ``masks/`` folder.
+    Rows: a few random images scored by every model plus each model's worst image (by Dice).
+    The image shown is the X-ray as stored (resized to the scoring size) when its file is still
+    on this machine, else the preprocessed image the model saw; ground truth comes from the
+    prepared cache the evaluation used, masks from each ``masks/`` folder.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import cv2
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
 
     from lungseg.data.cache import load_cache
 
@@ -219,37 +190,23 @@ def samples_png(entries: list[Entry], n_random: int = 3, seed: int = 0) -> tuple
         worst_of.setdefault(stem, []).append(label)
         if stem not in picks:
             picks.append(stem)
-    fill = ListedColormap([MASK_COLOUR])
-    cols = 2 + len(entries)
-    fig, axes = plt.subplots(len(picks), cols, figsize=(2.6 * cols, 2.7 * len(picks)),
-                             squeeze=False)  # fmt: skip
-    for r, stem in enumerate(picks):
+    rows = []
+    for stem in picks:
         image, original = _shown_image(data, index[stem])
         truth = np.asarray(data.masks[index[stem]]).astype(bool)
-        title = "X-ray" if original else "input (preprocessed)"
-        panels = [(title, image, None), ("ground truth", image, truth)]
+        panels = [("X-ray" if original else "input (preprocessed)", None), ("ground truth", truth)]
         for e in entries:
             mask_file = e.eval_dir / "masks" / f"{stem}.png"
             mask = cv2.imread(str(mask_file), cv2.IMREAD_GRAYSCALE)
             if mask is not None and mask.shape != truth.shape:  # a model scored at another size
                 mask = cv2.resize(mask, truth.shape[::-1], interpolation=cv2.INTER_LINEAR)
             mask = mask > 127 if mask is not None else np.zeros_like(truth)
-            panels.append((f"{e.label}\nDice {e.dice_by_stem[stem]:.3f}", image, mask))
-        for c, (title, img, mask) in enumerate(panels):
-            ax = axes[r][c]
-            ax.imshow(img, cmap="gray", vmin=0, vmax=255)
-            if mask is not None:
-                ax.imshow(np.ma.masked_where(~mask, mask), cmap=fill, vmin=0, vmax=1, alpha=0.45)
-                ax.contour(truth, levels=[0.5], colors=TRUTH_COLOUR, linewidths=0.6)
-            ax.set_title(title if r == 0 or c >= 2 else "", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            panels.append((f"{e.label}\nDice {e.dice_by_stem[stem]:.3f}", mask))
         label = stem if len(stem) <= 24 else stem[:22] + "…"
         if stem in worst_of:
             label += "\nworst of " + ", ".join(worst_of[stem])
-        axes[r][0].set_ylabel(label, fontsize=7)
-    fig.tight_layout()
-    return _png(fig), picks
+        rows.append((label, image, truth, panels))
+    return png_bytes(sample_grid(rows), dpi=FIGURE_DPI), picks
 
 
 def _shown_image(data, i: int) -> tuple[np.ndarray, bool]:
@@ -285,17 +242,6 @@ def _eval_cache(entry: Entry) -> Path:
     if not candidates:
         raise LungsegError("cannot find the prepared data this evaluation used", entry.eval_dir)
     return candidates[0]
-
-
-def _png(fig) -> bytes:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def software_versions() -> dict[str, str]:
@@ -385,7 +331,7 @@ def _settings(entries: list[Entry]) -> list[tuple[str, str]]:
         ]  # fmt: skip
     except LungsegError:
         items.append(("dataset", str(first.get("data"))))
-    items.append(("evaluated on", f"{first.get('split')} split, {first.get('n_images')} images"))
+    items.append(("evaluated on", evaluated_on(entries)))
     for e in entries:
         pre = e.metrics.get("preprocess", {})
         preset = from_dict(PreprocessConfig, pre, "metrics.json:preprocess").preset if pre else None
@@ -415,12 +361,19 @@ def build_report(entries: list[Entry], out: str | Path, title: str = "lungseg co
     caption = samples_caption(entries)
     atomic_write_bytes(figures / "curves.png", curves)
     atomic_write_bytes(figures / "samples.png", samples)
-    settings = _settings(entries)
-    versions = software_versions()
-    atomic_write_text(out / "report.md", _markdown(title, header, rows, tests, sentence,
-                                                   settings, versions, caption))  # fmt: skip
-    page = _html(title, header, rows, tests, sentence, settings, versions, curves, samples, caption)
-    atomic_write_text(out / "report.html", page)
+    page = {
+        "title": title,
+        "evaluated_on": evaluated_on(entries),
+        "results": {"header": header, "rows": rows},
+        "verdict": sentence,
+        "tests": _tests_table(tests),
+        "caption": caption,
+        "settings": _settings(entries),
+        "versions": software_versions(),
+    }
+    atomic_write_text(out / "report.md", render("report.md.j2", **page))
+    images = {"curves": _base64(curves), "samples": _base64(samples)}
+    atomic_write_text(out / "report.html", render("report.html.j2", images=images, **page))
     summary = {
         "models": [e.label for e in entries],
         "table": [dict(zip(header, r, strict=True)) for r in rows],
@@ -431,11 +384,28 @@ def build_report(entries: list[Entry], out: str | Path, title: str = "lungseg co
     return out / "report.html"
 
 
+def evaluated_on(entries: list[Entry]) -> str:
+    """What the evaluations scored, from their ``metrics.json``: ``the test split (36 images)``,
+    ``all 12 images (every split)``, or several such joined by "and" when they differ."""
+    phrases: list[str] = []
+    for e in entries:
+        split, n = e.metrics["split"], e.metrics["n_images"]
+        phrase = (
+            f"all {n} images (every split)" if split == "all" else f"the {split} split ({n} images)"
+        )
+        if phrase not in phrases:
+            phrases.append(phrase)
+    return " and ".join(phrases)
+
+
 def samples_caption(entries: list[Entry]) -> str:
     """The sample grid's caption: what the rows are and what each colour means."""
     worst = "; ".join(f"{label}: {stem}" for label, stem in worst_images(entries).items())
+    splits = {e.metrics["split"] for e in entries}
+    (split,) = splits if len(splits) == 1 else {"mixed"}
+    kind = {"all": "image", "mixed": "evaluated image"}.get(split, f"{split} image")
     return (
-        f"Random test images, then each model's worst test image by Dice ({worst}). "
+        f"Random {kind}s, then each model's worst {kind} by Dice ({worst}). "
         f"Filled {MASK_COLOUR_NAME}: the mask of the column (ground truth or the model's); "
         f"{TRUTH_COLOUR_NAME} line: ground-truth outline. The X-ray is shown as stored, "
         "resized to the scoring size (the preprocessed input when the file is not on this "
@@ -443,74 +413,14 @@ def samples_caption(entries: list[Entry]) -> str:
     )
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+def _base64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
 
 
-def _test_rows(tests: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def _tests_table(tests: list[dict[str, Any]]) -> dict[str, list]:
+    """Header and rows of the paired tests' table."""
     header = ["model A", "model B", "n", "median ΔDice (A−B)", "p (Wilcoxon)", "p (Holm)",
               "significant"]  # fmt: skip
     rows = [[t["a"], t["b"], str(t["n"]), _fmt(t["median_difference"]), _fmt_p(t["p_value"]),
              _fmt_p(t["p_holm"]), "yes" if t["significant"] else "no"] for t in tests]  # fmt: skip
-    return header, rows
-
-
-def _markdown(title, header, rows, tests, sentence, settings, versions, caption) -> str:
-    parts = [f"# {title}", "", "## Results on the test split", "", _md_table(header, rows), ""]
-    parts += ["## Which model is best?", "", sentence, ""]
-    if tests:
-        parts += [_md_table(*_test_rows(tests)), ""]
-    parts += ["## Training curves", "", "![training curves](figures/curves.png)", ""]
-    parts += ["## Sample predictions", "", caption, "",
-              "![sample predictions](figures/samples.png)", ""]  # fmt: skip
-    parts += ["## Data and settings", ""] + [f"- **{k}**: {v}" for k, v in settings] + [""]
-    parts += ["## Software", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [""]
-    return "\n".join(parts)
-
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
-th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
-img { max-width: 100%; border: 1px solid #eee; }
-.verdict { background: #f6f8fa; border-left: 4px solid #0366d6; padding: 0.6em 1em; }
-"""
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _img(data: bytes, alt: str) -> str:
-    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
-
-
-def _html(title, header, rows, tests, sentence, settings, versions, curves, samples, caption):
-    esc = html.escape
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
-        f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>",
-        "<h2>Results on the test split</h2>", _html_table(header, rows),
-        "<h2>Which model is best?</h2>", f"<p class='verdict'>{esc(sentence)}</p>",
-    ]  # fmt: skip
-    if tests:
-        parts.append(_html_table(*_test_rows(tests)))
-    parts += ["<h2>Training curves</h2>", _img(curves, "training curves")]
-    parts += [
-        "<h2>Sample predictions</h2>",
-        f"<p>{esc(caption)}</p>",
-        _img(samples, "sample predictions"),
-        "<h2>Data and settings</h2><ul>",
-        *[f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in settings],
-        "</ul><h2>Software</h2><ul>",
-        *[f"<li>{esc(k)}: {esc(v)}</li>" for k, v in versions.items()],
-        "</ul></body></html>",
-    ]
-    return "\n".join(parts)
+    return {"header": header, "rows": rows}

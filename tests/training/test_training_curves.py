@@ -6,7 +6,13 @@ import pytest
 
 from lungseg.errors import LungsegError
 from lungseg.io_utils import atomic_write_text
-from lungseg.plots import HISTORY_COLUMNS, history_csv, read_history, save_training_curves
+from lungseg.plots import (
+    HISTORY_COLUMNS,
+    comparison_curves,
+    history_csv,
+    read_history,
+    save_training_curves,
+)
 
 
 def _history(n: int = 4) -> list[dict]:
@@ -38,6 +44,20 @@ def test_curves_are_written_as_png(tmp_path):
     save_training_curves(_history(), path, title="unet", best_epoch=3)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     save_training_curves(_history(1), path)  # one epoch, best from the validation loss
+
+
+def test_comparison_curves_leave_out_a_model_without_history():
+    from matplotlib.colors import to_hex
+
+    fig = comparison_curves([("unet", _history()), ("ensemble", []), ("fcn", _history(3))])
+    loss, _, dice = fig.axes
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == [
+        "unet train", "unet val", "fcn train", "fcn val"
+    ]  # fmt: skip
+    assert [t.get_text() for t in dice.get_legend().get_texts()] == ["unet", "fcn"]
+    # fcn keeps the colour of the third model, as if the ensemble had drawn its curves.
+    colours = [to_hex(line.get_color()) for line in dice.get_lines()]
+    assert colours == [to_hex(f"C{i}") for i in (0, 2)]
 
 
 def test_bad_history_files(tmp_path):
