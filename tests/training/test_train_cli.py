@@ -363,3 +363,33 @@ def test_model_args_reach_the_model_and_the_checkpoint(cache32, tmp_path, capsys
         "stride", "downsample",
     )  # fmt: skip
     assert not (tmp_path / "b").exists()
+
+
+def test_a_second_training_on_the_same_run_directory_is_refused(cache32, tmp_path, capsys):
+    """Two ``lungseg train`` into one --out used to both report success with one run left; the
+    second is now refused while the first is alive, and resumes once it is gone (kill -9)."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = ["--data", cache32, "--out", out, "--n-filters", 4, *FAST]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "lungseg", "train", "--model", "fcn", "--epochs", "200",
+         *map(str, args)],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for line in first.stderr:  # the first epoch line: training is under way
+            if line.startswith("epoch 1/"):
+                break
+        code = run_cli("train", "--model", "unet", "--epochs", 2, *args)
+        _assert_error(capsys, code, str(out), "in use by another lungseg process", "lungseg train")
+        code = run_cli("train", "--out", out, "--resume", *FAST)
+        _assert_error(capsys, code, "in use by another lungseg process")
+    finally:
+        first.kill()
+        first.wait()
+    time.sleep(0.1)
+    assert run_cli("train", "--out", out, "--resume", "--epochs", 2, *FAST) == 0
+    assert load_checkpoint(out / "last.pt")["model"]["name"] == "fcn"

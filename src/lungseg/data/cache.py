@@ -35,6 +35,7 @@ from lungseg.data.sources import DataSource, open_source
 from lungseg.data.split import SPLITS, split_records
 from lungseg.errors import BadInputError, LungsegError
 from lungseg.io_utils import atomic_write, atomic_write_text, csv_text, sha256_json
+from lungseg.locking import exclusive
 from lungseg.preprocessing import PreprocessConfig, preprocess, resize_mask
 from lungseg.progress import track
 
@@ -192,12 +193,28 @@ def prepare(
     if not records and not problems:
         raise LungsegError("no image/mask pairs found", source.name)
     digest = fingerprint(source, records, config)
-    if not force and (out / MANIFEST).is_file():
-        manifest = load_yaml(out / MANIFEST)
-        # A cache that left bad files out is only reused by a run that also skips them.
-        accepted = skip_bad or not (problems or manifest.get("n_skipped"))
-        if manifest.get("fingerprint") == digest and accepted:
+    if not force and _reusable(out, digest, skip_bad, bool(problems)):
+        return load_cache(out)
+    # Another process building the same cache is waited for; its cache is then reused.
+    with exclusive(out, "prepare", wait=True):
+        if not force and _reusable(out, digest, skip_bad, bool(problems)):
             return load_cache(out)
+        _build(source, found, problems, out, config, digest, workers, skip_bad, progress)
+    return load_cache(out)
+
+
+def _reusable(out: Path, digest: str, skip_bad: bool, bad_now: bool) -> bool:
+    """The cache in ``out`` was built from the same files and settings. A cache that left bad
+    files out is only reused by a run that also skips them."""
+    if not (out / MANIFEST).is_file():
+        return False
+    manifest = load_yaml(out / MANIFEST)
+    accepted = skip_bad or not (bad_now or manifest.get("n_skipped"))
+    return manifest.get("fingerprint") == digest and accepted
+
+
+def _build(source, found, problems, out, config, digest, workers, skip_bad, progress) -> None:
+    records = found.records
     source.download([k for r in records for k in (r.image_key, r.mask_key) if k])
     size = config.preprocess.size
     images = np.zeros((len(records), size, size), np.uint8)
@@ -248,7 +265,6 @@ def prepare(
         for r, s, info in zip(records, splits, infos, strict=True)
     ]
     _write(out, images, masks, rows, problems, config, source, digest, found.has_patient_ids)
-    return load_cache(out)
 
 
 def _display(source: DataSource, key: str) -> str:

@@ -61,6 +61,7 @@ from lungseg.data.settings import PrepareConfig
 from lungseg.devices import cpu_has_native_bf16, physical_cores, resolve_device
 from lungseg.errors import LungsegError
 from lungseg.io_utils import atomic_write_text
+from lungseg.locking import exclusive
 from lungseg.progress import StepBar
 from lungseg.training.augment import augment_batch
 from lungseg.training.checkpoint import load_checkpoint, save_checkpoint, training_checkpoint
@@ -157,7 +158,10 @@ def train(
         prepared = training_data(
             data, wanted, Path(out), cache, config.workers, ctx, progress=progress
         )
-        result = _Run(config, prepared, Path(out), device, ctx, progress).run(resume)
+        # One process per run directory (rank 0 writes it); a killed holder leaves no lock.
+        hold = exclusive(out, "train") if ctx.is_main else contextlib.nullcontext()
+        with hold:
+            result = _Run(config, prepared, Path(out), device, ctx, progress).run(resume)
         shutdown(ctx)
         return result
     finally:
