@@ -37,8 +37,6 @@ MODEL = "unet"
 
 
 def run(ctx: Context) -> Section:
-    from lungseg.training.distributed import DistContext, per_epoch_images
-
     plan = QUICK if ctx.quick else CUDA if ctx.device == "cuda" else CPU
     section = Section("scaling", ctx)
     prepared = ctx.prepared(plan.size, plan.limit, plan.copies)
@@ -71,7 +69,7 @@ def run(ctx: Context) -> Section:
         summary = json.loads((out / "summary.json").read_text())
         with open(out / "history.csv", newline="") as fh:
             seconds = [float(row["seconds"]) for row in csv.DictReader(fh)]
-        images = per_epoch_images(summary["n_train"], DistContext(world_size=procs))
+        images = summary["images_per_epoch"]  # all processes, whole batches
         what = "process" if procs == 1 else "processes"
         steady[procs] = section.add(
             f"lungseg train, {MODEL}, {procs} {what}: throughput (epochs 2+)",

@@ -2,15 +2,17 @@
 
 ``--device auto|cpu|cuda[:N]`` means the same everywhere: :func:`resolve_device` checks it once.
 :func:`physical_cores` and :func:`cpu_has_native_bf16` decide thread counts and whether bf16
-autocast pays off on a CPU. PyTorch is imported inside the functions, so importing this module is
-free for the command line.
+autocast pays off on a CPU; :func:`backend_flags` scopes the CUDA speed flags to a block.
+PyTorch is imported inside the functions, so importing this module is free for the command line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from lungseg.errors import LungsegError
@@ -71,3 +73,31 @@ def cpu_has_native_bf16() -> bool:
     except Exception:  # pragma: no cover - a CPU PyTorch cannot describe
         return False
     return bool(found.get("amx_bf16") or found.get("avx512_bf16"))
+
+
+@contextlib.contextmanager
+def backend_flags(device: str) -> Iterator[None]:
+    """cuDNN autotuning and TF32 matmuls for the block, on CUDA; the process's previous flags
+    come back afterwards, so they do not leak into later work in the same process (another
+    model, a benchmark's peer, inference)."""
+    import torch
+
+    if not str(device).startswith("cuda"):
+        yield
+        return
+    saved = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        (
+            torch.backends.cudnn.benchmark,
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+        ) = saved

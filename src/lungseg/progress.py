@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -77,8 +77,12 @@ def _summary(description: str, count: int, total: int, elapsed: float, unit: str
 
 
 class StepBar:
-    """A transient bar over the steps of one epoch with live fields (loss, speed), on a terminal
-    only; elsewhere it does nothing and the loop prints one line per epoch."""
+    """A transient bar over the steps of one epoch with the loss and speed, on a terminal only;
+    elsewhere it does nothing and the loop prints one line per epoch.
+
+    The loss is a device tensor: it is read (which waits for the GPU) at most once a second, so
+    showing progress does not stall the training steps.
+    """
 
     def __init__(self, description: str, total: int, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
@@ -93,10 +97,21 @@ class StepBar:
             self._task = self._progress.add_task(
                 self.description, total=self.total, loss=float("nan"), speed=0.0
             )
+            self._start = self._shown = time.perf_counter()
+            self._images = 0
         return self
 
-    def update(self, loss: float, speed: float) -> None:
-        self._progress.update(self._task, advance=1, loss=loss, speed=speed)
+    def advance(self, loss: Any, images: int) -> None:
+        """One step of ``images`` images done; ``loss`` is its loss (a tensor or a number)."""
+        if not self.enabled:
+            return
+        self._images += images
+        now = time.perf_counter()
+        fields: dict[str, float] = {"speed": self._images / max(now - self._start, 1e-9)}
+        if now - self._shown >= 1.0:
+            fields["loss"] = float(loss)
+            self._shown = now
+        self._progress.update(self._task, advance=1, **fields)
 
     def __exit__(self, *exc: object) -> None:
         if self.enabled:

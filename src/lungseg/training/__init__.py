@@ -8,6 +8,11 @@
 ``config``              :class:`TrainConfig` and how ``lungseg train`` resolves it
 ``data``                the prepared data a run reads (or prepares first)
 ``engine``              :func:`train`: the loop
+``step``                one training step (a CUDA graph on a GPU), validation sums
+``optim``               Adam and the learning-rate schedule
+``seeding``             every random stream from ``(seed, epoch, rank)``
+``rundir``              the run directory: its files, resume, the summary
+``writer``              the per-epoch files, written off the training thread
 ``losses``              BCE and BCE + soft Dice on logits
 ``augment``             batch augmentation on the training device
 ``checkpoint``          what a checkpoint holds; saving, loading, resuming
@@ -26,7 +31,7 @@ from typing import Any
 _EXPORTS = {
     "AugmentConfig": "lungseg.training.config",
     "TrainConfig": "lungseg.training.config",
-    "RunResult": "lungseg.training.engine",
+    "RunResult": "lungseg.training.rundir",
     "train": "lungseg.training.engine",
     "augment_batch": "lungseg.training.augment",
     "CHECKPOINT_FORMAT": "lungseg.training.checkpoint",

@@ -20,11 +20,6 @@ import torch.nn.functional as F
 from lungseg.training.config import AugmentConfig
 
 
-def _uniform(n: int, bound: float, generator: torch.Generator, device: torch.device):
-    """``n`` draws from ``U(-bound, bound)``."""
-    return (torch.rand(n, generator=generator, device=device) * 2 - 1) * bound
-
-
 def augment_batch(
     images: torch.Tensor,
     masks: torch.Tensor,
@@ -45,15 +40,16 @@ def augment_batch(
     """
     if not config.enabled:
         return images, masks
-    n, device = images.shape[0], images.device
-    # Always draw every parameter, so the stream of random numbers does not depend on which
-    # ranges are zero.
-    angle = _uniform(n, math.radians(config.rotation), generator, device)
-    zoom = 1 + _uniform(n, config.scale, generator, device)
-    shift = _uniform(2 * n, 2 * config.shift, generator, device).view(n, 2)  # grid units: [-1, 1]
-    offset = _uniform(n, config.brightness, generator, device)
-    contrast = 1 + _uniform(n, config.contrast, generator, device)
-    gamma = torch.exp(_uniform(n, math.log1p(config.gamma), generator, device))
+    n = images.shape[0]
+    # Every parameter of every image from one draw (one kernel on a GPU): U(-1, 1) scaled by its
+    # range. All are drawn even when a range is zero, so the stream does not depend on it.
+    u = torch.rand(n, 7, generator=generator, device=images.device).mul_(2).sub_(1)
+    angle = u[:, 0] * math.radians(config.rotation)
+    zoom = 1 + u[:, 1] * config.scale
+    shift = u[:, 2:4] * (2 * config.shift)  # grid units: [-1, 1]
+    offset = u[:, 4] * config.brightness
+    contrast = 1 + u[:, 5] * config.contrast
+    gamma = torch.exp(u[:, 6] * math.log1p(config.gamma))
 
     # affine_grid maps output coordinates to input ones: dividing by the zoom enlarges the image.
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom

@@ -124,8 +124,3 @@ def sync_buffers(model: nn.Module, ctx: DistContext) -> None:
     if ctx.distributed:
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)
-
-
-def per_epoch_images(n_train: int, ctx: DistContext) -> int:
-    """Training images seen per epoch over all processes (the shards are padded to be equal)."""
-    return -(-n_train // ctx.world_size) * ctx.world_size

@@ -1,33 +1,25 @@
 """Training: ``train(config, data, out) -> RunResult``, the loop behind ``lungseg train``.
 
-A run directory records one training run:
+The run directory it writes is described in :mod:`lungseg.training.rundir`.
 
-* ``config.yaml``: every resolved setting (``train:`` and ``prepare:`` sections, usable as
-  ``--config``), written once the inputs are checked, before the first epoch;
-* ``best.pt`` and ``last.pt``: checkpoints (:mod:`lungseg.training.checkpoint`) of the best epoch
-  and of the last one, replaced atomically at the end of each epoch (best first, then last);
-* ``history.csv`` and ``curves.png``: per-epoch metrics and their plot, rewritten each epoch;
-* ``summary.json``: model, parameters, epochs, best epoch and metric, training time and speed,
-  written when training ends; its presence marks a finished run.
+The loop: the training and validation images live on the training device as uint8 tensors;
+each epoch's shuffled order is cut into whole batches (padded by wrapping round, so every step
+has one shape), gathered and converted to float there, augmented there
+(:mod:`lungseg.training.augment`) and fed to one training step (:mod:`lungseg.training.step`:
+forward, ``BCEWithLogitsLoss`` optionally plus soft Dice, backward, fused Adam; one CUDA graph on
+a GPU). Nothing in the loop waits for the device: the losses and counts are summed there and
+copied to the host once per epoch. Validation computes the same loss, pixel accuracy and the
+per-image mean Dice of ``sigmoid(logits) > 0.5`` (no postprocessing). The best weights are those
+of the lowest validation loss (the study's rule) or, with ``select="dice"``, the highest Dice.
 
-The loop: the training and validation images live in memory as uint8 tensors on the training
-device, batches are gathered by index and converted to float there, augmented on the device
-(:mod:`lungseg.training.augment`), and fed to the model with Adam and ``BCEWithLogitsLoss``
-(optionally plus a soft Dice loss, :mod:`lungseg.training.losses`). Validation computes the same
-loss, pixel accuracy and the per-image mean Dice of ``sigmoid(logits) > 0.5`` (no
-postprocessing). The best weights are those of the lowest validation loss (the study's rule) or,
-with ``select="dice"``, the highest Dice.
-
-Reproducibility: at the start of every epoch the global torch/numpy/random generators are
-reseeded from ``(seed, epoch, rank)`` and the shuffle and augmentation use generators seeded
-likewise, so each epoch's randomness is a function of ``(seed, epoch)`` alone. A run killed at any
+Reproducibility: each epoch's randomness is a function of ``(seed, epoch)`` alone
+(:mod:`lungseg.training.seeding`). A run killed at any
 moment and resumed from ``last.pt`` therefore ends with the same history and bit-identical weights
 as an uninterrupted run (on the CPU, with the same number of threads; CUDA kernels chosen by
 ``cudnn.benchmark`` are not bitwise deterministic), without saving generator states.
 
-Learning-rate schedules step once per optimizer step: ``cosine`` anneals from ``lr`` to 0 over
-all steps of the run, ``onecycle`` warms up to ``lr`` over the first 30% then anneals. The ``lr``
-column of the history is the rate at the start of each epoch.
+The ``lr`` column of the history is the rate at the start of each epoch (schedules:
+:mod:`lungseg.training.optim`).
 
 Under ``torchrun`` each process trains a DistributedDataParallel replica on its shard of every
 epoch (see :mod:`lungseg.training.distributed`); ``batch_size`` is per process. Rank 0 alone
@@ -38,15 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
-import random
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,64 +41,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from lungseg._version import __version__
-from lungseg.config import save_yaml, to_dict
+from lungseg.config import to_dict
 from lungseg.data.cache import PreparedData
 from lungseg.data.settings import PrepareConfig
-from lungseg.devices import cpu_has_native_bf16, physical_cores, resolve_device
+from lungseg.devices import backend_flags, cpu_has_native_bf16, physical_cores, resolve_device
 from lungseg.errors import LungsegError
-from lungseg.io_utils import atomic_write_text
 from lungseg.locking import exclusive
+from lungseg.models.blocks import count_parameters
 from lungseg.progress import StepBar
 from lungseg.training.augment import augment_batch
-from lungseg.training.checkpoint import load_checkpoint, save_checkpoint, training_checkpoint
-from lungseg.training.config import TrainConfig, check_resumable
+from lungseg.training.checkpoint import training_checkpoint
+from lungseg.training.config import TrainConfig
 from lungseg.training.data import check_splits, split_digest, training_data
 from lungseg.training.distributed import (
     DistContext,
     all_reduce_sum,
     init_distributed,
-    per_epoch_images,
     shard,
     shutdown,
     sync_buffers,
 )
 from lungseg.training.losses import make_loss
-
-
-@dataclass
-class RunResult:
-    """What :func:`train` returns (on every rank).
-
-    Attributes:
-        run_dir: the run directory.
-        model: the trained network with the last epoch's weights, unwrapped, in eval mode.
-        history: one dict per epoch (the rows of ``history.csv``).
-        epochs: epochs completed.
-        best_epoch: epoch of the best weights (in ``best.pt``).
-        best_metric: ``{"name": "val_loss" | "val_dice", "value": float}``.
-        n_parameters: trainable parameters of the model.
-        train_seconds: wall time of all epochs (training + validation), across resumes.
-        images_per_second: training images per second over ``train_seconds``, all processes.
-    """
-
-    run_dir: Path
-    model: nn.Module
-    history: list[dict[str, Any]]
-    epochs: int
-    best_epoch: int
-    best_metric: dict[str, Any]
-    n_parameters: int
-    train_seconds: float
-    images_per_second: float
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.run_dir / "best.pt"
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.run_dir / "last.pt"
+from lungseg.training.optim import make_optimizer, make_scheduler
+from lungseg.training.rundir import RunResult, checkpoint_to_resume, write_start, write_summary
+from lungseg.training.seeding import AUGMENT, SHUFFLE, derive_seed, seed_epoch
+from lungseg.training.step import TrainStep, epoch_batches, validate
+from lungseg.training.writer import RunWriter, host_copy
 
 
 def train(
@@ -160,7 +115,7 @@ def train(
         )
         # One process per run directory (rank 0 writes it); a killed holder leaves no lock.
         hold = exclusive(out, "train") if ctx.is_main else contextlib.nullcontext()
-        with hold:
+        with hold, backend_flags(device.type):
             result = _Run(config, prepared, Path(out), device, ctx, progress).run(resume)
         shutdown(ctx)
         return result
@@ -170,20 +125,8 @@ def train(
             torch.distributed.destroy_process_group()
 
 
-def _seed(*parts: int, bits: int = 64) -> int:
-    """A seed derived from ``parts`` (e.g. seed, epoch, rank, purpose), well mixed."""
-    dtype = np.uint64 if bits == 64 else np.uint32
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype)[0])
-
-
-_SHUFFLE, _AUGMENT, _GLOBAL = 1, 2, 3
-
-
-def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
-    """Reseed the global torch (CPU and CUDA), numpy and ``random`` generators for ``epoch``."""
-    torch.manual_seed(_seed(seed, epoch, rank, _GLOBAL))
-    np.random.seed(_seed(seed, epoch, rank, _GLOBAL, bits=32))
-    random.seed(_seed(seed, epoch, rank, _GLOBAL))
+#: torch.compile's backend (tests count recompiles with a cheaper one).
+COMPILE_BACKEND = "inductor"
 
 
 class _Run:
@@ -225,56 +168,21 @@ class _Run:
         return model
 
     def _checkpoint_to_resume(self, resume: bool) -> dict[str, Any] | None:
-        last = self.out / "last.pt"
-        if not resume:
-            if last.exists():
-                raise LungsegError(
-                    "already holds a training run (last.pt); pass --resume to continue it, or "
-                    "choose another --out",
-                    self.out,
-                )
-            return None
-        if not last.exists():
-            if (self.out / "config.yaml").is_file():
-                return None  # stopped before its first epoch ended: start it again
-            raise LungsegError(
-                "nothing to resume: no last.pt (start a run without --resume)", self.out
-            )
-        ckpt = load_checkpoint(last, map_location=self.device)
-        check_resumable(ckpt, self.config, self.split, last)
-        return ckpt
+        return checkpoint_to_resume(self.out, resume, self.config, self.split)
 
     def _write_start(self) -> None:
-        if not self.ctx.is_main:
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "summary.json").unlink(missing_ok=True)
-        save_yaml(
-            {
-                "train": self.config,
-                "prepare": self.prepared.config,
-                "cache": str(self.prepared.path.absolute()),
-                "lungseg_version": __version__,
-            },
-            self.out / "config.yaml",
-        )
+        if self.ctx.is_main:
+            write_start(self.out, self.config, self.prepared)
 
     # -- training ---------------------------------------------------------------------------
-
-    def _setup_backend(self) -> None:
-        cfg, ctx = self.config, self.ctx
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        torch.set_num_threads(cfg.threads or max(1, physical_cores() // ctx.local_world_size))
 
     def _to_device(self, array: np.ndarray, idx: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array[idx])).to(self.device)
 
     def _train(self, ckpt: dict[str, Any] | None) -> RunResult:
         cfg, ctx, device = self.config, self.ctx, self.device
-        self._setup_backend()
+        t_setup = time.perf_counter()
+        torch.set_num_threads(cfg.threads or max(1, physical_cores() // ctx.local_world_size))
         images = self._to_device(self.prepared.images, self.train_idx)
         masks = self._to_device(self.prepared.masks, self.train_idx)
         val_images = self._to_device(self.prepared.images, self.val_idx)
@@ -282,10 +190,11 @@ class _Run:
 
         fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
         model = self.model.to(device, memory_format=fmt)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = make_optimizer(cfg, model, device)
         per_rank = len(shard(torch.arange(len(self.train_idx)), ctx))
-        steps = math.ceil(per_rank / cfg.batch_size)
-        scheduler = _scheduler(cfg, optimizer, steps * cfg.epochs)
+        steps, batch = epoch_batches(torch.arange(per_rank), cfg.batch_size).shape
+        self.per_epoch = steps * batch * ctx.world_size  # padded to whole batches
+        scheduler = make_scheduler(cfg, optimizer, steps * cfg.epochs)
         start = 1
         if ckpt is not None:
             model.load_state_dict(ckpt["state_dict"])
@@ -296,13 +205,17 @@ class _Run:
             self.best = {"epoch": ckpt["best_epoch"], **ckpt["best_metric"]}
             start = ckpt["epoch"] + 1
 
-        net = torch.compile(model) if cfg.compile else model
-        train_net = net
+        train_net: nn.Module = model
         if ctx.distributed:
             ids = [device.index] if device.type == "cuda" else None
-            train_net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-        loss_fn = make_loss(cfg.loss)
-        self.n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            train_net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if cfg.compile:  # the DDP module, so DDP keeps overlapping its gradient buckets
+            train_net = torch.compile(train_net, dynamic=False, backend=COMPILE_BACKEND)
+        step = TrainStep(
+            train_net, optimizer, make_loss(cfg.loss), self._autocast, log=_log,
+            graphs=self._graphs(),
+        )  # fmt: skip
+        self.n_parameters = count_parameters(model)
         if self.progress:
             _log(
                 f"training {self._title()}: {self.n_parameters / 1e6:.2f} M parameters, "
@@ -310,135 +223,112 @@ class _Run:
                 f"{device.type}{' x ' + str(ctx.world_size) if ctx.distributed else ''}, "
                 f"{'bf16 autocast' if self.bf16 else 'float32'}, epochs {start}-{cfg.epochs}"
             )
-
-        for epoch in range(start, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            seed_epoch(cfg.seed, epoch, ctx.rank)
-            lr = optimizer.param_groups[0]["lr"]
-            train_stats, train_time = self._train_epoch(
-                epoch, train_net, optimizer, scheduler, loss_fn, images, masks, steps
-            )
-            sync_buffers(model, ctx)
-            val_stats = self._validate(net, loss_fn, val_images, val_masks)
-            row = {
-                "epoch": epoch,
-                "train_loss": train_stats["loss"],
-                "val_loss": val_stats["loss"],
-                "train_acc": train_stats["acc"],
-                "val_acc": val_stats["acc"],
-                "val_dice": val_stats["dice"],
-                "lr": float(lr),
-                "seconds": time.perf_counter() - t0,
-            }
-            if not math.isfinite(row["train_loss"]):
-                raise LungsegError(
-                    f"training diverged at epoch {epoch} (train loss {row['train_loss']}); "
-                    "lower --lr"
-                )
-            self.history.append(row)
-            improved = self._update_best(row)
-            if ctx.is_main:
-                with _deferred_sigint():
-                    self._save(model, optimizer, scheduler, improved)
-                if self.progress:
-                    speed = train_stats["images"] / max(train_time, 1e-9)
-                    _log(_epoch_line(row, cfg.epochs, speed, improved))
+        self.setup_seconds = time.perf_counter() - t_setup
+        writer = RunWriter(self.out, self._title()) if ctx.is_main else None
+        try:
+            for epoch in range(start, cfg.epochs + 1):
+                self._epoch(epoch, step, scheduler, model, images, masks, val_images, val_masks,
+                            writer)  # fmt: skip
+        finally:
+            if writer is not None:
+                writer.close()
         return self._finish(model)
 
-    def _train_epoch(self, epoch, net, optimizer, scheduler, loss_fn, images, masks, steps):
-        cfg, ctx, device = self.config, self.ctx, self.device
-        shuffle = torch.Generator().manual_seed(_seed(cfg.seed, epoch, _SHUFFLE))
-        order = shard(torch.randperm(len(images), generator=shuffle), ctx).to(device)
-        aug_gen = torch.Generator(device=device).manual_seed(
-            _seed(cfg.seed, epoch, ctx.rank, _AUGMENT)
-        )
-        net.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        pixels = 0
+    def _epoch(self, epoch, step, scheduler, model, images, masks, val_images, val_masks, writer):
+        cfg, ctx = self.config, self.ctx
         t0 = time.perf_counter()
-        with StepBar(f"epoch {epoch}/{cfg.epochs}", steps, enabled=self.progress) as bar:
-            for step in range(steps):
-                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        seed_epoch(cfg.seed, epoch, ctx.rank)
+        lr = step.optimizer.param_groups[0]["lr"]
+        train_sums, n_images = self._train_epoch(epoch, step, scheduler, images, masks)
+        train_time = time.perf_counter() - t0
+        sync_buffers(model, ctx)
+        # Validation runs the plain model eagerly: the compiled graph is for training shapes.
+        val_sums = validate(model, step.loss_fn, self._val_batches(val_images, val_masks),
+                            self.device)  # fmt: skip
+        # The epoch's one copy from the device.
+        sums = all_reduce_sum(torch.cat([train_sums, val_sums]), ctx).cpu().tolist()
+        row = {
+            "epoch": epoch,
+            "train_loss": sums[0] / n_images,
+            "val_loss": sums[3] / sums[7],
+            "train_acc": sums[1] / sums[2],
+            "val_acc": sums[4] / sums[5],
+            "val_dice": sums[6] / sums[7],
+            "lr": float(lr),
+            "seconds": time.perf_counter() - t0,
+        }
+        if not math.isfinite(row["train_loss"]):
+            raise LungsegError(
+                f"training diverged at epoch {epoch} (train loss {row['train_loss']}); lower --lr"
+            )
+        self.history.append(row)
+        improved = self._update_best(row)
+        if writer is not None:
+            ckpt = training_checkpoint(
+                config=cfg, model=model, optimizer=step.optimizer, scheduler=scheduler,
+                prepared=self.prepared, history=self.history, best=self.best, split=self.split,
+                n_train=len(self.train_idx), n_val=len(self.val_idx),
+            )  # fmt: skip
+            writer.epoch(host_copy(ckpt), improved, self.best["epoch"])
+            if self.progress:
+                _log(_epoch_line(row, cfg.epochs, n_images / max(train_time, 1e-9), improved))
+
+    def _train_epoch(self, epoch, step, scheduler, images, masks):
+        """The epoch's steps; returns the device sums (loss x images, correct pixels, pixels)
+        and the number of images over all processes. Nothing here waits for the device."""
+        cfg, ctx, device = self.config, self.ctx, self.device
+        shuffle = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, SHUFFLE))
+        order = shard(torch.randperm(len(images), generator=shuffle), ctx)
+        batches = epoch_batches(order, cfg.batch_size).to(device)
+        aug_gen = torch.Generator(device=device).manual_seed(
+            derive_seed(cfg.seed, epoch, ctx.rank, AUGMENT)
+        )
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        step.net.train()
+        with StepBar(f"epoch {epoch}/{cfg.epochs}", len(batches), self.progress) as bar:
+            for idx in batches:
                 x, y = self._batch(images, masks, idx)
                 x, y = augment_batch(x, y, cfg.augment, aug_gen)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with self._autocast():
-                    logits = net(x)
-                loss = loss_fn(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                loss, correct = step(x, y)
                 if scheduler is not None:
                     scheduler.step()
-                with torch.no_grad():
-                    loss_sum += loss.detach().double() * len(idx)
-                    correct += ((logits > 0) == (y > 0.5)).sum()
-                pixels += y.numel()
-                if bar.enabled:
-                    done = (step + 1) * cfg.batch_size * ctx.world_size
-                    bar.update(loss=loss.item(), speed=done / (time.perf_counter() - t0))
-        elapsed = time.perf_counter() - t0
-        totals = torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(float(pixels))])
-        totals = all_reduce_sum(totals, ctx).cpu()
-        n_images = len(order) * ctx.world_size
-        return {
-            "loss": float(totals[0] / n_images),
-            "acc": float(totals[1] / totals[2]),
-            "images": n_images,
-        }, elapsed
+                sums[0] += loss.double() * len(idx)
+                sums[1] += correct
+                sums[2] += y.numel()
+                bar.advance(loss, len(idx) * ctx.world_size)
+        return sums, batches.numel() * ctx.world_size
 
-    @torch.no_grad()
-    def _validate(self, net, loss_fn, images, masks) -> dict[str, float]:
-        from lungseg.metrics import Confusion, dice_score
-
-        cfg, ctx, device = self.config, self.ctx, self.device
-        net.eval()
-        mine = torch.arange(ctx.rank, len(images), ctx.world_size, device=device)
-        # loss*n, correct pixels, pixels, sum of per-image Dice, images
-        sums = torch.zeros(5, dtype=torch.float64, device=device)
-        batch = 2 * cfg.batch_size
+    def _val_batches(self, images, masks):
+        ctx = self.ctx
+        mine = torch.arange(ctx.rank, len(images), ctx.world_size, device=self.device)
+        batch = 2 * self.config.batch_size
         for start in range(0, len(mine), batch):
-            idx = mine[start : start + batch]
-            x, y = self._batch(images, masks, idx)
-            if cfg.channels_last:
+            x, y = self._batch(images, masks, mine[start : start + batch])
+            if self.config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            # float32 even under amp, as inference runs: the recorded Dice, which picks the
-            # best epoch, is what the saved weights give.
-            logits = net(x).float()
-            loss = loss_fn(logits, y)
-            pred, target = logits > 0, y > 0.5
-            tp = (pred & target).sum((1, 2, 3))
-            fp = (pred & ~target).sum((1, 2, 3))
-            fn = (~pred & target).sum((1, 2, 3))
-            counts = [c.cpu().numpy() for c in (tp, fp, fn)]
-            dice = dice_score(Confusion(*counts, np.zeros_like(counts[0])))
-            sums += torch.tensor(
-                [
-                    float(loss) * len(idx),
-                    float((pred == target).sum()),
-                    float(y.numel()),
-                    float(dice.sum()),
-                    float(len(idx)),
-                ],
-                dtype=torch.float64,
-                device=device,
-            )
-        sums = all_reduce_sum(sums, ctx).cpu()
-        return {
-            "loss": float(sums[0] / sums[4]),
-            "acc": float(sums[1] / sums[2]),
-            "dice": float(sums[3] / sums[4]),
-        }
+            yield x, y
 
     def _batch(self, images, masks, idx) -> tuple[torch.Tensor, torch.Tensor]:
         x = images[idx].unsqueeze(1).float().div_(255)
         y = masks[idx].unsqueeze(1).float()
         return x, y
 
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+    def _autocast(self, cache: bool = True):
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=cache
+        )
+
+    def _graphs(self) -> bool:
+        """Capture the step as a CUDA graph: on CUDA, in one process, without OneCycle."""
+        if self.device.type != "cuda":
+            return False
+        if self.ctx.distributed or self.config.schedule == "onecycle":
+            why = "several processes" if self.ctx.distributed else "the onecycle schedule"
+            _log(f"CUDA graphs off ({why}); eager steps")
+            return False
+        return True
 
     @property
     def bf16(self) -> bool:
@@ -457,23 +347,6 @@ class _Run:
             return True
         return False
 
-    def _save(self, model, optimizer, scheduler, improved: bool) -> None:
-        from lungseg.plots import history_csv, save_training_curves
-
-        ckpt = training_checkpoint(
-            config=self.config, model=model, optimizer=optimizer, scheduler=scheduler,
-            prepared=self.prepared, history=self.history, best=self.best, split=self.split,
-            n_train=len(self.train_idx), n_val=len(self.val_idx),
-        )  # fmt: skip
-        # best.pt before last.pt: a crash in between re-runs this epoch, which rewrites both.
-        if improved:
-            save_checkpoint(self.out / "best.pt", ckpt)
-        save_checkpoint(self.out / "last.pt", ckpt)
-        atomic_write_text(self.out / "history.csv", history_csv(self.history))
-        save_training_curves(
-            self.history, self.out / "curves.png", self._title(), self.best["epoch"]
-        )
-
     def _title(self) -> str:
         pre = self.prepared.config.preprocess
         return f"{self.config.model} ({pre.size}x{pre.size}, preprocess {pre.preset})"
@@ -481,8 +354,7 @@ class _Run:
     def _finish(self, model: nn.Module) -> RunResult:
         seconds = float(sum(row["seconds"] for row in self.history))
         epochs = len(self.history)
-        per_epoch = per_epoch_images(len(self.train_idx), self.ctx)
-        speed = per_epoch * epochs / seconds if seconds > 0 else 0.0
+        speed = self.per_epoch * epochs / seconds if seconds > 0 else 0.0
         best_metric = {"name": self.best["name"], "value": self.best["value"]}
         if self.ctx.is_main:
             pre = self.prepared.config.preprocess
@@ -497,15 +369,16 @@ class _Run:
                 "best_metric": best_metric,
                 "final_metrics": self.history[-1] if self.history else {},
                 "train_seconds": seconds,
+                "setup_seconds": self.setup_seconds,
                 "images_per_second": speed,
+                "images_per_epoch": self.per_epoch,
                 "n_train": len(self.train_idx),
                 "n_val": len(self.val_idx),
                 "device": self.device.type,
                 "precision": "bf16 autocast" if self.bf16 else "float32",
                 "world_size": self.ctx.world_size,
-                "lungseg_version": __version__,
             }
-            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+            write_summary(self.out, summary)
         return RunResult(
             run_dir=self.out,
             model=model.eval(),
@@ -516,33 +389,8 @@ class _Run:
             n_parameters=self.n_parameters,
             train_seconds=seconds,
             images_per_second=speed,
+            setup_seconds=self.setup_seconds,
         )
-
-
-def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total_steps
-        )
-    return None
-
-
-@contextlib.contextmanager
-def _deferred_sigint() -> Iterator[None]:
-    """Hold back Ctrl-C while the epoch's files are replaced, so they stay consistent."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[Any] = []
-    previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            raise KeyboardInterrupt
 
 
 def _log(line: str) -> None:
