@@ -145,3 +145,18 @@ def test_load_model_is_exported_lazily() -> None:
     assert "load_model" in lungseg.__all__
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         lungseg.nothing  # noqa: B018
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_float16_inference_keeps_the_masks_of_float32(covid_cxr):
+    """The default on CUDA is float16 autocast: on real X-rays its masks at the working size
+    must be those of float32 (here run on the CPU, which emulates float16 slowly)."""
+    images = sorted((covid_cxr / "COVID" / "images").glob("*.png"))[::40][:8]
+    pixels = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in images]
+    full = load_model("unet-fast", device="cpu", precision="float32")
+    half = load_model("unet-fast", device="cpu", precision="float16")
+    assert half.networks[0][0].precision == "float16"
+    a, b = full.proba_working(pixels) > 0.5, half.proba_working(pixels) > 0.5
+    agree = [2 * (x & y).sum() / (x.sum() + y.sum()) for x, y in zip(a, b, strict=True)]
+    assert np.mean(agree) > 0.999 and np.min(agree) > 0.995, agree

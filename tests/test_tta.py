@@ -106,3 +106,26 @@ def test_evaluate_and_segment_with_tta(examples_dir: Path, tmp_path: Path, capsy
     assert "unet-fast+tta" in out
     mask = read_gray(tmp_path / "seg" / "masks" / "1d435a4b.png")
     assert mask.shape == read_gray(image).shape and 0 < (mask > 0).mean() < 0.8
+
+
+def test_device_tta_warps_like_opencv():
+    """The GPU path (grid_sample) gives the host path's probabilities (cv2.warpAffine), here
+    run on the CPU: same views, same kernel, same border, same pixel centres."""
+    import torch
+
+    from lungseg.tta import DEFAULT_VIEWS, tta_probabilities, tta_probabilities_torch
+
+    batch = np.random.default_rng(0).random((2, 1, 64, 48)).astype(np.float32)
+
+    class Squash:
+        """A 'network' that is a fixed pixel-wise function, so any misplaced warp shows."""
+
+        def __call__(self, x):
+            return (x[:, 0] ** 2).astype(np.float32)
+
+        def probabilities(self, x):
+            return x[:, 0] ** 2
+
+    host = tta_probabilities(Squash(), batch, DEFAULT_VIEWS)
+    device = tta_probabilities_torch(Squash(), torch.from_numpy(batch), DEFAULT_VIEWS).numpy()
+    np.testing.assert_allclose(device, host, atol=2e-5)

@@ -125,7 +125,7 @@ def evaluate(
     postprocess: Sequence[str] | None = None,
     save_masks: bool = False,
     device: str = "auto",
-    batch_size: int = 16,
+    batch_size: int | None = None,
     cache_root: str | Path | None = None,
     split_config: PrepareConfig | None = None,
     size: int | None = None,
@@ -143,7 +143,8 @@ def evaluate(
             main result. Default: the postprocessing recorded in the checkpoint.
         save_masks: write the binary masks as PNG.
         device: ``auto``, ``cpu`` or ``cuda``.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (default: the model's
+            :attr:`~lungseg.inference.Segmenter.batch_size`).
         cache_root: where caches prepared for evaluation go (default: ``out/.cache`` or a temp dir).
         split_config: split settings when ``data`` is a source folder (default: lungseg's default).
         size: score at ``size x size`` instead of the model's working size (to compare models
@@ -189,6 +190,7 @@ def evaluate(
     indices = reference.indices(split)
     if len(indices) == 0:
         raise LungsegError(f"the {split!r} split of {data} has no images; nothing to evaluate")
+    batch_size = batch_size or segmenter.batch_size
     prob, seconds = _probabilities(segmenter, datasets, indices, batch_size)
     target = np.asarray(reference.masks[indices]).astype(bool)
     stems = [reference.rows[i]["stem"] for i in indices]
@@ -225,6 +227,7 @@ def evaluate(
         "model_size": segmenter.size,
         "inference_ms_per_image": 1000.0 * seconds / len(indices),
         "device": getattr(segmenter.networks[0][0], "device", "cpu (onnxruntime)"),
+        "precision": getattr(segmenter.networks[0][0], "precision", "float32"),
         "tta": (segmenter.info or {}).get("tta"),
         "uncertainty_error_spearman": error_rank_correlation(
             uncertainty, np.array([row["dice"] for row in rows])

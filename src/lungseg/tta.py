@@ -9,12 +9,17 @@ saw a mirrored chest, and on validation a flipped view lowered Dice (unet-fast: 
 
 TTA costs one forward pass per view. Whether it helps depends on the model: the validation and
 test figures of each shipped model with and without it are in the model card.
+
+A PyTorch network on a GPU keeps the whole of it there (:func:`tta_probabilities_torch`: the
+warps are ``grid_sample`` with the same bilinear kernel, zero border and pixel-centre convention
+as OpenCV's ``warpAffine``); elsewhere the views are warped with OpenCV on the host.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -109,6 +114,50 @@ def _warp(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     )  # fmt: skip
 
 
+def tta_probabilities_torch(network: Any, batch: Any, views: Sequence[View] = DEFAULT_VIEWS):
+    """:func:`tta_probabilities` on the network's device: ``batch`` is a ``float32[B, 1, H, W]``
+    tensor there and ``network.probabilities`` maps such tensors to ``float32[B, H, W]``."""
+    import torch
+    import torch.nn.functional as F
+
+    n, _, height, width = batch.shape
+    total = torch.zeros((n, height, width), dtype=torch.float32, device=batch.device)
+    weight = torch.zeros_like(total)
+    ones = torch.ones((1, 1, height, width), dtype=torch.float32, device=batch.device)
+
+    def warp(images, matrix):
+        theta = _normalised_theta(matrix, height, width)
+        theta = torch.as_tensor(theta, dtype=torch.float32, device=batch.device)
+        theta = theta.expand(images.shape[0], 2, 3)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        return F.grid_sample(
+            images, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+
+    for view in views:
+        if view == View():
+            total += network.probabilities(batch)
+            weight += 1.0
+            continue
+        forward = view_matrix(view, height, width)
+        back = cv2.invertAffineTransform(forward)
+        prob = network.probabilities(warp(batch, forward))
+        total += warp(prob[:, None], back)[:, 0]
+        weight += warp(ones, back)[:, 0]
+    prob = torch.where(weight > 1e-6, total / weight.clamp(min=1e-6), torch.zeros_like(total))
+    return prob.clamp_(0.0, 1.0)
+
+
+def _normalised_theta(matrix: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``affine_grid``'s ``theta`` that samples what ``cv2.warpAffine(image, matrix)`` shows:
+    output pixel -> source pixel is ``matrix``'s inverse, written in the coordinates
+    ``align_corners=False`` uses (pixel ``i`` at ``(2i + 1) / side - 1``)."""
+    inverse = np.vstack([cv2.invertAffineTransform(matrix), [0.0, 0.0, 1.0]])
+    to_norm = np.array([[2.0 / width, 0, 1.0 / width - 1], [0, 2.0 / height, 1.0 / height - 1],
+                        [0, 0, 1.0]])  # fmt: skip
+    return (to_norm @ inverse @ np.linalg.inv(to_norm))[:2]
+
+
 class TTANetwork:
     """A network whose probabilities are averaged over TTA views (same call contract)."""
 
@@ -122,4 +171,9 @@ class TTANetwork:
         return self.network.device
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if getattr(self.network, "cuda", False):
+            import torch
+
+            x = torch.from_numpy(batch).pin_memory().to(self.device, non_blocking=True)
+            return tta_probabilities_torch(self.network, x, self.views).cpu().numpy()
         return tta_probabilities(self.network, batch, self.views)

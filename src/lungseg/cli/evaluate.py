@@ -31,7 +31,10 @@ def evaluate_command(
     ] = None,
     save_masks: Annotated[bool, typer.Option(help="Write the masks as PNG.")] = False,
     device: InferenceDevice = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Images per forward pass.", show_default="16 on a CPU, 64 on a GPU"),
+    ] = None,
     size: Annotated[
         int | None,
         typer.Option(
