@@ -7,6 +7,7 @@ Usage::
     python -m benchmarks --only prepare,infer  # some of them; the others' figures are kept
     python -m benchmarks --quick               # seconds; smoke test into a temporary folder
     python -m benchmarks --render              # only rewrite BENCHMARKS.md from the records
+    python -m benchmarks --only train --baseline REF  # loop overheads before (REF) and after
 
 Each benchmark's section is stored in ``RECORDS/<device>.json`` (default
 ``benchmarks/records``), replacing that device's previous section of the same name only, and
@@ -63,6 +64,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "a GPU machine's cuda.json)",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="a git commit whose training-loop overheads are measured beside this checkout's "
+        "(train benchmark), e.g. the commit before a change to the loop",
+    )
     parser.add_argument("--out", type=Path, help="markdown to rewrite (default BENCHMARKS.md)")
     parser.add_argument(
         "--records",
@@ -102,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
     tmp = Path(tempfile.mkdtemp(prefix="lungseg-bench-work-"))
     shared = args.data if (args.data / "covid-cxr").is_dir() else None
-    ctx = Context(args.quick, args.device, tmp, shared, command, threads=1 if args.quick else None)
+    ctx = Context(
+        args.quick, args.device, tmp, shared, command, threads=1 if args.quick else None,
+        baseline=args.baseline,
+    )  # fmt: skip
     if ctx.threads:
         import torch
 

@@ -60,6 +60,7 @@ class Context:
         threads: CPU threads for PyTorch and ONNX Runtime; ``None``: each benchmark's own
             setting (the engine's default, or 2 for inference). Quick mode uses 1: on a loaded
             machine, OpenMP threads that compete for the cores are far slower.
+        baseline: a commit whose training-loop overheads are measured beside this checkout's.
     """
 
     quick: bool
@@ -68,6 +69,7 @@ class Context:
     shared_data: Path | None
     command: str
     threads: int | None = None
+    baseline: str | None = None
     _prepared: dict[tuple, Any] = field(default_factory=dict)
 
     def log(self, message: str) -> None:

@@ -1,23 +1,30 @@
 """Training throughput, peak memory and epoch time per model, and the MONAI peer's loop.
 
 Throughput runs the engine's own epoch loop (``_Run._train_epoch`` of
-:mod:`lungseg.training.engine`, the code ``lungseg train`` runs: uint8 tensors on the device,
-on-device augmentation, channels-last, bf16 autocast on CUDA and on CPUs with native bf16,
-Adam, ``BCEWithLogitsLoss``) on replicated real images, one warm-up pass and then several
+:mod:`lungseg.training.engine` with its ``TrainStep``, the code ``lungseg train`` runs: uint8
+tensors on the device, on-device augmentation, channels-last, bf16 autocast on CUDA and on CPUs
+with native bf16, fused Adam, ``BCEWithLogitsLoss``, one CUDA graph per step on a GPU) on
+replicated real images, one warm-up pass and then several
 timed passes, each a sample; the GPU is synchronised before every clock read. The peer, MONAI's
 UNet, runs a plain float32 loop on the same images, batch size, size and device, in the same
 process, and the U-Net / peer ratio comes from these figures.
 
-Epoch time runs :func:`lungseg.train` itself (training, validation, checkpoints and curves
-every epoch) for a few epochs and takes the median epoch after the first. On CUDA the set is the
-study's size (3,616 training + 904 validation images) and the study's whole experiment
-(3 models x 50 epochs) is the sum of each model's 50 epochs and its first epoch's warm-up. On
-the CPU a small set is measured and its epochs are scaled to the study's size (the checkpoints
-written after each epoch are added unscaled).
+Overheads: the time per step where the arithmetic is negligible (a U-Net of width 2 on 16x16
+images: the same calls, no work) and the fixed cost per epoch on the training thread, from
+``train()`` runs of 1 and 5 steps per epoch for 2 and 8 epochs (see :func:`_overheads`): what
+caps a GPU's speed, and what a small epoch pays.
+
+Epoch time runs :func:`lungseg.train` itself (training, validation, the checkpoint snapshot;
+the files are written by a background thread) for a few epochs and takes the median epoch after
+the first. On CUDA the set is the study's size (3,616 training + 904 validation images) and the
+study's whole experiment (3 models x 50 epochs) is, per model, 50 epochs, the first epoch's
+warm-up and the run's set-up and last files once. On the CPU a small set is measured and its
+epochs, less the fixed cost per epoch, are scaled to the study's size.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -113,7 +120,8 @@ def run(ctx: Context) -> Section:
             "same run, same images, batch, size and device",
         )["median"]
     _work_table(section, plan, speeds, model is not None)
-    study = _epochs(ctx, section, plan, prepared)
+    fixed = _overheads(ctx, section)
+    study = _epochs(ctx, section, plan, prepared, fixed)
     _goals(ctx, section, speeds, peer_ratio, study)
     section.notes += [
         f"Images: real ({ctx.real_data()[1]}) prepared at {plan.size}x{plan.size} with preset "
@@ -121,8 +129,9 @@ def run(ctx: Context) -> Section:
         "Throughput: median over timed passes of the engine's epoch loop after one warm-up "
         f"pass (cuDNN autotuning, allocator); {_threads(ctx)}; {_precision(ctx)}.",
         "Epoch time: lungseg.train() on the same images repeated (4 training images to 1 "
-        "validation image), the median epoch after the first (training + validation, which "
-        "scale with the set) plus the checkpoints and curves written after each epoch.",
+        "validation image), the median epoch after the first (training + validation + the "
+        "checkpoint snapshot on the training thread; the files are written by a background "
+        "thread); set-up and the last files are counted once per run.",
         "The peer's plain loop has no augmentation and uses PyTorch's default backend flags "
         "(no cuDNN autotuning, no autocast); lungseg's step includes its on-device "
         "augmentation.",
@@ -148,59 +157,50 @@ def _threads(ctx: Context) -> str:
     return f"{physical_cores()} CPU thread(s) (the engine's default: one per physical core)"
 
 
-def _setup(ctx: Context, name: str, plan: Plan, images: np.ndarray, masks: np.ndarray):
+def _engine_speed(ctx: Context, name: str, plan: Plan, images: np.ndarray, masks: np.ndarray):
+    """The engine's own epoch loop (``_Run._train_epoch`` with its ``TrainStep``), timed per
+    pass; the engine's private loop object is built directly so the benchmark times exactly the
+    code ``lungseg train`` runs per epoch (the quick test breaks if its signature changes)."""
     from lungseg.data.cache import PreparedData
     from lungseg.data.settings import PrepareConfig
+    from lungseg.devices import backend_flags, physical_cores
     from lungseg.preprocessing import PreprocessConfig
     from lungseg.training.distributed import DistContext
-    from lungseg.training.engine import _Run
+    from lungseg.training.engine import _log, _Run
+    from lungseg.training.losses import make_loss
+    from lungseg.training.optim import make_optimizer
+    from lungseg.training.step import TrainStep
 
-    config = TrainConfig(
-        model=name,
-        batch_size=plan.batch,
-        device=ctx.device,
-        epochs=plan.passes + 1,
-        threads=ctx.threads,
-    )
+    config = TrainConfig(model=name, batch_size=plan.batch, device=ctx.device, threads=ctx.threads)
     splits = ["train"] * (len(images) - 1) + ["val"]
     data = PreparedData(
-        path=ctx.tmp / "steps",
-        images=images,
-        masks=masks,
+        path=ctx.tmp / "steps", images=images, masks=masks,
         rows=[{"stem": f"img{i}", "split": split} for i, split in enumerate(splits)],
         config=PrepareConfig(PreprocessConfig(size=plan.size)),
         source="benchmark: real images repeated",
-    )
+    )  # fmt: skip
     device = torch.device(ctx.device)
-    # The engine's private loop object, built directly so the benchmark times exactly the code
-    # `lungseg train` runs per epoch (the quick test breaks if its signature changes).
     engine = _Run(config, data, ctx.tmp, device, DistContext(), False)
-    engine._setup_backend()
-    return config, device, engine
-
-
-def _engine_speed(ctx: Context, name: str, plan: Plan, images: np.ndarray, masks: np.ndarray):
-    from lungseg.training.losses import make_loss
-
     threads = torch.get_num_threads()
-    config, device, engine = _setup(ctx, name, plan, images, masks)
+    torch.set_num_threads(config.threads or physical_cores())
     x = torch.from_numpy(images).to(device)
     y = torch.from_numpy(masks).to(device)
     torch.manual_seed(config.seed)
     samples = []
-    with PeakMemory(ctx.device) as memory:
+    with PeakMemory(ctx.device) as memory, backend_flags(ctx.device):
         fmt = torch.channels_last if config.channels_last else torch.contiguous_format
         model = engine._build_model().to(device, memory_format=fmt)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        loss_fn = make_loss(config.loss)
+        optimizer = make_optimizer(config, model, device)
+        step = TrainStep(model, optimizer, make_loss(config.loss), engine._autocast,
+                         graphs=engine._graphs(), log=_log)  # fmt: skip
         for epoch in range(1, plan.passes + 2):
             ctx.sync()
             t0 = time.perf_counter()
-            out, _ = engine._train_epoch(epoch, model, optimizer, None, loss_fn, x, y, plan.steps)
+            _, n_images = engine._train_epoch(epoch, step, None, x, y)
             ctx.sync()
             if epoch > 1:
-                samples.append(out["images"] / (time.perf_counter() - t0))
-    del model, optimizer, x, y
+                samples.append(n_images / (time.perf_counter() - t0))
+    del model, optimizer, step, x, y
     release_memory()
     torch.set_num_threads(threads)
     return samples, memory.peak, memory.what
@@ -270,12 +270,13 @@ def _work_table(section: Section, plan: Plan, speeds: dict, with_peer: bool) -> 
     )
 
 
-def _epochs(ctx: Context, section: Section, plan: Plan, prepared) -> float:
+def _epochs(ctx: Context, section: Section, plan: Plan, prepared, fixed: float) -> float:
     """Epoch time and the study's whole experiment with :func:`lungseg.train`.
 
-    An epoch's ``seconds`` in the history (training + validation) grows with the set; the
-    checkpoints and curves written after each epoch do not, so they are measured apart: the
-    wall-clock time of ``train()`` less the sum of its epochs, per epoch (set-up included).
+    An epoch's ``seconds`` (the training thread's time: steps, validation, the checkpoint's
+    snapshot) grows with the set, all but the fixed cost per epoch (``fixed``, measured by
+    :func:`_overheads`); what ``train()`` spends outside its epochs (set-up, the last files)
+    is paid once per run, not per epoch.
     """
     from lungseg.models import list_models
 
@@ -284,33 +285,32 @@ def _epochs(ctx: Context, section: Section, plan: Plan, prepared) -> float:
     study = dict.fromkeys(("median", "min", "max", "q1", "q3"), 0.0)
     models = plan.models or tuple(list_models())
     for name in models:
-        steady, warmup, overhead = _train_run(ctx, plan, prepared, name)
+        steady, warmup, once = _train_run(ctx, plan, prepared, name)
         section.add(
-            f"{name}: checkpoints + curves (+ set-up) per epoch",
-            [overhead],
-            "s",
-            "train() wall clock less its epochs' seconds, per epoch",
-        )
+            f"{name}: set-up and last files, once per run", [once], "s",
+            "train() wall clock less its epochs' seconds",
+        )  # fmt: skip
         epoch = section.add(
             f"{name}: epoch time, {STUDY_TRAIN:,} train + {STUDY_VAL} val images",
-            {**{k: steady[k] * scale + overhead for k in study}, "n": steady["n"]},
+            {**{k: (steady[k] - fixed) * scale + fixed for k in study}, "n": steady["n"]},
             "s",
-            f"lungseg.train(): training, validation, checkpoints, curves; {how}",
+            f"lungseg.train(): training, validation, checkpoint snapshot; {how}",
         )
         for key in study:
-            study[key] += (STUDY_EPOCHS * epoch[key] + warmup) / 60
+            study[key] += (STUDY_EPOCHS * epoch[key] + warmup + once) / 60
     return section.add(
         f"study's whole experiment: {len(models)} model(s) x {STUDY_EPOCHS} epochs x "
         f"{STUDY_TRAIN:,} images",
         {**study, "n": plan.epochs - 1},
         "min",
-        f"sum over models of {STUDY_EPOCHS} epochs + the first epoch's warm-up; {how}",
+        f"sum over models of {STUDY_EPOCHS} epochs, the first epoch's warm-up and each run's "
+        f"set-up once; {how}",
     )["median"]
 
 
 def _train_run(ctx: Context, plan: Plan, prepared, name: str):
-    """A ``train()`` run; :func:`stats` of its epochs after the first, the first's extra time
-    and the time per epoch spent outside the epochs."""
+    """A ``train()`` run: :func:`stats` of its epochs after the first, the first's extra time,
+    and the time ``train()`` spent outside its epochs (set-up and final files, once)."""
     from lungseg.data.cache import PreparedData
     from lungseg.training import train
 
@@ -341,7 +341,51 @@ def _train_run(ctx: Context, plan: Plan, prepared, name: str):
     del result
     release_memory()
     steady = stats(seconds[1:])
-    return steady, seconds[0] - steady["median"], (wall - sum(seconds)) / len(seconds)
+    return steady, seconds[0] - steady["median"], wall - sum(seconds)
+
+
+def _overheads(ctx: Context, section: Section) -> float:
+    """Per-step and per-epoch overheads of this checkout and, with ``--baseline REF``, of that
+    commit, each measured by ``benchmarks/loop_overheads.py`` in a fresh process in this run;
+    returns this checkout's fixed cost per epoch in seconds."""
+    import json
+    import subprocess
+    import sys
+
+    from benchmarks.common import REPO
+
+    runs = {"this checkout": REPO / "src"}
+    if ctx.baseline:
+        worktree = ctx.tmp / "baseline"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q",
+                        str(worktree), ctx.baseline], check=True)  # fmt: skip
+        runs[f"baseline {ctx.baseline}"] = worktree / "src"
+    fixed = 0.0
+    try:
+        for label, src in runs.items():
+            command = [sys.executable, str(REPO / "benchmarks" / "loop_overheads.py"),
+                       "--device", ctx.device, "--out", str(ctx.tmp / "overheads"),
+                       "--repeats", "1" if ctx.quick else "3"]  # fmt: skip
+            if ctx.threads:
+                command += ["--threads", str(ctx.threads)]
+            env = {**os.environ, "PYTHONPATH": str(src)}
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            found = json.loads(done.stdout)
+            section.add(
+                f"unet: time per training step, arithmetic negligible ({label})",
+                found["step_ms"], "ms", found["step_note"],
+            )  # fmt: skip
+            result = section.add(
+                f"unet: fixed cost per epoch on the training thread ({label})",
+                found["fixed_ms"], "ms", found["fixed_note"],
+            )  # fmt: skip
+            if label == "this checkout":
+                fixed = result["median"] / 1000
+    finally:
+        if ctx.baseline:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
+                            str(ctx.tmp / "baseline")], check=False)  # fmt: skip
+    return fixed
 
 
 def _goals(ctx: Context, section: Section, speeds: dict, peer_ratio: float | None, study: float):

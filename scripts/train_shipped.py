@@ -98,8 +98,9 @@ def shipped_checkpoint(run: Path, preset: str, source_note: str) -> dict:
     from lungseg.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(run / "best.pt")
-    # The best epoch's weights, with the whole run's history (best.pt stops at the best epoch).
-    ckpt["history"] = load_checkpoint(run / "last.pt")["history"]
+    # The best epoch's weights, with the whole run's history (best.pt stops at the best epoch;
+    # a packed run's best.pt already holds it and has no last.pt).
+    ckpt["history"] = load_checkpoint(record_checkpoint(run))["history"]
     for key in ("optimizer", "scheduler", "rng"):
         ckpt.pop(key, None)
     ckpt["state_dict"] = {
@@ -197,6 +198,8 @@ def _package_run(model: str, run: Path, work: Path, weights: Path):
     val16 = evaluate(shipped, work / "eval" / model / "val-fp16", data=data, split="val",
                      postprocess=[best])  # fmt: skip
     drift = abs(val16.metrics["dice_mean"] - presets[best]["dice_mean"])
+    if not (run / "last.pt").is_file():
+        drift = None  # a packed run's weights are fp16 already: there is no drift to measure
     result = {"postprocess": best, "val_presets": presets, "fp16_val_dice_drift": drift,
               "summary": summary, "new": True}  # fmt: skip
     return shipped, data, result
@@ -238,12 +241,16 @@ def _rescore_shipped(model: str, work: Path, weights: Path, source: str | None):
 def _fp16_drift(run: Path, shipped: dict, shipped_val: dict, data: Path) -> float | None:
     """How much fp16 storage moved validation Dice, when the run the weights came from is at
     hand (its best weights, rounded to fp16, are exactly the shipped ones); else None."""
+    import torch
+
     from lungseg.evaluation import evaluate
     from lungseg.training.checkpoint import load_checkpoint
 
     if not (run / "best.pt").is_file():
         return None
     trained = load_checkpoint(run / "best.pt")["state_dict"]
+    if any(v.dtype == torch.float16 for v in trained.values()):
+        return None  # a packed run (from the GPU machine) travelled in fp16: nothing to compare
     weights = shipped["state_dict"]
     if trained.keys() != weights.keys() or not all(
         trained[k].half().equal(weights[k]) if weights[k].is_floating_point()
@@ -346,49 +353,53 @@ def model_card(results: dict) -> str:
     return render("model_card.md.j2", TEMPLATES, filters=filters, results=results)
 
 
-#: Files of a run that ``pack`` keeps (checkpoints without optimizer state: shipping needs none;
-#: a 2 M-parameter run packs into about 12 MB, under the device's 16 MiB per returned file).
-PACKED_FILES = ("best.pt", "last.pt", "summary.json", "history.csv", "config.yaml", "curves.png")
+#: Files of a run that ``pack`` keeps besides its best weights.
+PACKED_FILES = ("summary.json", "history.csv", "config.yaml", "curves.png")
+
+
+def record_checkpoint(run: Path) -> Path:
+    """The checkpoint holding a run's whole history and data record: ``last.pt``, or the
+    ``best.pt`` of a packed run (which has no ``last.pt``)."""
+    return run / "last.pt" if (run / "last.pt").is_file() else run / "best.pt"
+
+
+def pack_run(run: Path, into: Path) -> Path:
+    """A run (finished or stopped) as ``into/<name>/``, small enough to travel: ``best.pt``
+    with fp16 weights (what shipping stores), no optimizer state and the whole run's history,
+    and the run's records. Four shipped-size runs fit one 16 MiB archive."""
+    from lungseg.training.checkpoint import load_checkpoint, save_checkpoint
+
+    staging = into / run.name
+    staging.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(run / "best.pt")
+    for key in ("optimizer", "scheduler", "rng"):
+        ckpt.pop(key, None)
+    ckpt["history"] = load_checkpoint(record_checkpoint(run))["history"]
+    ckpt["state_dict"] = {
+        k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()
+    }
+    save_checkpoint(staging / "best.pt", ckpt)
+    for name in PACKED_FILES:
+        if (run / name).is_file():
+            (staging / name).write_bytes((run / name).read_bytes())
+    return staging
 
 
 def cmd_pack(args: argparse.Namespace) -> None:
-    """Runs trained on another machine (the GPU one), one ``runs-MODEL.tar`` each, for ``adopt``."""
-    import tarfile
-
-    from lungseg.training.checkpoint import load_checkpoint, save_checkpoint
-
+    """Runs trained on another machine (the GPU one), each packed (:func:`pack_run`) into the
+    folder ``--out``, for ``adopt`` (``scripts/gpu_session.sh`` archives that folder)."""
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     for model in args.models:
         run = Path(args.work) / "runs" / model
-        if not (run / "summary.json").is_file():
-            print(f"{model}: no finished run in {run}; not packed")
+        if not (run / "best.pt").is_file():
+            print(f"{model}: no run with a finished epoch in {run}; not packed")
             continue
-        staging = out / f".{model}"
-        staging.mkdir(exist_ok=True)
-        for name in PACKED_FILES:
-            if name.endswith(".pt"):
-                ckpt = load_checkpoint(run / name)
-                for key in ("optimizer", "scheduler", "rng"):
-                    ckpt.pop(key, None)
-                if name == "last.pt":  # kept for its history and data record: fp16 weights
-                    ckpt["state_dict"] = {
-                        k: v.half() if v.is_floating_point() else v
-                        for k, v in ckpt["state_dict"].items()
-                    }
-                save_checkpoint(staging / name, ckpt)
-            elif (run / name).is_file():
-                (staging / name).write_bytes((run / name).read_bytes())
-        with tarfile.open(out / f"runs-{model}.tar", "w") as tar:
-            tar.add(staging, arcname=model)
-        for path in staging.iterdir():
-            path.unlink()
-        staging.rmdir()
-        print(f"{model}: packed {out / f'runs-{model}.tar'}")
+        note = "" if (run / "summary.json").is_file() else " (stopped before its last epoch)"
+        print(f"{model}: packed into {pack_run(run, out)}{note}")
 
 
 def cmd_adopt(args: argparse.Namespace) -> None:
-    """Unpack ``pack``'s archives into ``WORK/runs`` and point them at this machine's data.
+    """Unpack archives of packed runs into ``WORK/runs`` and point them at this machine's data.
 
     The data is prepared here with each run's recorded preprocessing and size (same split seed);
     the split must be the one the run was trained on (checked by its digest), so ``package``
@@ -406,11 +417,12 @@ def cmd_adopt(args: argparse.Namespace) -> None:
     (work / "runs").mkdir(parents=True, exist_ok=True)
     for archive in args.archives:
         with tarfile.open(archive) as tar:
-            names = {Path(m.name).parts[0] for m in tar.getmembers()}
-            tar.extractall(work / "runs", filter="data")
+            members = [m for m in tar.getmembers() if m.name.startswith("runs/")]
+            names = {Path(m.name).parts[1] for m in members}
+            tar.extractall(work, members=members, filter="data")
         for model in sorted(names):
             run = work / "runs" / model
-            last = load_checkpoint(run / "last.pt")
+            last = load_checkpoint(record_checkpoint(run))
             pre = checkpoint_preprocess(last)
             cache = cache_dir(work, pre).absolute()
             _prepare(args.data, cache, pre)
@@ -419,6 +431,8 @@ def cmd_adopt(args: argparse.Namespace) -> None:
             if digest != last["data"]["split"]:
                 raise SystemExit(f"{run}: trained on another split than {cache} holds")
             for name in ("best.pt", "last.pt"):
+                if not (run / name).is_file():
+                    continue
                 ckpt = load_checkpoint(run / name)
                 ckpt["data"]["cache"] = str(cache)
                 save_checkpoint(run / name, ckpt)
@@ -431,7 +445,7 @@ def cmd_adopt(args: argparse.Namespace) -> None:
 def run_cache(run: Path) -> Path:
     from lungseg.training.checkpoint import load_checkpoint
 
-    return Path(load_checkpoint(run / "last.pt")["data"]["cache"])
+    return Path(load_checkpoint(record_checkpoint(run))["data"]["cache"])
 
 
 def main() -> None:
@@ -462,11 +476,11 @@ def main() -> None:
         help="folder for the shipped models' comparison report ('' for none)",
     )
     package.add_argument("--weights-dir", default=str(WEIGHTS))
-    pack = sub.add_parser("pack", help="archive finished runs (no optimizer state) for adopt")
+    pack = sub.add_parser("pack", help="pack runs (fp16 best weights, no optimizer) for adopt")
     pack.add_argument("--work", required=True)
     pack.add_argument("--out", required=True)
     pack.add_argument("models", nargs="+")
-    adopt = sub.add_parser("adopt", help="unpack pack's archives into WORK/runs, prepare data")
+    adopt = sub.add_parser("adopt", help="unpack archives of packed runs, prepare the data")
     adopt.add_argument("--work", required=True)
     adopt.add_argument("--data", required=True)
     adopt.add_argument("archives", nargs="+")

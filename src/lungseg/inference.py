@@ -262,9 +262,7 @@ def _load(
 ) -> Segmenter:
     text = str(model)
     if text == "ensemble":
-        members = [
-            _load(name, device, postprocess, threads, precision) for name in ENSEMBLE_MODELS
-        ]
+        members = [_load(name, device, postprocess, threads, precision) for name in ENSEMBLE_MODELS]
         return ensemble(members)
     if text in SHIPPED_MODELS:
         path = shipped_weights(text)

@@ -255,7 +255,7 @@ class _Run:
             "val_acc": sums[4] / sums[5],
             "val_dice": sums[6] / sums[7],
             "lr": float(lr),
-            "seconds": time.perf_counter() - t0,
+            "seconds": 0.0,
         }
         if not math.isfinite(row["train_loss"]):
             raise LungsegError(
@@ -263,13 +263,18 @@ class _Run:
             )
         self.history.append(row)
         improved = self._update_best(row)
+        snapshot = None
         if writer is not None:
-            ckpt = training_checkpoint(
+            snapshot = host_copy(training_checkpoint(
                 config=cfg, model=model, optimizer=step.optimizer, scheduler=scheduler,
                 prepared=self.prepared, history=self.history, best=self.best, split=self.split,
                 n_train=len(self.train_idx), n_val=len(self.val_idx),
-            )  # fmt: skip
-            writer.epoch(host_copy(ckpt), improved, self.best["epoch"])
+            ))  # fmt: skip
+        # The epoch's time on the training thread: steps, validation and the snapshot.
+        row["seconds"] = time.perf_counter() - t0
+        if snapshot is not None:
+            snapshot["history"][-1]["seconds"] = snapshot["metrics"]["seconds"] = row["seconds"]
+            writer.epoch(snapshot, improved, self.best["epoch"])
             if self.progress:
                 _log(_epoch_line(row, cfg.epochs, n_images / max(train_time, 1e-9), improved))
 
