@@ -108,6 +108,8 @@ def run(ctx: Context) -> Section:
                         "x",
                         f"{peer.NAME} latency ({peer_backend}) / {name} latency, same run",
                     )
+        if ctx.device == "cuda":
+            _precision_agreement(ctx, section)
     finally:
         torch.set_num_threads(saved_threads)
     _goals(ctx, section, latency)
@@ -122,11 +124,40 @@ def run(ctx: Context) -> Section:
             "(opset 17, exported by lungseg export; the int8 model by lungseg export --int8, "
             "static quantisation calibrated on 16 real X-rays)."
             if ctx.device == "cpu"
-            else "GPU: PyTorch float32, eval mode, inference_mode; the result is copied back "
-            "to the host each call, as Segmenter does."
+            else "GPU: PyTorch in lungseg's default precision there (float16 autocast), "
+            "channels-last, eval mode, inference_mode, batches up from pinned memory; the "
+            "result is copied back to the host each call, as Segmenter does."
         ),
     ]
     return section
+
+
+def _precision_agreement(ctx: Context, section: Section) -> None:
+    """How far the GPU's default float16 (and bfloat16) masks are from float32's, per shipped
+    model, on real X-rays: mean and worst Dice between the masks at the working size."""
+    import cv2
+
+    from lungseg.inference import load_model
+    from lungseg.shipped import SHIPPED_MODELS
+
+    folder, _ = ctx.real_data()
+    files = sorted(folder.rglob("images/*.png"))[:64]
+    images = [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files]
+    for name in SHIPPED_MODELS:
+        full = load_model(name, device=ctx.device, precision="float32").proba_working(images)
+        for precision in ("float16", "bfloat16"):
+            other = load_model(name, device=ctx.device, precision=precision)
+            agree = _dice(full > 0.5, other.proba_working(images) > 0.5)
+            section.add(
+                f"{name}: masks in {precision} vs float32, Dice (mean; worst {agree.min():.4f})",
+                [float(agree.mean())], "Dice", f"{len(images)} real X-rays at the working size",
+            )  # fmt: skip
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    inter = (a & b).sum((1, 2))
+    total = a.sum((1, 2)) + b.sum((1, 2))
+    return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
 
 
 def _checkpoint(ctx: Context, name: str, arch: str, kwargs: dict, size: int):
