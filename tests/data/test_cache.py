@@ -22,6 +22,7 @@ from lungseg.data.cache import load_cache, prepare
 from lungseg.data.io import decode_image
 from lungseg.data.settings import PrepareConfig
 from lungseg.errors import BadInputError, LungsegError
+from lungseg.locking import LOCK_FILE
 from lungseg.preprocessing import PreprocessConfig, preprocess
 
 SIZE = 64
@@ -190,6 +191,7 @@ def test_examples_cache(examples_copy: Path, tmp_path: Path) -> None:
     assert data.images.shape == (12, SIZE, SIZE)
     assert data.config == _config("none")
     assert {p.name for p in out.iterdir()} == {
+        LOCK_FILE,  # the lock of the prepare that built it (released, see lungseg.locking)
         "images.npy",
         "masks.npy",
         "split.csv",

@@ -8,7 +8,9 @@ A cache folder holds:
   pixel spacing), one row per array index, so anyone can audit the split;
 * ``prepare.yaml`` - the resolved settings, the source and a fingerprint of settings + files;
   written last, so a cache without it is incomplete and is rebuilt;
-* ``skipped.csv`` - with ``--skip-bad``, the files left out and why.
+* ``skipped.csv`` - with ``--skip-bad``, the files left out and why;
+* ``.lungseg.lock`` - the lock a build holds (:mod:`lungseg.locking`): a second ``prepare`` of
+  the same cache waits for the first and then reuses what it built.
 
 Preparing again with the same files and settings reuses the cache; anything else rebuilds it.
 Training and evaluation read the arrays (memory-mapped), so no model decodes a PNG twice.
