@@ -15,7 +15,8 @@ from lungseg.shipped import MODEL_NAMES
 @app.command("segment")
 def segment_command(
     inputs: Annotated[
-        list[Path], typer.Argument(help="Image files or folders (PNG/JPEG/TIFF/DICOM).")
+        list[Path],
+        typer.Argument(help="Image files or folders (PNG/JPEG/TIFF/DICOM).", metavar="IMAGE"),
     ],
     out: Annotated[Path, typer.Option(help="Folder for masks/, overlays/, measurements.csv.")],
     model: Annotated[str, typer.Option(help=f"Shipped model: {', '.join(MODEL_NAMES)}.")] = "unet",
