@@ -10,9 +10,7 @@ returning numpy probabilities as lungseg's networks do.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,25 +39,11 @@ def create() -> tuple[nn.Module | None, str]:
     return model, ""
 
 
-@contextlib.contextmanager
-def default_backend() -> Iterator[None]:
-    """PyTorch's default cuDNN/TF32 flags inside (lungseg's training turns autotuning on)."""
-    saved = (
-        torch.backends.cudnn.benchmark,
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-    )
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = True
-    try:
-        yield
-    finally:
-        (
-            torch.backends.cudnn.benchmark,
-            torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.allow_tf32,
-        ) = saved
+def default_backend():
+    """PyTorch's default cuDNN/TF32 flags inside, whatever the process had."""
+    from lungseg.devices import cuda_flags
+
+    return cuda_flags(benchmark=False, matmul_tf32=False, cudnn_tf32=True)
 
 
 class PlainTrainer:

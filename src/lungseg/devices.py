@@ -76,28 +76,29 @@ def cpu_has_native_bf16() -> bool:
 
 
 @contextlib.contextmanager
+def cuda_flags(benchmark: bool, matmul_tf32: bool, cudnn_tf32: bool = True) -> Iterator[None]:
+    """cuDNN autotuning and TF32 as given for the block; the process's flags come back after."""
+    import torch
+
+    flags = (torch.backends.cudnn, torch.backends.cuda.matmul, torch.backends.cudnn)
+    names = ("benchmark", "allow_tf32", "allow_tf32")
+    saved = [getattr(obj, name) for obj, name in zip(flags, names, strict=True)]
+    for obj, name, value in zip(flags, names, (benchmark, matmul_tf32, cudnn_tf32), strict=True):
+        setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        for obj, name, value in zip(flags, names, saved, strict=True):
+            setattr(obj, name, value)
+
+
+@contextlib.contextmanager
 def backend_flags(device: str) -> Iterator[None]:
     """cuDNN autotuning and TF32 matmuls for the block, on CUDA; the process's previous flags
     come back afterwards, so they do not leak into later work in the same process (another
     model, a benchmark's peer, inference)."""
-    import torch
-
     if not str(device).startswith("cuda"):
         yield
         return
-    saved = (
-        torch.backends.cudnn.benchmark,
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-    )
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    try:
+    with cuda_flags(benchmark=True, matmul_tf32=True):
         yield
-    finally:
-        (
-            torch.backends.cudnn.benchmark,
-            torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.allow_tf32,
-        ) = saved
