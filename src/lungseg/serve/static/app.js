@@ -188,7 +188,7 @@
       lung_cm2: area(m.lung_cm2),
       uncertain_fraction: `${r.uncertain_fraction.toFixed(3)} (review above ${REVIEW})`,
       model: `${r.model.name}${r.model.tta ? " with test-time augmentation" : ""} · ${r.model.backend} · ${r.model.version}`,
-      time: `${Math.round(r.timings_ms.total)} ms (forward pass shared by ${r.batch_size})`,
+      time: `${Math.round(r.timings_ms.total)} ms${r.batch_size > 1 ? ` (in a batch of ${r.batch_size})` : ""}`,
     };
     for (const [name, text] of Object.entries(fields)) {
       document.querySelector(`#details [data-field="${name}"]`).textContent = text;
@@ -296,10 +296,10 @@
 
   const SORT_KEYS = {
     name: (i) => i.name.toLowerCase(),
-    right: (i) => (i.result ? i.result.measurements.right_lung_px : -1),
-    left: (i) => (i.result ? i.result.measurements.left_lung_px : -1),
-    fraction: (i) => (i.result ? i.result.measurements.lung_fraction : -1),
-    uncertainty: (i) => (i.result ? i.result.uncertain_fraction : Infinity),
+    right: (i) => i.result && i.result.measurements.right_lung_px,
+    left: (i) => i.result && i.result.measurements.left_lung_px,
+    fraction: (i) => i.result && i.result.measurements.lung_fraction,
+    uncertainty: (i) => i.result && i.result.uncertain_fraction,
   };
 
   function sortedItems() {
@@ -307,7 +307,12 @@
     if (!state.sort) return items;
     const key = SORT_KEYS[state.sort.key];
     const sign = state.sort.direction === "ascending" ? 1 : -1;
-    return items.sort((a, b) => (key(a) < key(b) ? -sign : key(a) > key(b) ? sign : a.id - b.id));
+    const missing = (v) => v === null || v === undefined;
+    return items.sort((a, b) => {
+      const [x, y] = [key(a), key(b)];
+      if (missing(x) || missing(y)) return missing(x) - missing(y) || a.id - b.id; // unread last
+      return x < y ? -sign : x > y ? sign : a.id - b.id;
+    });
   }
 
   function renderTable() {
