@@ -1,4 +1,5 @@
-"""A real ``lungseg serve`` process on 127.0.0.1 for the tests, and a headless Chromium.
+"""A real ``lungseg serve`` process on 127.0.0.1 for the tests, and a headless Chromium; what
+the tests send it (multipart bodies, DICOM files with patient tags).
 
 :func:`start` runs the command line in a subprocess on a free port and waits for ``/readyz``;
 its log goes to a file the tests read (what the service logs matters as much as what it answers).
@@ -6,7 +7,9 @@ its log goes to a file the tests read (what the service logs matters as much as 
 
 from __future__ import annotations
 
+import csv
 import http.client
+import io
 import json
 import os
 import shutil
@@ -18,6 +21,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import cv2
+import numpy as np
+
+from trained import lungseg
+
+#: The main test server's settings: small enough limits to test them cheaply.
+MAX_UPLOAD_MB = 2
+TIMEOUT_S = 5
+#: (row, col) pixel spacing in mm of the DICOM files.
+SPACING = (0.15, 0.2)
 
 
 @dataclass
@@ -130,3 +144,46 @@ def chromium(profile: Path, width: int = 1366, height: int = 900):
         yield driver
     finally:
         driver.quit()
+
+
+#: Patient tags written into the test DICOM files: they must never reach a log or a response.
+PATIENT = {"PatientName": "DOE^JANE", "PatientID": "MRN-884422"}
+
+
+def with_patient(data: bytes) -> bytes:
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    for key, value in PATIENT.items():
+        setattr(ds, key, value)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def multipart(data: bytes, filename: str, field: str = "file") -> tuple[bytes, str]:
+    """``(body, content type)`` of a multipart/form-data upload, as a browser form sends it."""
+    boundary = "lungsegTestBoundary7MA4YWxk"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"'
+        "\r\nContent-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return head + data + tail, f"multipart/form-data; boundary={boundary}"
+
+
+def png_mask(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def segment_rows(inputs: list[Path], source: list[str], out: Path, capsys) -> dict[str, dict]:
+    """``lungseg segment`` on ``inputs``: ``{stem: measurements row + its mask}``."""
+    argv = ["segment", *inputs, "--out", out, *source, "--device", "cpu"]
+    code, _, stderr = lungseg(argv, capsys)
+    assert code == 0, stderr
+    with open(out / "measurements.csv", newline="") as fh:
+        rows = {row["stem"]: row for row in csv.DictReader(fh)}
+    for stem, row in rows.items():
+        row["mask"] = cv2.imread(str(out / "masks" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+    return rows
