@@ -40,7 +40,10 @@ from benchmarks.common import (
 
 #: Benchmarks run by default on each device (preparation is CPU work: name it to run it on a
 #: GPU machine's host).
-DEFAULTS = {"cpu": ("prepare", "train", "infer", "scaling"), "cuda": ("train", "infer", "scaling")}
+DEFAULTS = {
+    "cpu": ("prepare", "train", "infer", "scaling", "serve"),
+    "cuda": ("train", "infer", "scaling"),
+}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
