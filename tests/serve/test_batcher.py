@@ -119,3 +119,22 @@ def test_a_request_that_gave_up_is_left_out_of_the_next_batch():
     third = run(main())
     assert forward.batches == [[1], [3]]
     assert third.value == 30
+
+
+def test_the_model_is_idle_only_when_nothing_is_queued_running_or_coming():
+    async def main():
+        batcher = MicroBatcher(Forward(seconds=0.05), max_batch=4, max_wait=0.0)
+        states = [batcher.idle]
+        with batcher.alone():
+            states.append(batcher.idle)
+        with batcher.expect():
+            states.append(batcher.idle)
+        running = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.02)  # in its forward pass
+        states.append(batcher.idle)
+        await running
+        states.append(batcher.idle)
+        await batcher.close()
+        return states
+
+    assert run(main()) == [True, False, False, False, True]

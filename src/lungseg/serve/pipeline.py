@@ -110,6 +110,9 @@ async def segment_upload(
     """Segment one uploaded file (its bytes) with ``model`` through ``batcher``."""
     loop = asyncio.get_running_loop()
     segmenter = model.augmented if tta else model.segmenter
+    if batcher.idle:
+        with batcher.alone():
+            return await loop.run_in_executor(pool, _whole, data, model, segmenter, tta, with_image)
     start = time.perf_counter()
     with batcher.expect():
         decoded, inputs = await loop.run_in_executor(pool, _prepare, data, segmenter)
@@ -119,17 +122,36 @@ async def segment_upload(
     mask_png, rows, unsure, image_png = await loop.run_in_executor(
         pool, _finish, decoded, done.value, segmenter, with_image
     )
-    end = time.perf_counter()
-    timings = {
-        "decode": (decoded_at - start) * 1000,
-        "queue": done.queued_ms,
-        "inference": done.forward_ms,
-        "postprocess": (end - inferred_at) * 1000,
-        "total": (end - start) * 1000,
-    }
+    timings = _timings(start, decoded_at, done.queued_ms, done.forward_ms, inferred_at)
     return Segmented(
         model, tta, decoded, mask_png, rows, unsure, image_png, timings, done.batch_size
     )
+
+
+def _whole(data: bytes, model: ServedModel, segmenter, tta: bool, with_image: bool) -> Segmented:
+    """A request's whole work on one thread, when there is no one to batch it with."""
+    start = time.perf_counter()
+    decoded, inputs = _prepare(data, segmenter)
+    decoded_at = time.perf_counter()
+    prob = segmenter.proba_from_inputs([inputs])[0]
+    inferred_at = time.perf_counter()
+    mask_png, rows, unsure, image_png = _finish(decoded, prob, segmenter, with_image)
+    timings = _timings(start, decoded_at, 0.0, (inferred_at - decoded_at) * 1000, inferred_at)
+    return Segmented(model, tta, decoded, mask_png, rows, unsure, image_png, timings, 1)
+
+
+def _timings(
+    start: float, decoded_at: float, queued_ms: float, forward_ms: float, inferred_at: float
+) -> dict[str, float]:
+    """Milliseconds per stage, from ``perf_counter`` readings (the last one is now)."""
+    end = time.perf_counter()
+    return {
+        "decode": (decoded_at - start) * 1000,
+        "queue": queued_ms,
+        "inference": forward_ms,
+        "postprocess": (end - inferred_at) * 1000,
+        "total": (end - start) * 1000,
+    }
 
 
 def _prepare(data: bytes, segmenter) -> tuple[Decoded, list[np.ndarray]]:
