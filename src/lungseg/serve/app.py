@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -162,7 +161,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         for code, what in {
             400: "Malformed upload",
             401: "Missing or wrong API key",
-            413: f"File over the upload limit ({config.max_upload_mb:g} MB by default 50)",
+            413: f"File over the upload limit ({config.max_upload_mb:g} MB here)",
             415: "Not an image file",
             422: "Empty, truncated, corrupt or oversized image, or a bad option",
             503: "Models still loading, or too many requests in progress",
@@ -179,9 +178,11 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         if not api_key_matches(given, service.api_key):
             raise ServeError(401, "missing or wrong API key (Authorization: Bearer <key>)")
 
+    html = _page(service)
+
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(_page(service), headers={"Content-Security-Policy": PAGE_POLICY})
+        return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_POLICY})
 
     @app.get("/healthz", response_model=schemas.Health, tags=["health"])
     async def healthz() -> dict:
@@ -222,7 +223,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         response_model=schemas.SegmentResponse,
         responses={
             200: {"content": {"image/png": {}}, "description": "JSON, or the mask PNG"},
-            **{k: v for k, v in problems.items()},
+            **problems,
         },
         openapi_extra={"requestBody": _REQUEST_BODY},
     )
@@ -299,26 +300,20 @@ _REQUEST_BODY = {
     },
 }
 
-_page_cache: dict[int, str] = {}
-_page_lock = threading.Lock()
-
 
 def _page(service: Service) -> str:
-    """The page, rendered once (``templates/serve.html.j2``)."""
-    with _page_lock:
-        if id(service) not in _page_cache:
-            from lungseg.render import render
+    """The page (``templates/serve.html.j2``); the script fills it in from ``/v1/models``."""
+    from lungseg.render import render
 
-            _page_cache[id(service)] = render(
-                "serve.html.j2",
-                version=__version__,
-                max_upload_mb=service.config.max_upload_mb,
-                review_threshold=REVIEW_THRESHOLD,
-                uncertain_low=UNCERTAIN_LOW,
-                uncertain_high=UNCERTAIN_HIGH,
-                key_required=service.api_key is not None,
-            )
-        return _page_cache[id(service)]
+    return render(
+        "serve.html.j2",
+        version=__version__,
+        max_upload_mb=service.config.max_upload_mb,
+        review_threshold=REVIEW_THRESHOLD,
+        uncertain_low=UNCERTAIN_LOW,
+        uncertain_high=UNCERTAIN_HIGH,
+        key_required=service.api_key is not None,
+    )
 
 
 def _add_error_handlers(app: FastAPI) -> None:
