@@ -26,7 +26,15 @@ def _register() -> None:
     import importlib
 
     for name in (
-        "prepare", "upload", "cache", "train", "models", "evaluate", "compare", "segment", "serve",
+        "prepare",
+        "upload",
+        "cache",
+        "train",
+        "models",
+        "evaluate",
+        "compare",
+        "segment",
+        "serve",
     ):
         importlib.import_module(f"lungseg.cli.{name}")
 
