@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 install: $(BIN)/python
-	$(PIP) -e .
+	$(PIP) -e '.[serve]'
 
 install-test: $(BIN)/python
 	$(PIP) -e '.[test]'

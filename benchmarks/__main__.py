@@ -42,7 +42,7 @@ from benchmarks.common import (
 #: Benchmarks run by default on each device (preparation is CPU work: name it to run it on a
 #: GPU machine's host).
 DEFAULTS = {
-    "cpu": ("prepare", "train", "infer", "scaling", "cli"),
+    "cpu": ("prepare", "train", "infer", "scaling", "cli", "serve"),
     "cuda": ("train", "infer", "scaling"),
 }
 

@@ -42,6 +42,7 @@ TITLES = {
     "infer": "3. Inference latency and throughput",
     "scaling": "4. Scaling: training with 1 and 2 processes (torchrun)",
     "cli": "5. Command-line start-up",
+    "serve": "6. lungseg serve under load, beside offline lungseg segment",
 }
 
 

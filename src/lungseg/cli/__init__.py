@@ -27,7 +27,17 @@ def _register() -> None:
     # Imported for their side effect: each module adds its commands to ``app``.
     import importlib
 
-    for name in ("prepare", "upload", "cache", "train", "models", "evaluate", "compare", "segment"):
+    for name in (
+        "prepare",
+        "upload",
+        "cache",
+        "train",
+        "models",
+        "evaluate",
+        "compare",
+        "segment",
+        "serve",
+    ):
         importlib.import_module(f"lungseg.cli.{name}")
 
 

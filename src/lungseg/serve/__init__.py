@@ -1,0 +1,81 @@
+"""``lungseg serve``: a web page and a REST API for lung masks, on the shipped models.
+
+One command starts a local web server (FastAPI on uvicorn): the page at ``/`` for people who
+check films one by one, the API under ``/v1`` for integration engines and PACS routers, its
+OpenAPI schema at ``/openapi.json`` and ``/docs``, ``/healthz`` and ``/readyz`` for operators.
+
+* :mod:`~lungseg.serve.settings`: the settings and their defaults (light, for the CLI's help).
+* :mod:`~lungseg.serve.loading`: the models, once per worker, on ONNX Runtime where faster.
+* :mod:`~lungseg.serve.batcher`: micro-batching of concurrent requests into one forward pass.
+* :mod:`~lungseg.serve.pipeline`: one request's work, the same road as ``lungseg segment``.
+* :mod:`~lungseg.serve.upload`: the uploaded file, in memory only, within the size limit.
+* :mod:`~lungseg.serve.security`: access log without patient data, API key, headers.
+* :mod:`~lungseg.serve.app`: the routes; the page is ``templates/serve.html.j2`` with
+  ``serve/static/``'s script and style sheet (no CDN: hospital networks are offline).
+"""
+
+from __future__ import annotations
+
+from lungseg.serve.settings import ServeConfig
+
+__all__ = ["ServeConfig", "run"]
+
+
+def run(config: ServeConfig) -> None:
+    """Load the models and serve until interrupted (what ``lungseg serve`` does).
+
+    With one worker the models are loaded here, so a bad ``--model`` fails before the port is
+    opened. With several, they are loaded here once too (which also fills the ONNX cache), then
+    by each worker process for itself.
+
+    Raises:
+        LungsegError: a model that cannot be loaded, or a missing ``lungseg[serve]`` install.
+    """
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        from lungseg.errors import LungsegError
+
+        raise LungsegError("lungseg serve needs its extra: pip install 'lungseg[serve]'") from None
+    from lungseg.serve.app import create_app
+    from lungseg.serve.loading import load_models
+
+    models = load_models(config)
+    options = dict(
+        host=config.host,
+        port=config.port,
+        access_log=False,  # ours (lungseg.serve.access) leaves out queries and headers
+        server_header=False,
+        log_config=_logging(),
+        timeout_graceful_shutdown=5,
+    )
+    if config.workers == 1:
+        uvicorn.run(create_app(config, models), **options)
+        return
+    del models
+    config.to_environment()
+    uvicorn.run(
+        "lungseg.serve.app:app_from_environment", factory=True, workers=config.workers, **options
+    )
+
+
+def _logging() -> dict:
+    """uvicorn's logging, plus the service's loggers (``lungseg.serve``, its access log)."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["lungseg"] = {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    config["handlers"]["lungseg"] = {
+        "formatter": "lungseg",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["lungseg.serve"] = {
+        "handlers": ["lungseg"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    return config

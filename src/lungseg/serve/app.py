@@ -1,0 +1,343 @@
+"""The FastAPI application: the page at ``/``, the API under ``/v1``, health and readiness.
+
+:func:`create_app` builds it from a :class:`~lungseg.serve.settings.ServeConfig`, with the models
+already loaded (one process) or loading in the background at start (uvicorn's worker processes,
+:func:`app_from_environment`). Until they are ready, ``/readyz`` and ``/v1`` answer 503.
+
+Safety: every ``/v1`` route needs ``Authorization: Bearer $LUNGSEG_API_KEY`` when that is set
+(compared in constant time, never logged); a refused request gets one line, never a traceback,
+path or file name; the access log (:mod:`lungseg.serve.security`) records method, route, status,
+size and time only; uploads stay in memory (:mod:`lungseg.serve.upload`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lungseg._version import __version__
+from lungseg.errors import LungsegError
+from lungseg.quality import REVIEW_THRESHOLD, UNCERTAIN_HIGH, UNCERTAIN_LOW
+from lungseg.serve import schemas
+from lungseg.serve.batcher import MicroBatcher
+from lungseg.serve.loading import ServedModel, load_models
+from lungseg.serve.pipeline import ServeError, segment_upload
+from lungseg.serve.security import PAGE_POLICY, AccessLog, api_key_matches, log_failure
+from lungseg.serve.settings import ENV_API_KEY, ServeConfig
+from lungseg.serve.upload import read_upload
+
+STATIC = Path(__file__).parent / "static"
+#: Values of ``?format=``. A DICOM SEG output (issue "archives") adds its name here and an encoder.
+OUTPUTS = ("json", "png")
+log = logging.getLogger("lungseg.serve")
+
+
+class Service:
+    """What the routes share: settings, models, their batchers, the decode/encode threads."""
+
+    def __init__(self, config: ServeConfig, models: dict[str, ServedModel] | None) -> None:
+        self.config = config
+        self.models = models
+        self.batchers: dict[tuple[str, bool], MicroBatcher] = {}
+        self.pool = ThreadPoolExecutor(min(8, (os.cpu_count() or 2) + 2), "lungseg-io")
+        self.pending = 0
+        self.failure: str | None = None
+        self.api_key = os.environ.get(ENV_API_KEY) or None
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.batchers) and all(b.running for b in self.batchers.values())
+
+    async def start(self) -> None:
+        if self.models is None:
+            await self._load_in_background()
+        if self.models is None:
+            return
+        wait = self.config.batch_wait_ms / 1000
+        for name, model in self.models.items():
+            for tta, segmenter in ((False, model.segmenter), (True, model.augmented)):
+                forward = lambda items, s=segmenter: list(s.proba_from_inputs(items))  # noqa: E731
+                self.batchers[name, tta] = MicroBatcher(
+                    forward, self.config.max_batch, wait, name=f"{name}{'+tta' if tta else ''}"
+                )
+
+    async def _load_in_background(self) -> None:
+        try:
+            self.models = await asyncio.to_thread(load_models, self.config)
+        except LungsegError as exc:
+            self.failure = f"models failed to load: {exc.problem}"
+            log.error(self.failure)
+
+    async def stop(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def model(self, name: str | None) -> ServedModel:
+        if not self.ready or self.models is None:
+            raise ServeError(503, self.failure or "models are still loading; retry shortly")
+        if name is None:
+            return next(iter(self.models.values()))
+        if name not in self.models:
+            raise ServeError(422, f"unknown model {name!r}; loaded: {', '.join(self.models)}")
+        return self.models[name]
+
+
+def create_app(config: ServeConfig, models: dict[str, ServedModel] | None = None) -> FastAPI:
+    """The application; ``models`` from :func:`~lungseg.serve.loading.load_models`, or ``None``
+    to load them in the background once it starts."""
+    from fastapi_offline import FastAPIOffline
+
+    service = Service(config, models)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = asyncio.create_task(service.start())
+        yield
+        task.cancel()
+        await service.stop()
+
+    app = FastAPIOffline(
+        title="lungseg",
+        version=__version__,
+        summary="Lung masks and lung areas for chest X-rays (research use; not for diagnosis).",
+        description=_API_DESCRIPTION,
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.service = service
+    app.add_middleware(AccessLog)
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Accept"],
+        )
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _add_error_handlers(app)
+    _add_routes(app, service)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn's factory in each worker process: settings from ``$LUNGSEG_SERVE_CONFIG``."""
+    return create_app(ServeConfig.from_environment())
+
+
+_API_DESCRIPTION = """
+Segment the lungs in a chest X-ray (PNG, JPEG, TIFF, BMP or DICOM) with lungseg's models.
+
+`POST /v1/segment` takes the file as the raw request body, or as `multipart/form-data` in the
+field `file`, and answers JSON (areas, uncertainty, model, timings, the mask as base64 PNG) or,
+with `Accept: image/png` or `?format=png`, the mask PNG itself. When the service was started with
+`LUNGSEG_API_KEY` set, every `/v1` request needs `Authorization: Bearer <key>`.
+
+Research use only: lungseg is not a medical device.
+"""
+
+_INTERNAL = "internal error; the server log has the details"
+_bearer = HTTPBearer(auto_error=False, description="Needed when LUNGSEG_API_KEY is set.")
+
+
+def _add_routes(app: FastAPI, service: Service) -> None:
+    config = service.config
+    problems = {
+        code: {"model": schemas.Problem, "description": what}
+        for code, what in {
+            400: "Malformed upload",
+            401: "Missing or wrong API key",
+            413: f"File over the upload limit ({config.max_upload_mb:g} MB here)",
+            415: "Not an image file",
+            422: "Empty, truncated, corrupt or oversized image, or a bad option",
+            503: "Models still loading, or too many requests in progress",
+            504: "Not answered within the request timeout",
+        }.items()
+    }
+
+    def authorized(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        if service.api_key is None:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        if not api_key_matches(given, service.api_key):
+            raise ServeError(401, "missing or wrong API key (Authorization: Bearer <key>)")
+
+    html = _page(service)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_POLICY})
+
+    @app.get("/healthz", response_model=schemas.Health, tags=["health"])
+    async def healthz() -> dict:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz", response_model=schemas.Health, tags=["health"], responses={503: problems[503]}
+    )
+    async def readyz() -> dict:
+        """Readiness: the models are loaded and their batchers run."""
+        if not service.ready:
+            raise ServeError(503, service.failure or "models are still loading")
+        return {"status": "ready"}
+
+    @app.get(
+        "/v1/models",
+        response_model=schemas.ModelsResponse,
+        tags=["v1"],
+        dependencies=[Depends(authorized)],
+        responses={401: problems[401], 503: problems[503]},
+    )
+    async def models() -> dict:
+        """The models this service runs; the first is the default."""
+        default = service.model(None).name
+        assert service.models is not None
+        return {
+            "models": [m.describe(m.name == default) for m in service.models.values()],
+            "outputs": list(OUTPUTS),
+            "max_upload_mb": config.max_upload_mb,
+            "review_threshold": REVIEW_THRESHOLD,
+        }
+
+    @app.post(
+        "/v1/segment",
+        tags=["v1"],
+        dependencies=[Depends(authorized)],
+        response_model=schemas.SegmentResponse,
+        responses={
+            200: {"content": {"image/png": {}}, "description": "JSON, or the mask PNG"},
+            **problems,
+        },
+        openapi_extra={"requestBody": _REQUEST_BODY},
+    )
+    async def segment(
+        request: Request,
+        model: Annotated[str | None, Query(description="Model name (default: the first).")] = None,
+        tta: Annotated[bool, Query(description="Test-time augmentation (5x the work).")] = False,
+        format: Annotated[
+            Literal[OUTPUTS] | None,  # type: ignore[valid-type]
+            Query(description="json or png; default json unless Accept asks for image/png."),
+        ] = None,
+        image: Annotated[
+            bool, Query(description="Also return the decoded X-ray as PNG (for display).")
+        ] = False,
+    ) -> Response:
+        """Segment one chest X-ray: the raw file as the body, or multipart field `file`."""
+        chosen = service.model(model)
+        batcher = service.batchers[chosen.name, tta]
+        wants_png = format == "png" or (
+            format is None and "image/png" in request.headers.get("accept", "")
+        )
+        if service.pending >= config.max_pending:
+            raise ServeError(503, "too many requests in progress; retry shortly")
+        service.pending += 1
+        try:
+            result = await asyncio.wait_for(
+                _segment(request, service, chosen, batcher, tta, image and not wants_png),
+                config.timeout_s,
+            )
+        except TimeoutError:
+            raise ServeError(504, f"not answered within {config.timeout_s:g} s") from None
+        except ServeError:
+            raise
+        except Exception as exc:  # logged without its message; the client gets one line
+            log_failure(exc)
+            raise ServeError(500, _INTERNAL) from None
+        finally:
+            service.pending -= 1
+        headers = {"Cache-Control": "no-store"}
+        if not wants_png:
+            return JSONResponse(result.to_json(), headers=headers)
+        rows = result.measurements
+        headers.update({
+            "X-Lungseg-Model": chosen.name,
+            "X-Lungseg-Model-Version": chosen.version,
+            "X-Lungseg-Lung-Px": str(rows["lung_px"]),
+            "X-Lungseg-Right-Lung-Px": str(rows["right_lung_px"]),
+            "X-Lungseg-Left-Lung-Px": str(rows["left_lung_px"]),
+            "X-Lungseg-Uncertain-Fraction": f"{result.uncertainty:.6f}",
+            "X-Lungseg-Review": "true" if result.review else "false",
+        })  # fmt: skip
+        return Response(result.mask_png, media_type="image/png", headers=headers)
+
+
+async def _segment(request, service: Service, model, batcher, tta: bool, with_image: bool):
+    data = await read_upload(request, service.config.max_upload_bytes)
+    return await segment_upload(data, model, batcher, service.pool, tta, with_image)
+
+
+_REQUEST_BODY = {
+    "description": "The X-ray file: the raw body, or multipart/form-data with the field `file`.",
+    "required": True,
+    "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "application/dicom": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            }
+        },
+    },
+}
+
+
+def _page(service: Service) -> str:
+    """The page (``templates/serve.html.j2``); the script fills it in from ``/v1/models``."""
+    from lungseg.render import render
+
+    return render(
+        "serve.html.j2",
+        version=__version__,
+        max_upload_mb=service.config.max_upload_mb,
+        review_threshold=REVIEW_THRESHOLD,
+        uncertain_low=UNCERTAIN_LOW,
+        uncertain_high=UNCERTAIN_HIGH,
+        key_required=service.api_key is not None,
+    )
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def problem(status: int, detail: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"detail": detail}, status, headers=headers)
+
+    @app.exception_handler(ServeError)
+    async def refused(request: Request, exc: ServeError) -> JSONResponse:
+        extra = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if exc.status == 503:
+            extra = {"Retry-After": "1"}
+        return problem(exc.status, exc.message, extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+        return problem(422, f"{where}: {first.get('msg', 'invalid value')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        log_failure(exc)
+        return problem(500, _INTERNAL)
