@@ -123,6 +123,7 @@ def train(
     cache: str | Path | None = None,
     prepare: Mapping[str, Any] | PrepareConfig | None = None,
     progress: bool = True,
+    skip_bad: bool = False,
 ) -> RunResult:
     """Train a segmentation model and record the run in ``out``.
 
@@ -138,6 +139,7 @@ def train(
             source), as a possibly partial mapping (:func:`lungseg.data.settings.asked`) or a
             whole :class:`PrepareConfig`; default: any cache, or the default settings.
         progress: show progress (a bar on a terminal, one line per epoch otherwise).
+        skip_bad: when preparing a source, leave bad files out instead of stopping.
 
     Returns:
         The :class:`RunResult`.
@@ -156,7 +158,7 @@ def train(
     threads = torch.get_num_threads()
     try:
         prepared = training_data(
-            data, wanted, Path(out), cache, config.workers, ctx, progress=progress
+            data, wanted, Path(out), cache, config.workers, ctx, progress, skip_bad
         )
         # One process per run directory (rank 0 writes it); a killed holder leaves no lock.
         hold = exclusive(out, "train") if ctx.is_main else contextlib.nullcontext()
