@@ -8,6 +8,9 @@ message must say which file (or flag) is wrong and what the problem is.
 from __future__ import annotations
 
 import errno
+import os
+import sys
+import warnings
 from collections.abc import Sequence
 
 
@@ -23,6 +26,23 @@ class LungsegError(Exception):
         self.path = None if path is None else str(path)
         self.problem = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+def quiet_third_party() -> None:
+    """Keep the decoders' own reports about bad files off the terminal.
+
+    Pillow warns (``DecompressionBombWarning``, ``Corrupt EXIF data``...) and OpenCV logs
+    (``[ERROR:0] imdecode_...``) about files that lungseg then refuses or reads anyway, each with
+    a library path; the user is to see lungseg's one line naming the file instead. Called by
+    the command line and by the worker processes it starts; a program that imports lungseg keeps
+    its own settings. Imports nothing heavy: OpenCV reads its level from the environment when it
+    is first imported (worker processes inherit it).
+    """
+    warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+    if "cv2" in sys.modules:
+        cv2 = sys.modules["cv2"]
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 #: What a user can do about the OS errors they meet most, by errno.

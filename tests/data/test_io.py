@@ -17,7 +17,13 @@ import pytest
 from PIL import Image
 
 from dicom_files import dicom_bytes
-from lungseg.data.io import MAX_PIXELS, binarize_mask, check_header, decode_image
+from lungseg.data.io import (
+    MAX_PIXELS,
+    binarize_mask,
+    check_header,
+    decode_image,
+    scale_to_uint8,
+)
 from lungseg.errors import LungsegError
 
 STEM = "1d435a4b"
@@ -144,16 +150,34 @@ def test_palette_png_with_transparency(xray: np.ndarray) -> None:
     assert np.abs(out[opaque] - (4 * indices[opaque].astype(int) + 2)).max() <= 1
 
 
-def test_16bit_png_stretched(xray: np.ndarray) -> None:
+def test_16bit_png_scaled_from_its_bit_depth(xray: np.ndarray) -> None:
     deep = xray.astype(np.uint16) * 13 + 500  # a 12-bit detector stored in 16 bits
     data = _cv2_bytes(deep, ".png")
     assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).dtype == np.uint16
     decoded = decode_image(data, "x.png")
-    lo, hi = float(deep.min()), float(deep.max())
-    expected = np.rint((deep - lo) * 255.0 / (hi - lo)).astype(np.uint8)
+    expected = np.rint(deep * 255.0 / 4095).astype(np.uint8)  # 12 bits hold it; not stretched
     np.testing.assert_array_equal(decoded.pixels, expected)
-    assert decoded.pixels.min() == 0 and decoded.pixels.max() == 255
+    assert decoded.pixels.min() > 0 and decoded.pixels.max() < 255
     assert "16" in decoded.mode
+
+
+@pytest.mark.parametrize(
+    ("brightest", "bits"), [(255, 8), (256, 10), (1023, 10), (1024, 12), (4095, 12), (9000, 14),
+                            (65535, 16)]
+)  # fmt: skip
+def test_bit_depth_is_the_smallest_that_holds_the_brightest_pixel(brightest, bits) -> None:
+    values = np.array([[0, brightest // 2], [brightest, 3]], np.uint16)
+    expected = np.rint(values * 255.0 / (2**bits - 1)).astype(np.uint8)
+    np.testing.assert_array_equal(scale_to_uint8(values), expected)
+
+
+def test_floats_in_the_unit_range_and_beyond() -> None:
+    unit = np.array([[0.0, 0.5], [1.0, 0.25]], np.float32)
+    np.testing.assert_array_equal(scale_to_uint8(unit), [[0, 128], [255, 64]])
+    grey = np.array([[0.0, 100.0], [198.0, 14.0]], np.float32)  # 8-bit values stored as floats
+    np.testing.assert_array_equal(scale_to_uint8(grey), grey.astype(np.uint8))
+    signed = np.array([[-10.0, 0.0], [10.0, 5.0]], np.float32)  # no convention: stretched
+    np.testing.assert_array_equal(scale_to_uint8(signed), [[0, 128], [255, 191]])
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB"])
@@ -190,6 +214,10 @@ def _stretch(values: np.ndarray) -> np.ndarray:
     return np.rint((values - lo) * 255.0 / (hi - lo)).astype(np.uint8)
 
 
+def _twelve_bit(values: np.ndarray) -> np.ndarray:
+    return np.rint(values * 255.0 / 4095).astype(np.uint8)
+
+
 @pytest.fixture(scope="module")
 def raw12(xray: np.ndarray) -> np.ndarray:
     return xray.astype(np.uint16) * 16 + 3  # 12-bit values, 3..4083
@@ -199,8 +227,8 @@ def test_dicom_monochrome2_with_spacing(raw12: np.ndarray, xray: np.ndarray) -> 
     decoded = decode_image(_dicom(raw12), "chest.dcm")
     assert decoded.mode == "DICOM"
     assert decoded.spacing == (0.15, 0.2)
-    np.testing.assert_array_equal(decoded.pixels, _stretch(raw12.astype(np.float64)))
-    np.testing.assert_array_equal(decoded.pixels, _stretch(xray.astype(np.float64)))
+    np.testing.assert_array_equal(decoded.pixels, _twelve_bit(raw12))
+    assert np.abs(decoded.pixels.astype(int) - xray).max() <= 1  # the picture, not stretched
 
 
 def test_dicom_monochrome1_is_inverse(raw12: np.ndarray) -> None:
@@ -318,7 +346,7 @@ BAD_NAMES = [
 ]
 
 
-@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the CLI hides it
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_bad_file_one_clear_line(xray: np.ndarray, name: str) -> None:
     data, word = _bad_files(xray)[name]

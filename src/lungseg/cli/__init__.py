@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from lungseg.errors import LungsegError
+from lungseg.errors import LungsegError, quiet_third_party
 
 app = typer.Typer(
     name="lungseg",
@@ -50,6 +50,7 @@ def _root(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lungseg`` console script."""
+    quiet_third_party()
     _register()
     try:
         app(args=argv, prog_name="lungseg")
