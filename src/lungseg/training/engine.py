@@ -65,7 +65,7 @@ from lungseg.locking import exclusive
 from lungseg.progress import StepBar
 from lungseg.training.augment import augment_batch
 from lungseg.training.checkpoint import load_checkpoint, save_checkpoint, training_checkpoint
-from lungseg.training.config import TrainConfig, check_resumable
+from lungseg.training.config import TrainConfig, check_resumable, check_run_directory
 from lungseg.training.data import check_splits, split_digest, training_data
 from lungseg.training.distributed import (
     DistContext,
@@ -160,6 +160,8 @@ def train(
         prepared = training_data(
             data, wanted, Path(out), cache, config.workers, ctx, progress, skip_bad
         )
+        if ctx.is_main:  # before the lock, which would leave its file in a folder refused
+            check_run_directory(Path(out))
         # One process per run directory (rank 0 writes it); a killed holder leaves no lock.
         hold = exclusive(out, "train") if ctx.is_main else contextlib.nullcontext()
         with hold:
