@@ -6,8 +6,6 @@ import csv
 import io
 import os
 import shutil
-import struct
-import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from lungseg.data.io import decode_image
 from lungseg.data.settings import PrepareConfig
 from lungseg.errors import BadInputError, LungsegError
 from lungseg.preprocessing import PreprocessConfig, preprocess
+from png_files import png_declaring
 
 SIZE = 64
 SPLIT_COLUMNS = ["stem", "class", "patient_id", "split"]
@@ -296,16 +295,6 @@ def test_dicom_spacing_kept(examples_dir: Path, tmp_path: Path) -> None:
 # Bad input: every problem listed, and no cache; or skipped and listed with skip_bad
 
 
-def _png_declaring(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * (width + 1) * 4)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def _encode(array: np.ndarray, ext: str) -> bytes:
     ok, buf = cv2.imencode(ext, array)
     assert ok
@@ -329,7 +318,7 @@ def make_bad_dataset(examples_dir: Path, root: Path) -> dict[str, str]:
         "cut.jpg": (jpeg[: len(jpeg) // 2], "truncated"),
         "zero.png": (b"", "empty"),
         "text.png": (b"this is a note, not an X-ray\n", "not an image"),
-        "bomb.png": (_png_declaring(20000, 20000), "decompression bomb"),
+        "bomb.png": (png_declaring(20000, 20000), "decompression bomb"),
     }
     expected = {}
     for name, (content, word) in bad_images.items():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 from pathlib import Path
 
 import cv2
@@ -25,9 +24,9 @@ from lungseg.data.io import (
     scale_to_uint8,
 )
 from lungseg.errors import LungsegError
+from png_files import PNG_SIGNATURE, png_chunk, png_declaring
 
 STEM = "1d435a4b"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
@@ -60,23 +59,6 @@ def _cv2_bytes(array: np.ndarray, ext: str) -> bytes:
     ok, buf = cv2.imencode(ext, array)
     assert ok
     return buf.tobytes()
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
-def _png_declaring(width: int, height: int) -> bytes:
-    """A well-formed PNG whose header declares ``width x height`` 8-bit grey pixels."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * (width + 1) * 4)  # a few rows; the declared size is what counts
-    return (
-        PNG_SIGNATURE
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", idat)
-        + _png_chunk(b"IEND", b"")
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,19 +300,19 @@ def _bad_files(xray: np.ndarray) -> dict[str, tuple[bytes, str]]:
     png = _cv2_bytes(xray, ".png")
     jpeg = _cv2_bytes(xray, ".jpg")
     rng = np.random.default_rng(0)
-    header = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 299, 299, 8, 0, 0, 0, 0))
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 299, 299, 8, 0, 0, 0, 0))
     return {
         "random-after-signature.png": (PNG_SIGNATURE + rng.bytes(4000), "corrupt"),
         "broken-pixel-data.png": (
-            PNG_SIGNATURE + header + _png_chunk(b"IDAT", rng.bytes(800)) + _png_chunk(b"IEND", b""),
+            PNG_SIGNATURE + header + png_chunk(b"IDAT", rng.bytes(800)) + png_chunk(b"IEND", b""),
             "decode",
         ),
         "truncated.png": (png[: len(png) // 2], "truncated"),
         "truncated.jpg": (jpeg[: len(jpeg) // 2], "truncated"),
         "zero-bytes.png": (b"", "empty"),
         "notes.png": (b"patient 12, follow-up day 3\n", "not an image"),
-        "bomb.png": (_png_declaring(20000, 20000), "decompression bomb"),
-        "big.png": (_png_declaring(11000, 11000), "decompression bomb"),
+        "bomb.png": (png_declaring(20000, 20000), "decompression bomb"),
+        "big.png": (png_declaring(11000, 11000), "decompression bomb"),
     }
 
 
@@ -370,9 +352,9 @@ def test_bomb_rejected_without_decoding(monkeypatch, size: int) -> None:
     monkeypatch.setattr(Image.Image, "load", refuse)
     assert size * size > MAX_PIXELS
     with pytest.raises(LungsegError, match="decompression bomb"):
-        decode_image(_png_declaring(size, size), "bomb.png")
+        decode_image(png_declaring(size, size), "bomb.png")
 
 
 def test_check_header_returns_declared_size(xray: np.ndarray) -> None:
     assert check_header(_cv2_bytes(xray[:200], ".png"), "x.png") == (200, 299)
-    assert check_header(_png_declaring(3000, 2500), "x.png") == (2500, 3000)
+    assert check_header(png_declaring(3000, 2500), "x.png") == (2500, 3000)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import struct
 from pathlib import Path
 
 import cv2
@@ -30,6 +29,7 @@ from PIL import Image
 from dicom_files import dicom_bytes
 from lungseg.data.io import decode_image
 from lungseg.errors import LungsegError
+from png_files import PNG_SIGNATURE, png_chunk
 from trained import lungseg
 
 pytestmark = [
@@ -150,12 +150,7 @@ def test_valid_but_odd_images(image: tuple[bytes, tuple[int, int]]) -> None:
 @given(st.binary(min_size=13, max_size=13), st.binary(max_size=200))
 def test_forged_png_headers(ihdr: bytes, rest: bytes) -> None:
     """A PNG whose header declares any size, depth and colour type."""
-    import zlib
-
-    chunk = b"IHDR" + ihdr
-    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk
-    data += struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF) + rest
-    _check(data, None)
+    _check(PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + rest, None)
 
 
 @settings(

@@ -4,35 +4,24 @@ advised ``weights_only=False``, and ``train`` overwriting a ``config.yaml`` it d
 from __future__ import annotations
 
 import pickle
-import struct
 import warnings
-import zlib
 from pathlib import Path
 
 import pytest
 import yaml
 
 from hostile import error_line
+from png_files import png_declaring
 from trained import lungseg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _png_declaring(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * (width + 1) * 4)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def test_no_raw_decompression_bomb_warning(tmp_path: Path, capsys) -> None:
     """11000 x 11000 is past Pillow's warning threshold (89 MP) and lungseg's limit (100 MP):
     lungseg's own line only."""
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(_png_declaring(11000, 11000))
+    bomb.write_bytes(png_declaring(11000, 11000))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         code, _, err = lungseg(["segment", bomb, "--out", tmp_path / "seg"], capsys)
