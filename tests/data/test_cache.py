@@ -20,6 +20,7 @@ from lungseg.data.cache import load_cache, prepare
 from lungseg.data.io import decode_image
 from lungseg.data.settings import PrepareConfig
 from lungseg.errors import BadInputError, LungsegError
+from lungseg.locking import LOCK_FILE
 from lungseg.preprocessing import PreprocessConfig, preprocess
 from png_files import png_declaring
 
@@ -189,11 +190,11 @@ def test_examples_cache(examples_copy: Path, tmp_path: Path) -> None:
     assert data.images.shape == (12, SIZE, SIZE)
     assert data.config == _config("none")
     assert {p.name for p in out.iterdir()} == {
+        LOCK_FILE,  # the lock of the prepare that built it (released, see lungseg.locking)
         "images.npy",
         "masks.npy",
         "split.csv",
         "prepare.yaml",
-        ".lungseg.lock",  # stays; the lock itself died with the process (lungseg.locking)
     }
     columns, rows = _split_rows(out)
     assert columns[:4] == SPLIT_COLUMNS

@@ -319,16 +319,12 @@ def test_cuda_asked_without_cuda(cache32, tmp_path, capsys):
     assert not out.exists()
 
 
-def _run_files(out: Path) -> dict[str, bytes]:
-    """A run's files; not its lock file, whose text names the latest process to hold it."""
-    return {p.name: p.read_bytes() for p in out.iterdir() if p.name != LOCK_FILE}
-
-
 def test_existing_run_bad_resume_and_changed_settings(cache32, tmp_path, capsys):
     out = tmp_path / "run"
     base = ["train", "--model", "fcn", "--n-filters", 4, "--data", cache32, "--out", out, *FAST]
     assert run_cli(*base, "--epochs", 1) == 0
-    before = _run_files(out)
+    # Every file but the lock's note of who held it last stays as it was.
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != LOCK_FILE}
 
     _assert_error(capsys, run_cli(*base, "--epochs", 1), "already holds a training run", "--resume")
     _assert_error(
@@ -337,7 +333,7 @@ def test_existing_run_bad_resume_and_changed_settings(cache32, tmp_path, capsys)
         "cannot resume with other settings",
         "lr: run has 0.001, asked 0.1",
     )
-    assert _run_files(out) == before
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != LOCK_FILE} == before
 
     last = out / "last.pt"
     last.write_bytes(before["last.pt"][:4096])
