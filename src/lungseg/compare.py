@@ -49,6 +49,7 @@ def compare(
     postprocess: Sequence[str] | None = None,
     prepare: PrepareConfig | None = None,
     progress: bool = True,
+    skip_bad: bool = False,
 ) -> Path:
     """Run the whole comparison and return the path of ``report.html``.
 
@@ -63,6 +64,7 @@ def compare(
         prepare: working size and split settings (default: lungseg's); with ``preprocess``,
             each preset replaces its preprocessing.
         progress: show progress bars.
+        skip_bad: leave the dataset's bad files out (listed in each cache's ``skipped.csv``).
     """
     from lungseg.models import list_models
     from lungseg.training import train
@@ -84,8 +86,9 @@ def compare(
     for pre in presets:
         settings = replace(prepare, preprocess=PreprocessConfig.from_preset(pre, size))
         prepared = prepare_data(
-            data, out / f"cache-{pre}", settings, workers=train_config.workers, progress=progress
-        )
+            data, out / f"cache-{pre}", settings, workers=train_config.workers,
+            skip_bad=skip_bad, progress=progress,
+        )  # fmt: skip
         for model in models:
             run_dir = out / "runs" / f"{model}-{pre}"
             config = replace(train_config, model=model)
@@ -142,6 +145,7 @@ def compare_shipped(
     device: str = "auto",
     progress: bool = True,
     title: str | None = None,
+    skip_bad: bool = False,
 ) -> Path:
     """Evaluate the models shipped with lungseg (or any checkpoints) on ``data`` and report.
 
@@ -167,8 +171,9 @@ def compare_shipped(
             label = path.name
         eval_dir = out / "eval" / label
         result = evaluate(
-            segmenter, eval_dir, data=data, split=split, save_masks=True, size=score_size
-        )
+            segmenter, eval_dir, data=data, split=split, save_masks=True, size=score_size,
+            skip_bad=skip_bad,
+        )  # fmt: skip
         if segment:
             images = [
                 result.data.source.rstrip("/") + "/" + result.data.rows[i]["image_key"]

@@ -173,12 +173,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise LungsegError(f"not valid YAML ({exc})", path) from None
+        raise LungsegError(f"not valid YAML ({_yaml_problem(exc)})", path) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise LungsegError("expected a mapping of settings at the top level", path)
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: the problem and where (its own text spans several lines,
+    with a drawing of the spot)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def read_section(path: str | Path | None, section: str) -> tuple[str, dict[str, Any]]:

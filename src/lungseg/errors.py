@@ -7,6 +7,10 @@ message must say which file (or flag) is wrong and what the problem is.
 
 from __future__ import annotations
 
+import errno
+import os
+import sys
+import warnings
 from collections.abc import Sequence
 
 
@@ -22,6 +26,49 @@ class LungsegError(Exception):
         self.path = None if path is None else str(path)
         self.problem = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+def quiet_third_party() -> None:
+    """Keep the decoders' own reports about bad files off the terminal.
+
+    Pillow warns (``DecompressionBombWarning``, ``Corrupt EXIF data``...) and OpenCV logs
+    (``[ERROR:0] imdecode_...``) about files that lungseg then refuses or reads anyway, each with
+    a library path; the user is to see lungseg's one line naming the file instead. Called by
+    the command line and by the worker processes it starts; a program that imports lungseg keeps
+    its own settings. Imports nothing heavy: OpenCV reads its level from the environment when it
+    is first imported (worker processes inherit it).
+    """
+    warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+    if "cv2" in sys.modules:
+        cv2 = sys.modules["cv2"]
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+#: What a user can do about the OS errors they meet most, by errno.
+_OS_ADVICE = {
+    errno.ENOSPC: "free some space or write elsewhere",
+    errno.EDQUOT: "free some space or write elsewhere",
+    errno.EROFS: "write to a writable disk",
+    errno.EACCES: "check the permissions or write elsewhere",
+    errno.EPERM: "check the permissions or write elsewhere",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "expected a file there, found a folder",
+    errno.EEXIST: "something of that name is in the way",
+    errno.ELOOP: "a symbolic link points back at itself",
+    errno.ENAMETOOLONG: "use a shorter path",
+    errno.EFBIG: "the file outgrows a size limit of this system or process",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an ``OSError``: ``PATH: reason (what to do)``; the path is its
+    ``filename`` (and ``filename2`` for a rename)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    advice = _OS_ADVICE.get(exc.errno or 0)
+    text = f"{reason} ({advice})" if advice else reason
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {text}" if paths else text
 
 
 class BadInputError(LungsegError):

@@ -72,7 +72,11 @@ def run_data(segmenter: Segmenter, where: Path) -> Path:
 
 
 def _dataset_for(
-    config: PreprocessConfig, data: str | Path, cache_root: Path, split: PrepareConfig | None
+    config: PreprocessConfig,
+    data: str | Path,
+    cache_root: Path,
+    split: PrepareConfig | None,
+    skip_bad: bool = False,
 ) -> PreparedData:
     """A cache of ``data`` prepared with ``config`` (reused when it already matches)."""
     split_settings = split or PrepareConfig()
@@ -99,7 +103,7 @@ def _dataset_for(
 
     _require_masks(data)
     key = sha256_json({"data": str(data), "config": to_dict(want)})[:12]
-    return prepare(data, cache_root / f"prepared-{key}", want, progress=False)
+    return prepare(data, cache_root / f"prepared-{key}", want, skip_bad=skip_bad, progress=False)
 
 
 def _require_masks(data: str | Path) -> None:
@@ -130,6 +134,7 @@ def evaluate(
     split_config: PrepareConfig | None = None,
     size: int | None = None,
     tta: bool = False,
+    skip_bad: bool = False,
 ) -> Evaluation:
     """Evaluate ``model`` and write the results into ``out``.
 
@@ -150,6 +155,7 @@ def evaluate(
         size: score at ``size x size`` instead of the model's working size (to compare models
             trained at different sizes against the same masks).
         tta: average each prediction over test-time augmentation views (:mod:`lungseg.tta`).
+        skip_bad: when ``data`` must be prepared, leave its bad files out instead of stopping.
     """
     run_dir = Path(model) if isinstance(model, str | Path) and Path(model).is_dir() else None
     if run_dir is not None and not (run_dir / "best.pt").is_file():
@@ -171,14 +177,20 @@ def evaluate(
 
         cache_root = out / ".cache" if out is not None else Path(tempfile.mkdtemp())
     cache_root = Path(cache_root)
-    datasets = [_dataset_for(cfg, data, cache_root, split_config) for _, cfg in segmenter.networks]
+    datasets = [
+        _dataset_for(cfg, data, cache_root, split_config, skip_bad) for _, cfg in segmenter.networks
+    ]
     reference = datasets[0]
     if size is not None and size != segmenter.size:
         if size < 16:
             raise LungsegError(f"evaluation size must be at least 16 pixels, got {size}")
         # Only its masks are used: the ground truth prepared at the scoring size.
         reference = _dataset_for(
-            dataclasses.replace(segmenter.preprocess, size=size), data, cache_root, split_config
+            dataclasses.replace(segmenter.preprocess, size=size),
+            data,
+            cache_root,
+            split_config,
+            skip_bad,
         )
         if reference.stems != datasets[0].stems:
             raise LungsegError(

@@ -25,6 +25,7 @@ from lungseg.inference import (
     as_decoded,
     load_model,
 )
+from lungseg.io_utils import atomic_write_bytes
 from lungseg.preprocessing import preprocess
 
 
@@ -49,6 +50,8 @@ def export_onnx(
     """
     if int8_calibration is not None:
         return _export_int8(model, Path(out), opset, int8_calibration)
+    import io
+
     import onnx
     import torch
 
@@ -56,9 +59,8 @@ def export_onnx(
     if len(segmenter.networks) != 1 or not isinstance(segmenter.networks[0][0], TorchNetwork):
         raise LungsegError("export needs a single PyTorch model (not an ensemble or ONNX file)")
     net = segmenter.networks[0][0].model.to(memory_format=torch.contiguous_format).eval()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, 1, segmenter.size, segmenter.size)
+    buffer = io.BytesIO()  # exported in memory: the file appears whole, or not at all
     with warnings.catch_warnings():
         # The models' input checks (channels, size divisible by 16) become constants in the
         # trace, which is right: the exported graph takes the one working size it was made for.
@@ -66,14 +68,14 @@ def export_onnx(
         torch.onnx.export(
             net,
             (example,),
-            str(out),
+            buffer,
             input_names=["image"],
             output_names=["logits"],
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
             opset_version=opset,
             dynamo=False,
         )
-    proto = onnx.load(str(out))
+    proto = onnx.load_from_string(buffer.getvalue())
     meta = {
         "model": segmenter.info["model"] if segmenter.info else {"name": segmenter.name},
         "size": segmenter.size,
@@ -81,9 +83,15 @@ def export_onnx(
         "postprocess": to_dict(segmenter.postprocess),
         "source": segmenter.source,
     }
+    return _save(proto, meta, Path(out))
+
+
+def _save(proto: Any, meta: dict[str, Any], out: Path) -> Path:
+    """Write the model with ``meta`` as its lungseg metadata, atomically."""
+    del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(meta)
-    onnx.save(proto, str(out))
+    atomic_write_bytes(out, proto.SerializeToString())
     return out
 
 
@@ -148,9 +156,4 @@ def _export_int8(
         "type": "int8 static (ONNX Runtime): int8 weights, uint8 activations, QDQ, per tensor",
         "calibration_images": len(inputs),
     }
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(meta)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(out))
-    return out
+    return _save(proto, meta, out)

@@ -14,21 +14,61 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` through ``write(fileobj)`` so readers never see a half-written file.
 
     The data goes to a temporary file in the same folder, is flushed to disk, and replaces
-    ``path`` in one rename; a crash leaves either the old file or the new one.
+    ``path`` in one rename; a crash leaves either the old file or the new one, and a failure
+    leaves no temporary file behind.
+
+    Raises:
+        OSError: the folder or file cannot be written (read-only, full, no permission...), with
+            ``path`` as its ``filename`` — also when ``write`` turned the OS's error into its
+            own (PyTorch reports a full disk as ``RuntimeError: ... unexpected pos``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _naming(exc, path.parent) from None
+    recorder = _WriteErrors(os.fdopen(fd, "wb"))
+    try:
+        with recorder.file as fh:
+            write(recorder)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if recorder.error is not None and exc is not recorder.error:
+            raise _naming(recorder.error, path) from None
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from None
         raise
+
+
+class _WriteErrors:
+    """A file object that remembers the ``OSError`` its writes raised, for the libraries that
+    replace it with their own exception."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` with ``path`` as its file name when it names none (writes and fsync don't)."""
+    if exc.filename is not None:
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def _umask() -> int:

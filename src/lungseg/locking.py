@@ -66,8 +66,9 @@ def exclusive(folder: str | Path, command: str, wait: bool = False) -> Iterator[
                 ) from None
             print(f"{folder}: waiting for {_holder(path)} to finish", file=sys.stderr)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(_me(command)).encode())
+        with contextlib.suppress(OSError):  # who holds it is a courtesy: a full disk may say no
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(_me(command)).encode())
         try:
             yield folder
         finally:

@@ -6,6 +6,10 @@ validation split of the development data its rank correlation with the error (1 
 0.61 for the shipped U-Net and 0.71 for the FCN. ``lungseg segment`` writes it for every image
 (``measurements.csv``, column ``uncertain_fraction``) and ``lungseg evaluate`` reports the
 correlation on any labelled dataset, so users can check it holds on their own data.
+
+Some masks need a look whatever their uncertainty: :func:`review_reason` names them. An empty
+mask is the case that matters: a model sure that an image holds no lung scores an
+``uncertain_fraction`` of 0, which would rank it last for review.
 """
 
 from __future__ import annotations
@@ -45,6 +49,19 @@ def uncertain_fraction(prob: np.ndarray) -> np.ndarray:
     unsure = ((prob > UNCERTAIN_LOW) & (prob < UNCERTAIN_HIGH)).sum(axis=axes)
     lung = (prob > 0.5).sum(axis=axes)
     return unsure / np.maximum(lung, 1).astype(np.float64)
+
+
+def review_reason(mask: np.ndarray) -> str:
+    """Why a mask must be looked at before it is used, or ``""``.
+
+    Args:
+        mask: ``bool[H, W]``, the final (postprocessed) mask.
+
+    Returns:
+        ``"no lung found"`` for an empty mask (a chest X-ray always shows lungs: the image is
+        not one, or the model failed), else ``""``.
+    """
+    return "" if np.any(mask) else "no lung found"
 
 
 def error_rank_correlation(uncertainty: np.ndarray, dice: np.ndarray) -> float:

@@ -8,7 +8,8 @@ For each input image this writes, at the image's **own resolution**:
   left lung separately (the patient's right lung is on the image's left, as radiographs are
   viewed), areas in cm² when the file states its pixel spacing (DICOM), and
   ``uncertain_fraction``, the model's doubt about the mask (:mod:`lungseg.quality`): review the
-  masks with the highest values first.
+  masks with the highest values first; ``review`` names a mask that needs a look whatever its
+  doubt (an empty one: ``no lung found``).
 
 A file that cannot be read is listed with its reason in ``OUT/errors.csv``; the others are done.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -28,11 +29,11 @@ from lungseg.errors import LungsegError
 from lungseg.inference import Segmenter
 from lungseg.io_utils import atomic_write_bytes, atomic_write_text, csv_text
 from lungseg.progress import track
-from lungseg.quality import uncertain_fraction
+from lungseg.quality import review_reason, uncertain_fraction
 
 MEASUREMENT_COLUMNS = (
     "stem", "file", "height", "width", "lung_px", "lung_fraction", "right_lung_px", "left_lung_px",
-    "spacing_mm", "lung_cm2", "right_lung_cm2", "left_lung_cm2", "uncertain_fraction",
+    "spacing_mm", "lung_cm2", "right_lung_cm2", "left_lung_cm2", "uncertain_fraction", "review",
 )  # fmt: skip
 
 
@@ -45,6 +46,8 @@ class SegmentResult:
     out: Path
     #: ``(uncertain_fraction, file)`` of every segmented image, most uncertain first (ties by file).
     most_uncertain: list[tuple[float, str]]
+    #: ``(file, review reason)`` of the masks :func:`~lungseg.quality.review_reason` flags.
+    flagged: list[tuple[str, str]] = field(default_factory=list)
 
 
 def find_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -139,6 +142,7 @@ def measure(
         "lung_fraction": round(total / (h * w), 6), "right_lung_px": right, "left_lung_px": left,
         "spacing_mm": "", "lung_cm2": "", "right_lung_cm2": "", "left_lung_cm2": "",
         "uncertain_fraction": "" if uncertainty is None else round(float(uncertainty), 6),
+        "review": review_reason(mask),
     }  # fmt: skip
     if spacing is not None:
         cm2 = spacing[0] * spacing[1] / 100.0
@@ -219,7 +223,8 @@ def segment_files(
     else:
         errors_csv.unlink(missing_ok=True)
     ranked = sorted(((r["uncertain_fraction"], r["file"]) for r in rows), key=_most_uncertain)
-    return SegmentResult(len(rows), len(errors), out, ranked)
+    flagged = [(r["file"], r["review"]) for r in rows if r["review"]]
+    return SegmentResult(len(rows), len(errors), out, ranked, flagged)
 
 
 def _most_uncertain(item: tuple[float, str]) -> tuple[float, str]:

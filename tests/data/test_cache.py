@@ -6,8 +6,6 @@ import csv
 import io
 import os
 import shutil
-import struct
-import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from lungseg.data.settings import PrepareConfig
 from lungseg.errors import BadInputError, LungsegError
 from lungseg.locking import LOCK_FILE
 from lungseg.preprocessing import PreprocessConfig, preprocess
+from png_files import png_declaring
 
 SIZE = 64
 SPLIT_COLUMNS = ["stem", "class", "patient_id", "split"]
@@ -297,16 +296,6 @@ def test_dicom_spacing_kept(examples_dir: Path, tmp_path: Path) -> None:
 # Bad input: every problem listed, and no cache; or skipped and listed with skip_bad
 
 
-def _png_declaring(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * (width + 1) * 4)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def _encode(array: np.ndarray, ext: str) -> bytes:
     ok, buf = cv2.imencode(ext, array)
     assert ok
@@ -330,7 +319,7 @@ def make_bad_dataset(examples_dir: Path, root: Path) -> dict[str, str]:
         "cut.jpg": (jpeg[: len(jpeg) // 2], "truncated"),
         "zero.png": (b"", "empty"),
         "text.png": (b"this is a note, not an X-ray\n", "not an image"),
-        "bomb.png": (_png_declaring(20000, 20000), "decompression bomb"),
+        "bomb.png": (png_declaring(20000, 20000), "decompression bomb"),
     }
     expected = {}
     for name, (content, word) in bad_images.items():
@@ -446,8 +435,7 @@ def test_rgba_palette_and_16bit_files_in_a_dataset(examples_dir: Path, tmp_path:
     for p in (root / "masks").iterdir():
         if p.stem not in stems:
             p.unlink()
-    lo, hi = float(xrays[2].min()), float(xrays[2].max())
-    xrays[2] = np.rint((xrays[2] - lo) * 255.0 / (hi - lo)).astype(np.uint8)  # 16 bit: min-max
+    # v * 257 in 16 bits is v in 8 bits: scaled from the 16-bit range, not stretched
     data = prepare(root, tmp_path / "cache", _config(), workers=1, progress=False)
     assert [data.rows[data.stems.index(s)]["mode"] for s in stems] == ["RGBA", "RGB", "L;uint16"]
     for i, stem in enumerate(data.stems):

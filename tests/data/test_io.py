@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 from pathlib import Path
 
 import cv2
@@ -17,11 +16,17 @@ import pytest
 from PIL import Image
 
 from dicom_files import dicom_bytes
-from lungseg.data.io import MAX_PIXELS, binarize_mask, check_header, decode_image
+from lungseg.data.io import (
+    MAX_PIXELS,
+    binarize_mask,
+    check_header,
+    decode_image,
+    scale_to_uint8,
+)
 from lungseg.errors import LungsegError
+from png_files import PNG_SIGNATURE, png_chunk, png_declaring
 
 STEM = "1d435a4b"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
@@ -54,23 +59,6 @@ def _cv2_bytes(array: np.ndarray, ext: str) -> bytes:
     ok, buf = cv2.imencode(ext, array)
     assert ok
     return buf.tobytes()
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
-def _png_declaring(width: int, height: int) -> bytes:
-    """A well-formed PNG whose header declares ``width x height`` 8-bit grey pixels."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * (width + 1) * 4)  # a few rows; the declared size is what counts
-    return (
-        PNG_SIGNATURE
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", idat)
-        + _png_chunk(b"IEND", b"")
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,16 +132,34 @@ def test_palette_png_with_transparency(xray: np.ndarray) -> None:
     assert np.abs(out[opaque] - (4 * indices[opaque].astype(int) + 2)).max() <= 1
 
 
-def test_16bit_png_stretched(xray: np.ndarray) -> None:
+def test_16bit_png_scaled_from_its_bit_depth(xray: np.ndarray) -> None:
     deep = xray.astype(np.uint16) * 13 + 500  # a 12-bit detector stored in 16 bits
     data = _cv2_bytes(deep, ".png")
     assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).dtype == np.uint16
     decoded = decode_image(data, "x.png")
-    lo, hi = float(deep.min()), float(deep.max())
-    expected = np.rint((deep - lo) * 255.0 / (hi - lo)).astype(np.uint8)
+    expected = np.rint(deep * 255.0 / 4095).astype(np.uint8)  # 12 bits hold it; not stretched
     np.testing.assert_array_equal(decoded.pixels, expected)
-    assert decoded.pixels.min() == 0 and decoded.pixels.max() == 255
+    assert decoded.pixels.min() > 0 and decoded.pixels.max() < 255
     assert "16" in decoded.mode
+
+
+@pytest.mark.parametrize(
+    ("brightest", "bits"), [(255, 8), (256, 10), (1023, 10), (1024, 12), (4095, 12), (9000, 14),
+                            (65535, 16)]
+)  # fmt: skip
+def test_bit_depth_is_the_smallest_that_holds_the_brightest_pixel(brightest, bits) -> None:
+    values = np.array([[0, brightest // 2], [brightest, 3]], np.uint16)
+    expected = np.rint(values * 255.0 / (2**bits - 1)).astype(np.uint8)
+    np.testing.assert_array_equal(scale_to_uint8(values), expected)
+
+
+def test_floats_in_the_unit_range_and_beyond() -> None:
+    unit = np.array([[0.0, 0.5], [1.0, 0.25]], np.float32)
+    np.testing.assert_array_equal(scale_to_uint8(unit), [[0, 128], [255, 64]])
+    grey = np.array([[0.0, 100.0], [198.0, 14.0]], np.float32)  # 8-bit values stored as floats
+    np.testing.assert_array_equal(scale_to_uint8(grey), grey.astype(np.uint8))
+    signed = np.array([[-10.0, 0.0], [10.0, 5.0]], np.float32)  # no convention: stretched
+    np.testing.assert_array_equal(scale_to_uint8(signed), [[0, 128], [255, 191]])
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB"])
@@ -190,6 +196,10 @@ def _stretch(values: np.ndarray) -> np.ndarray:
     return np.rint((values - lo) * 255.0 / (hi - lo)).astype(np.uint8)
 
 
+def _twelve_bit(values: np.ndarray) -> np.ndarray:
+    return np.rint(values * 255.0 / 4095).astype(np.uint8)
+
+
 @pytest.fixture(scope="module")
 def raw12(xray: np.ndarray) -> np.ndarray:
     return xray.astype(np.uint16) * 16 + 3  # 12-bit values, 3..4083
@@ -199,8 +209,8 @@ def test_dicom_monochrome2_with_spacing(raw12: np.ndarray, xray: np.ndarray) -> 
     decoded = decode_image(_dicom(raw12), "chest.dcm")
     assert decoded.mode == "DICOM"
     assert decoded.spacing == (0.15, 0.2)
-    np.testing.assert_array_equal(decoded.pixels, _stretch(raw12.astype(np.float64)))
-    np.testing.assert_array_equal(decoded.pixels, _stretch(xray.astype(np.float64)))
+    np.testing.assert_array_equal(decoded.pixels, _twelve_bit(raw12))
+    assert np.abs(decoded.pixels.astype(int) - xray).max() <= 1  # the picture, not stretched
 
 
 def test_dicom_monochrome1_is_inverse(raw12: np.ndarray) -> None:
@@ -290,19 +300,19 @@ def _bad_files(xray: np.ndarray) -> dict[str, tuple[bytes, str]]:
     png = _cv2_bytes(xray, ".png")
     jpeg = _cv2_bytes(xray, ".jpg")
     rng = np.random.default_rng(0)
-    header = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 299, 299, 8, 0, 0, 0, 0))
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 299, 299, 8, 0, 0, 0, 0))
     return {
         "random-after-signature.png": (PNG_SIGNATURE + rng.bytes(4000), "corrupt"),
         "broken-pixel-data.png": (
-            PNG_SIGNATURE + header + _png_chunk(b"IDAT", rng.bytes(800)) + _png_chunk(b"IEND", b""),
+            PNG_SIGNATURE + header + png_chunk(b"IDAT", rng.bytes(800)) + png_chunk(b"IEND", b""),
             "decode",
         ),
         "truncated.png": (png[: len(png) // 2], "truncated"),
         "truncated.jpg": (jpeg[: len(jpeg) // 2], "truncated"),
         "zero-bytes.png": (b"", "empty"),
         "notes.png": (b"patient 12, follow-up day 3\n", "not an image"),
-        "bomb.png": (_png_declaring(20000, 20000), "decompression bomb"),
-        "big.png": (_png_declaring(11000, 11000), "decompression bomb"),
+        "bomb.png": (png_declaring(20000, 20000), "decompression bomb"),
+        "big.png": (png_declaring(11000, 11000), "decompression bomb"),
     }
 
 
@@ -318,7 +328,7 @@ BAD_NAMES = [
 ]
 
 
-@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the CLI hides it
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_bad_file_one_clear_line(xray: np.ndarray, name: str) -> None:
     data, word = _bad_files(xray)[name]
@@ -342,9 +352,9 @@ def test_bomb_rejected_without_decoding(monkeypatch, size: int) -> None:
     monkeypatch.setattr(Image.Image, "load", refuse)
     assert size * size > MAX_PIXELS
     with pytest.raises(LungsegError, match="decompression bomb"):
-        decode_image(_png_declaring(size, size), "bomb.png")
+        decode_image(png_declaring(size, size), "bomb.png")
 
 
 def test_check_header_returns_declared_size(xray: np.ndarray) -> None:
     assert check_header(_cv2_bytes(xray[:200], ".png"), "x.png") == (200, 299)
-    assert check_header(_png_declaring(3000, 2500), "x.png") == (2500, 3000)
+    assert check_header(png_declaring(3000, 2500), "x.png") == (2500, 3000)

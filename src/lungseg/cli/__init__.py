@@ -1,7 +1,9 @@
 """The ``lungseg`` command line: one subcommand per stage, each a thin wrapper over the library.
 
 Every subcommand lives in its own module here and registers itself on :data:`app`. User errors
-(:class:`~lungseg.errors.LungsegError`) are printed as one red line with exit code 2.
+(:class:`~lungseg.errors.LungsegError`) are printed as one red line with exit code 2, and so
+is any ``OSError`` (a read-only or full disk, no permission, a path through a file): the user
+can fix those, and a traceback would only hide the path and the reason.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import sys
 
 import typer
 
-from lungseg.errors import LungsegError
+from lungseg.errors import LungsegError, quiet_third_party
 
 app = typer.Typer(
     name="lungseg",
@@ -60,13 +62,22 @@ def _root(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lungseg`` console script."""
+    quiet_third_party()
     _register()
     try:
         app(args=argv, prog_name="lungseg")
     except LungsegError as exc:
-        from rich.console import Console
-        from rich.markup import escape
+        _fail(str(exc))
+    except OSError as exc:
+        from lungseg.errors import os_error_line
 
-        console = Console(stderr=True, highlight=False, soft_wrap=True)
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        sys.exit(2)
+        _fail(os_error_line(exc))
+
+
+def _fail(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}")
+    sys.exit(2)

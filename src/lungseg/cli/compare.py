@@ -19,6 +19,7 @@ from lungseg.cli.options import (
     Schedule,
     Select,
     Size,
+    SkipBad,
     Test,
     TrainSeed,
     Val,
@@ -91,6 +92,7 @@ def compare_command(
         list[Path] | None,
         typer.Argument(help="Run directories, with --from-runs.", show_default=False),
     ] = None,
+    skip_bad: SkipBad = False,
 ) -> None:
     """Compare models: train each, evaluate on the same test split, write report.md/html."""
     from lungseg.compare import compare, compare_shipped, report_from_runs
@@ -110,8 +112,9 @@ def compare_command(
         raise LungsegError("--data is required (or --from-runs RUN_DIR ...)")
     if shipped:
         path = compare_shipped(
-            data, out, _names(models), split=split, device=device or "auto", title=title
-        )
+            data, out, _names(models), split=split, device=device or "auto", title=title,
+            skip_bad=skip_bad,
+        )  # fmt: skip
         _print_summary(out, path)
         return
     flags = {
@@ -123,7 +126,7 @@ def compare_command(
     prepare = prepare_settings(config, size=size, val=val, test=test, seed=split_seed)
     path = compare(
         data, out, settings, models=_names(models), preprocess=_names(preprocess),
-        postprocess=_names(postprocess), prepare=prepare,
+        postprocess=_names(postprocess), prepare=prepare, skip_bad=skip_bad,
     )  # fmt: skip
     _print_summary(out, path)
 

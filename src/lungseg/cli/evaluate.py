@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lungseg.cli import app
-from lungseg.cli.options import InferenceDevice
+from lungseg.cli.options import InferenceDevice, SkipBad
 from lungseg.shipped import MODEL_NAMES
 
 
@@ -46,6 +46,7 @@ def evaluate_command(
     tta: Annotated[
         bool, typer.Option(help="Test-time augmentation: average over 5 zoomed/rotated views.")
     ] = False,
+    skip_bad: SkipBad = False,
 ) -> None:
     """Evaluate a model: mean Dice, IoU, MSE, HD95 with 95% confidence intervals."""
     from lungseg.errors import LungsegError
@@ -64,6 +65,7 @@ def evaluate_command(
         batch_size=batch_size,
         size=size,
         tta=tta,
+        skip_bad=skip_bad,
     )
     m = result.metrics
     low, high = m["dice_ci95"]

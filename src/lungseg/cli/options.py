@@ -58,6 +58,10 @@ Config = Annotated[
     Path | None,
     typer.Option(help="YAML settings file (prepare: and train: sections)."),
 ]
+SkipBad = Annotated[
+    bool,
+    typer.Option(help="When preparing a dataset, leave bad files out (listed in skipped.csv)."),
+]
 
 # -- training: the settings train and compare share ---------------------------------------------
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lungseg.cli import app
-from lungseg.cli.options import Config, Preprocess, Size, Test, Val, default
+from lungseg.cli.options import Config, Preprocess, Size, SkipBad, Test, Val, default
 from lungseg.data.settings import PrepareConfig
 
 
@@ -25,7 +25,7 @@ def prepare_command(
         typer.Option(help="Seed of the split.", show_default=default(PrepareConfig, "seed")),
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Decoding processes.")] = None,
-    skip_bad: Annotated[bool, typer.Option(help="Skip bad files, listing them.")] = False,
+    skip_bad: SkipBad = False,
     force: Annotated[bool, typer.Option(help="Rebuild even if the cache matches.")] = False,
     config: Config = None,
 ) -> None:

@@ -51,6 +51,13 @@ def segment_command(
         )
     note = f"; {result.n_failed} file(s) skipped, see {out}/errors.csv" if result.n_failed else ""
     typer.echo(f"segmented {result.n_done} image(s) with {segmenter.name} into {out}{note}")
+    if result.flagged:
+        shown = ", ".join(f"{Path(f).name} ({why})" for f, why in result.flagged[:3])
+        more = f" and {len(result.flagged) - 3} more" if len(result.flagged) > 3 else ""
+        typer.echo(
+            f"{len(result.flagged)} mask(s) flagged for review (column 'review' of "
+            f"measurements.csv): {shown}{more}"
+        )
     if result.n_done > 1:
         shown = ", ".join(f"{Path(f).name} ({u:.3f})" for u, f in result.most_uncertain[:3])
         typer.echo(f"review first (highest uncertain_fraction): {shown}")

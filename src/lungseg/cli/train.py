@@ -21,6 +21,7 @@ from lungseg.cli.options import (
     Schedule,
     Select,
     Size,
+    SkipBad,
     TrainSeed,
     default,
 )
@@ -92,6 +93,7 @@ def train_command(
         typer.Option(help="Where to prepare a source.", show_default="OUT/../.cache/NAME-SIZE-..."),
     ] = None,
     config: Config = None,
+    skip_bad: SkipBad = False,
 ) -> None:
     """Train a segmentation model; writes config.yaml, best.pt, last.pt, history.csv, curves.png."""
     from lungseg.cli.options import parse_model_args
@@ -109,8 +111,9 @@ def train_command(
     plan = resolve_run(out, flags, prepare_flags(preprocess, size), config, data, resume)
     try:
         result = train(
-            plan.config, plan.data, out, resume=resume, cache=cache, prepare=plan.prepare
-        )
+            plan.config, plan.data, out, resume=resume, cache=cache, prepare=plan.prepare,
+            skip_bad=skip_bad,
+        )  # fmt: skip
     except KeyboardInterrupt:
         typer.echo(
             f"interrupted; {out} keeps its last finished epoch (last.pt); continue with --resume",

@@ -19,7 +19,9 @@ Training and evaluation read the arrays (memory-mapped), so no model decodes a P
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
+import sys
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -30,18 +32,18 @@ import numpy as np
 
 from lungseg._version import __version__
 from lungseg.config import from_dict, load_yaml, save_yaml, to_dict
+from lungseg.data.cache_integrity import MANIFEST, cache_damage
 from lungseg.data.dataset import METADATA_FILE, Record, discover
-from lungseg.data.io import binarize_mask, decode_image
+from lungseg.data.io import decode_image, decode_mask, read_file
 from lungseg.data.settings import PrepareConfig, disagreements
 from lungseg.data.sources import DataSource, open_source
 from lungseg.data.split import SPLITS, split_records
-from lungseg.errors import BadInputError, LungsegError
+from lungseg.errors import BadInputError, LungsegError, quiet_third_party
 from lungseg.io_utils import atomic_write, atomic_write_text, csv_text, sha256_json
 from lungseg.locking import exclusive
 from lungseg.preprocessing import PreprocessConfig, preprocess, resize_mask
 from lungseg.progress import track
 
-MANIFEST = "prepare.yaml"
 #: Mask and image may differ in size (299 vs 256 in the database) but not in shape beyond this.
 ASPECT_TOLERANCE = 0.05
 #: Below this many images, worker processes cost more to start than they save.
@@ -109,7 +111,7 @@ def _process(job: _Job, config: PreprocessConfig) -> tuple[int, Any, Any, dict, 
     """Decode + preprocess one pair in a worker. Returns problems instead of raising."""
     problems: list[tuple[str, str]] = []
     try:
-        decoded = decode_image(Path(job.image_path).read_bytes(), job.image_name)
+        decoded = decode_image(read_file(job.image_path, job.image_name), job.image_name)
         image = preprocess(decoded.pixels, config)
     except LungsegError as exc:
         return job.index, None, None, {}, [(job.image_name, exc.problem)]
@@ -118,14 +120,13 @@ def _process(job: _Job, config: PreprocessConfig) -> tuple[int, Any, Any, dict, 
     mask = None
     if job.mask_path is not None:
         try:
-            raw = decode_image(Path(job.mask_path).read_bytes(), job.mask_name).pixels
+            binary = decode_mask(read_file(job.mask_path, job.mask_name), job.mask_name)
             h, w = decoded.pixels.shape
-            mh, mw = raw.shape
+            mh, mw = binary.shape
             if abs((mw / mh) / (w / h) - 1) > ASPECT_TOLERANCE:
                 raise LungsegError(
                     f"mask is {mw}x{mh} but its image is {w}x{h} (different aspect ratio)"
                 )
-            binary = binarize_mask(raw, job.mask_name)
             mask = resize_mask(binary.view(np.uint8), (config.size, config.size))
         except LungsegError as exc:
             problems.append((job.mask_name, exc.problem))
@@ -149,6 +150,7 @@ def _worker_init() -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one process per core already; nested threads only contend
+    quiet_third_party()
 
 
 def fingerprint(source: DataSource, records: list[Record], config: PrepareConfig) -> str:
@@ -191,7 +193,9 @@ def prepare(
     out = Path(out)
     found = discover(source)
     problems = [(_display(source, key), problem) for key, problem in found.problems]
-    records = found.records
+    records, unreadable = _readable(source, found.records)
+    problems += unreadable
+    found = dataclasses.replace(found, records=records)
     if not records and not problems:
         raise LungsegError("no image/mask pairs found", source.name)
     digest = fingerprint(source, records, config)
@@ -201,14 +205,33 @@ def prepare(
     with exclusive(out, "prepare", wait=True):
         if not force and _reusable(out, digest, skip_bad, bool(problems)):
             return load_cache(out)
+        damage = cache_damage(out) if is_cache(out) else None
+        if damage:  # derived data: say so, and build it again
+            print(f"{out}: damaged cache ({damage}); rebuilding it", file=sys.stderr)
         _build(source, found, problems, out, config, digest, workers, skip_bad, progress)
     return load_cache(out)
 
 
+def _readable(source: DataSource, records: list[Record]) -> tuple[list[Record], list]:
+    """The records whose files can be read, and a problem for each file that cannot (a
+    symlink loop, a dangling link, no permission): one bad file like any other."""
+    kept, problems = [], []
+    for record in records:
+        try:
+            for key in (record.image_key, record.mask_key):
+                if key is not None:
+                    source.stat(key)
+        except OSError as exc:
+            problems.append((_display(source, key), f"cannot read file ({exc.strerror or exc})"))
+        else:
+            kept.append(record)
+    return kept, problems
+
+
 def _reusable(out: Path, digest: str, skip_bad: bool, bad_now: bool) -> bool:
-    """The cache in ``out`` was built from the same files and settings. A cache that left bad
-    files out is only reused by a run that also skips them."""
-    if not (out / MANIFEST).is_file():
+    """The cache in ``out`` is whole and was built from the same files and settings. A cache
+    that left bad files out is only reused by a run that also skips them."""
+    if not is_cache(out) or cache_damage(out):
         return False
     manifest = load_yaml(out / MANIFEST)
     accepted = skip_bad or not (bad_now or manifest.get("n_skipped"))
@@ -320,7 +343,8 @@ def _write(out, images, masks, rows, problems, config, source, digest, has_ids) 
 
 
 def is_cache(path: str | Path) -> bool:
-    """True when ``path`` is a complete prepared cache."""
+    """True when ``path`` is a prepared cache (its manifest, written last, is there); whether
+    its files are whole is :func:`cache_damage`'s question."""
     return (Path(path) / MANIFEST).is_file()
 
 
@@ -343,6 +367,13 @@ def load_cache(
             f"not a prepared cache (no {MANIFEST}); run 'lungseg prepare --data SRC --out {path}'",
             path,
         )
+    damage = cache_damage(path)
+    if damage:
+        raise LungsegError(
+            f"damaged cache ({damage}); rebuild it with 'lungseg prepare --data "
+            f"{_recorded_source(path)} --out {path}'",
+            path,
+        )
     manifest = load_yaml(path / MANIFEST)
     config = from_dict(PrepareConfig, manifest["config"], f"{path / MANIFEST}:config")
     if isinstance(expect, PrepareConfig):
@@ -363,3 +394,11 @@ def load_cache(
             "cache is inconsistent (arrays and split.csv differ); re-run prepare", path
         )
     return PreparedData(path, images, masks, rows, config, manifest.get("source", ""))
+
+
+def _recorded_source(path: Path) -> str:
+    """The source a cache was prepared from, as its manifest records it (``SRC`` if unknown)."""
+    try:
+        return str(load_yaml(path / MANIFEST).get("source") or "SRC")
+    except LungsegError:
+        return "SRC"

@@ -6,18 +6,35 @@ Every image format the project meets ends up the same way: ``uint8[H, W]`` grays
 * RGB / palette: ITU-R BT.601 luma (OpenCV's ``BGR2GRAY``).
 * RGBA / grayscale+alpha: composited on black (``colour * alpha``) first, because the
   transparent margins of figures cut from papers are background, not lung.
-* 16-bit (or any deeper integer/float data): min-max stretched to 0..255, since a 12-bit image
-  stored in 16 bits would otherwise come out almost black.
-* DICOM: modality LUT (rescale slope/intercept), then the VOI LUT or window, then MONOCHROME1
-  inversion, then min-max to 0..255; the pixel spacing is kept.
+* Deeper integers (16-bit PNG/TIFF, DICOM): the unit changes, never the contrast. The image is
+  scaled linearly from the full range of its bit depth to 0..255, the depth being the smallest
+  of :data:`BIT_DEPTHS` that holds its brightest pixel: the same picture as an 8-bit PNG, a
+  16-bit PNG (``v * 257`` or ``v << 8``), 12 bits stored in 16, TIFF or DICOM gives the same
+  pixels (within one grey level), and a 12-bit detector's image in a 16-bit file is not dark.
+  A min-max stretch would change an image's contrast with its file format; images that are
+  merely dark stay dark, as they are in 8 bits.
+* Floats: values within 0..1 are that unit (``* 255``); other non-negative values are taken
+  like integers; images with negative values (no convention) are min-max stretched.
+* DICOM: with a VOI LUT or window, the window's output range maps to 0..255 (what the window
+  means); without one, the stored values are scaled as above (a linear rescale slope/intercept
+  does not change a linear display); then MONOCHROME1 inversion; the pixel spacing is kept.
 
-Masks are decoded the same way and binarised by :func:`binarize_mask`.
+Pixels that are not finite numbers (NaN, infinity) and blank images (one value everywhere) are
+errors naming the file: an X-ray never holds them, and turning them into a black image would
+feed a model silently wrong input.
+
+Masks are decoded the same way (:func:`decode_mask`) and binarised by :func:`binarize_mask`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import struct
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -29,6 +46,10 @@ from lungseg.errors import LungsegError
 MAX_PIXELS = 100_000_000
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
+
+#: Bit depths of radiography detectors and image files: an integer image is scaled from the
+#: full range of the smallest that holds its brightest pixel.
+BIT_DEPTHS = (8, 10, 12, 14, 16)
 
 _SIGNATURES = {
     b"\x89PNG\r\n\x1a\n": "png",
@@ -52,6 +73,15 @@ class Decoded:
     pixels: np.ndarray
     spacing: tuple[float, float] | None = None
     mode: str = "L"
+
+
+def read_file(path: str | Path, name: str) -> bytes:
+    """A file's bytes; a file that cannot be read (a symlink loop, a dangling link, no
+    permission) is a :class:`LungsegError` naming ``name``, like any other bad file."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise LungsegError(f"cannot read file ({exc.strerror or exc})", name) from None
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -87,7 +117,7 @@ def check_header(data: bytes, name: str) -> tuple[int, int]:
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(io.BytesIO(data)) as im:
+            with _pillow_open(data) as im:
                 width, height = im.size
         except Image.DecompressionBombError:
             raise LungsegError(_BOMB, name) from None
@@ -95,8 +125,8 @@ def check_header(data: bytes, name: str) -> tuple[int, int]:
             raise LungsegError(f"corrupt {fmt.upper()} file (header unreadable)", name) from None
         except Exception as exc:
             raise LungsegError(f"corrupt {fmt.upper()} header ({exc})", name) from None
-        if fmt == "png" and b"IEND" not in data[-12:]:
-            raise LungsegError("truncated PNG (no end-of-image chunk)", name)
+        if fmt == "png":
+            _check_png_chunks(data, name)
         if fmt == "jpeg" and b"\xff\xd9" not in data[-64:]:
             raise LungsegError("truncated JPEG (no end-of-image marker)", name)
     if height * width > MAX_PIXELS:
@@ -110,11 +140,30 @@ def check_header(data: bytes, name: str) -> tuple[int, int]:
     return height, width
 
 
+def _check_png_chunks(data: bytes, name: str) -> None:
+    """Every chunk whole and matching its checksum, up to the end-of-image chunk: a truncated or
+    altered PNG is refused here in lungseg's words, before libpng prints its own to stderr."""
+    pos = 8
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        end = pos + 12 + length
+        if end > len(data):
+            break
+        (crc,) = struct.unpack(">I", data[end - 4 : end])
+        if zlib.crc32(data[pos + 4 : end - 4]) != crc:
+            chunk = kind.decode("latin-1")
+            raise LungsegError(f"corrupt PNG (chunk {chunk!r} fails its checksum)", name)
+        if kind == b"IEND":
+            return
+        pos = end
+    raise LungsegError("truncated PNG (no complete end-of-image chunk)", name)
+
+
 _BOMB = f"declared size exceeds the {MAX_PIXELS // 10**6} MP limit (possible decompression bomb)"
 
 
 def decode_image(data: bytes, name: str) -> Decoded:
-    """Decode any supported image file into 8-bit grayscale.
+    """Decode an X-ray file of any supported format into 8-bit grayscale.
 
     Args:
         data: the file's bytes.
@@ -122,21 +171,53 @@ def decode_image(data: bytes, name: str) -> Decoded:
 
     Returns:
         :class:`Decoded` with ``uint8[H, W]`` pixels.
+
+    Raises:
+        LungsegError: naming ``name``: not an image, corrupt, truncated, too large, pixels that
+            are not finite, or a blank image.
     """
+    decoded = _decode(data, name)
+    require_picture(decoded.pixels, name)
+    return decoded
+
+
+def decode_mask(data: bytes, name: str) -> np.ndarray:
+    """Decode a mask file into ``bool[H, W]`` lung (see :func:`binarize_mask`)."""
+    return binarize_mask(_decode(data, name).pixels, name)
+
+
+def _decode(data: bytes, name: str) -> Decoded:
     check_header(data, name)
     if sniff_format(data) == "dicom":
         return _decode_dicom(data, name)
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        arr = None  # Pillow gets its chance, and names the problem if it fails too
     if arr is None:
         arr = _decode_with_pillow(data, name)
     return to_gray8(arr, name)
 
 
-def _decode_with_pillow(data: bytes, name: str) -> np.ndarray:
+def require_picture(pixels: np.ndarray, name: str) -> None:
+    """A blank image (one grey level everywhere) is an error: there is nothing to segment,
+    and as training data it would teach the model that lungs can be anywhere."""
+    low, high = int(pixels.min()), int(pixels.max())
+    if low == high:
+        raise LungsegError(f"blank image (every pixel is {low}); not an X-ray", name)
+
+
+@contextlib.contextmanager
+def _pillow_open(data: bytes) -> Iterator:
     from PIL import Image
 
+    with Image.open(io.BytesIO(data)) as im:
+        yield im
+
+
+def _decode_with_pillow(data: bytes, name: str) -> np.ndarray:
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with _pillow_open(data) as im:
             im.load()
             if im.mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -152,8 +233,13 @@ def to_gray8(arr: np.ndarray, name: str = "image") -> Decoded:
     """Any decoded array (gray, BGR, BGRA, 16-bit, float) -> :class:`Decoded` 8-bit grayscale.
 
     Colour arrays are taken in OpenCV's BGR(A) channel order.
+
+    Raises:
+        LungsegError: pixels that are not finite numbers, or an unsupported shape.
     """
     source_dtype = arr.dtype
+    if np.issubdtype(source_dtype, np.floating):
+        require_finite(arr, name)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     mode = "L"
@@ -173,20 +259,60 @@ def to_gray8(arr: np.ndarray, name: str = "image") -> Decoded:
         return Decoded(arr, mode=mode)
     if source_dtype == np.uint8:  # 8-bit colour composited with its alpha channel, as float
         return Decoded(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode=mode)
-    return Decoded(stretch_to_uint8(arr), mode=f"{mode};{source_dtype}")
+    return Decoded(scale_to_uint8(arr), mode=f"{mode};{source_dtype}")
+
+
+def require_finite(arr: np.ndarray, name: str) -> None:
+    """Float pixels must be numbers: NaN or infinity would become black, silently."""
+    finite = np.isfinite(arr)
+    if finite.all():
+        return
+    bad = ~finite.all(axis=2) if arr.ndim == 3 else ~finite
+    pixels = arr.shape[0] * arr.shape[1]
+    raise LungsegError(
+        f"{int(bad.sum()):,} of {pixels:,} pixels are not finite numbers (NaN or infinity); "
+        "fix or re-export the image",
+        name,
+    )
 
 
 def _full_scale(dtype: np.dtype) -> float:
     return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
 
 
+def scale_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Grey levels of any depth -> ``uint8``, changing the unit and not the contrast.
+
+    Floats within 0..1 are scaled by 255. Other non-negative values are scaled from
+    ``0..2**bits - 1``, ``bits`` being the smallest of :data:`BIT_DEPTHS` that holds the
+    largest value (its bit length beyond 16 bits). Values below zero follow no convention:
+    such an image is min-max stretched.
+    """
+    values = np.asarray(values)
+    low, high = float(values.min()), float(values.max())
+    if low < 0:
+        return stretch_to_uint8(values)
+    if np.issubdtype(values.dtype, np.floating) and high <= 1.0:
+        top = 1.0
+    else:
+        brightest = int(np.ceil(high))
+        bits = next((b for b in BIT_DEPTHS if brightest < 2**b), brightest.bit_length())
+        top = float(2**bits - 1)
+    return _linear_to_uint8(values, 0.0, top)
+
+
 def stretch_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Min-max stretch any numeric array to ``uint8`` 0..255 (constant images become 0)."""
-    arr = arr.astype(np.float32, copy=False)
-    lo, hi = float(arr.min()), float(arr.max())
+    """Min-max stretch to ``uint8`` 0..255 (a constant array becomes 0)."""
+    lo, hi = float(np.min(arr)), float(np.max(arr))
     if hi <= lo:
-        return np.zeros(arr.shape, np.uint8)
-    return np.clip(np.rint((arr - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+        return np.zeros(np.shape(arr), np.uint8)
+    return _linear_to_uint8(arr, lo, hi)
+
+
+def _linear_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``low..high`` -> 0..255, linearly; values outside are clipped."""
+    scaled = (np.asarray(values, np.float64) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def _read_dicom(data: bytes, name: str, pixels: bool = True):
@@ -202,8 +328,6 @@ def _read_dicom(data: bytes, name: str, pixels: bool = True):
 
 
 def _decode_dicom(data: bytes, name: str) -> Decoded:
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
     ds = _read_dicom(data, name)
     try:
         raw = ds.pixel_array
@@ -212,15 +336,48 @@ def _decode_dicom(data: bytes, name: str) -> Decoded:
     if raw.ndim == 3 and int(getattr(ds, "SamplesPerPixel", 1)) == 1:
         raw = raw[0]  # a multi-frame file: radiographs have one frame that matters
     if raw.ndim == 3:  # RGB DICOM (secondary captures)
-        gray = cv2.cvtColor(raw.astype(np.uint8), cv2.COLOR_RGB2GRAY)
-        return Decoded(gray, spacing=dicom_spacing(ds), mode="DICOM")
-    values = apply_modality_lut(raw, ds)
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        values = apply_voi_lut(values, ds)
-    pixels = stretch_to_uint8(np.asarray(values))
+        bgr = np.ascontiguousarray(raw[..., ::-1])
+        return Decoded(to_gray8(bgr, name).pixels, spacing=dicom_spacing(ds), mode="DICOM")
+    if np.issubdtype(raw.dtype, np.floating):
+        require_finite(raw, name)
+    try:
+        pixels = _dicom_grey(raw, ds)
+    except Exception as exc:  # malformed LUT, window or rescale elements
+        raise LungsegError(f"cannot apply the DICOM grey-level transforms ({exc})", name) from None
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         pixels = 255 - pixels
     return Decoded(pixels, spacing=dicom_spacing(ds), mode="DICOM")
+
+
+def _dicom_grey(raw: np.ndarray, ds) -> np.ndarray:
+    """Stored values -> ``uint8``: the VOI LUT or window's output range, else the bit depth."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    if "WindowCenter" in ds or "VOILUTSequence" in ds:
+        windowed = apply_voi_lut(apply_modality_lut(raw, ds), ds)
+        return _linear_to_uint8(windowed, *_voi_output_range(ds))
+    if "ModalityLUTSequence" in ds:  # a non-linear modality LUT: its output is what is shown
+        return scale_to_uint8(apply_modality_lut(raw, ds))
+    pixels = scale_to_uint8(raw)  # a linear rescale does not change a linear display
+    return 255 - pixels if float(ds.get("RescaleSlope", 1) or 1) < 0 else pixels
+
+
+def _voi_output_range(ds) -> tuple[float, float]:
+    """The range ``apply_voi_lut`` maps into: a VOI LUT's entries, or a window's ``y_min..y_max``
+    (DICOM PS3.3 C.11.2.1.2, as pydicom computes it)."""
+    if "VOILUTSequence" in ds:
+        return 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+    bits = int(ds.BitsStored)
+    if "ModalityLUTSequence" in ds:
+        low, high = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    elif int(ds.get("PixelRepresentation", 0)) == 0:
+        low, high = 0.0, float(2**bits - 1)
+    else:
+        low, high = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    if ds.get("RescaleSlope") is not None and ds.get("RescaleIntercept") is not None:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        low, high = low * slope + intercept, high * slope + intercept
+    return low, high
 
 
 def dicom_spacing(ds) -> tuple[float, float] | None:

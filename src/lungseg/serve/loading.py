@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from lungseg.errors import LungsegError
 from lungseg.inference import Segmenter, ensemble, load_model
 from lungseg.serve.settings import ServeConfig
 from lungseg.shipped import ENSEMBLE_MODELS, MODEL_NAMES, SHIPPED_MODELS, shipped_weights
+
+logger = logging.getLogger("lungseg.serve")
 
 ONNX_OPSET = 17
 
@@ -170,8 +173,15 @@ def onnx_twin(checkpoint: Path, digest: str) -> Path:
         return target
     from lungseg.export import export_onnx
 
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".export-", suffix=".onnx")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=folder, prefix=".export-", suffix=".onnx")
+    except OSError as exc:
+        # An unwritable cache costs the next start its export, not this start its service.
+        folder = Path(tempfile.mkdtemp(prefix="lungseg-onnx-"))
+        target = folder / target.name
+        logger.warning("cannot write the ONNX cache (%s); exporting to %s", exc.strerror, folder)
+        handle, tmp = tempfile.mkstemp(dir=folder, prefix=".export-", suffix=".onnx")
     os.close(handle)
     try:
         export_onnx(checkpoint, tmp, opset=ONNX_OPSET)

@@ -29,6 +29,8 @@ Keys (format 1):
 from __future__ import annotations
 
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -75,8 +77,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise LungsegError("checkpoint not found", path)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # PyTorch's notes on pickle protocols are not for users
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        if "Weights only load failed" in str(exc):
+            raise LungsegError(_unsafe(str(exc)), path) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LungsegError(
             f"cannot read checkpoint (corrupt, truncated or not a PyTorch file): {first[:200]}",
@@ -95,6 +101,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             path,
         )
     return ckpt
+
+
+def _unsafe(torch_message: str) -> str:
+    """Why a file was refused by the weights-only unpickler, in one sentence for users. PyTorch's
+    own text runs over several lines and advises ``weights_only=False``: never that."""
+    found = re.search(r"GLOBAL ([\w.]+)", torch_message)
+    objects = f"Python objects ({found.group(1)})" if found else "pickled Python code"
+    return (
+        f"not a lungseg checkpoint, or an unsafe one: it holds {objects} beyond tensors and "
+        "settings, and lungseg never unpickles objects from a file"
+    )
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from lungseg.config import Layer, load_yaml, read_section, resolve, to_dict
 from lungseg.data.settings import asked, prepare_layers
 from lungseg.errors import LungsegError
@@ -229,6 +231,41 @@ def resolve_run(
             raise LungsegError("--data is required (a prepared cache or a dataset folder)")
         data = load_yaml(run_config).get("cache")
     return RunSettings(config, str(data), asked(prepare_layers(config_file, data_flags)), resume)
+
+
+#: The files a run directory holds; lungseg replaces them in a folder that is a run.
+RUN_FILES = ("config.yaml", "best.pt", "last.pt", "history.csv", "curves.png", "summary.json")
+
+
+def check_run_directory(out: Path) -> None:
+    """Refuse to train into a folder that holds files of a run's names it did not write.
+
+    A folder is a lungseg run when its ``config.yaml`` is the one ``train`` writes (a
+    ``train:`` section and ``lungseg_version``); any other folder may hold other files, but
+    none of :data:`RUN_FILES`, which training would overwrite.
+
+    Raises:
+        LungsegError: naming the folder and the files in the way.
+    """
+    present = [name for name in RUN_FILES if (out / name).exists()]
+    if present and not _written_by_train(out / "config.yaml"):
+        raise LungsegError(
+            f"holds {', '.join(present)} but is not a lungseg run directory, and training "
+            "would overwrite them; choose another --out",
+            out,
+        )
+
+
+def _written_by_train(config: Path) -> bool:
+    try:
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return (
+        isinstance(data, dict)
+        and isinstance(data.get("train"), dict)
+        and ("lungseg_version" in data)
+    )
 
 
 def stored_settings(ckpt: dict[str, Any]) -> dict[str, Any]:

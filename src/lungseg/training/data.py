@@ -30,6 +30,7 @@ def training_data(
     workers: int | None = None,
     ctx: DistContext | None = None,
     progress: bool = True,
+    skip_bad: bool = False,
 ) -> PreparedData:
     """Open (or prepare) the training data.
 
@@ -42,6 +43,7 @@ def training_data(
         workers: decoding processes for preparing.
         ctx: the process's place in a ``torchrun`` job.
         progress: show a progress bar while preparing.
+        skip_bad: leave bad files of a source out (listed in the cache's ``skipped.csv``).
 
     Raises:
         LungsegError: a cache built with other settings than ``wanted``.
@@ -55,7 +57,9 @@ def training_data(
     cache = Path(cache) if cache is not None else default_cache(data, out, config)
     if ctx.local_rank != 0:
         barrier(ctx)  # local rank 0 prepares; the others then find the cache ready
-    prepared = prepare(data, cache, config, workers=workers, progress=progress and ctx.is_main)
+    prepared = prepare(
+        data, cache, config, workers=workers, skip_bad=skip_bad, progress=progress and ctx.is_main
+    )
     if ctx.local_rank == 0:
         barrier(ctx)
     return prepared

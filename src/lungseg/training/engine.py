@@ -51,7 +51,7 @@ from lungseg.models.blocks import count_parameters
 from lungseg.progress import StepBar
 from lungseg.training.augment import augment_batch
 from lungseg.training.checkpoint import training_checkpoint
-from lungseg.training.config import TrainConfig
+from lungseg.training.config import TrainConfig, check_run_directory
 from lungseg.training.data import check_splits, split_digest, training_data
 from lungseg.training.distributed import (
     DistContext,
@@ -78,6 +78,7 @@ def train(
     cache: str | Path | None = None,
     prepare: Mapping[str, Any] | PrepareConfig | None = None,
     progress: bool = True,
+    skip_bad: bool = False,
 ) -> RunResult:
     """Train a segmentation model and record the run in ``out``.
 
@@ -93,6 +94,7 @@ def train(
             source), as a possibly partial mapping (:func:`lungseg.data.settings.asked`) or a
             whole :class:`PrepareConfig`; default: any cache, or the default settings.
         progress: show progress (a bar on a terminal, one line per epoch otherwise).
+        skip_bad: when preparing a source, leave bad files out instead of stopping.
 
     Returns:
         The :class:`RunResult`.
@@ -111,8 +113,10 @@ def train(
     threads = torch.get_num_threads()
     try:
         prepared = training_data(
-            data, wanted, Path(out), cache, config.workers, ctx, progress=progress
+            data, wanted, Path(out), cache, config.workers, ctx, progress, skip_bad
         )
+        if ctx.is_main:  # before the lock, which would leave its file in a folder refused
+            check_run_directory(Path(out))
         # One process per run directory (rank 0 writes it); a killed holder leaves no lock.
         hold = exclusive(out, "train") if ctx.is_main else contextlib.nullcontext()
         with hold, backend_flags(device.type):
