@@ -1,4 +1,4 @@
-"""Small file helpers shared by every stage: atomic writes and content hashing."""
+"""Small file helpers shared by every stage: atomic writes, content hashing, the user cache."""
 
 from __future__ import annotations
 
@@ -107,3 +107,14 @@ def sha256_json(obj: object) -> str:
 
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+#: Where lungseg keeps what it can make again (Azure downloads, ONNX exports); default
+#: ``~/.cache/lungseg``.
+ENV_CACHE_DIR = "LUNGSEG_CACHE_DIR"
+
+
+def user_cache(kind: str) -> Path:
+    """``$LUNGSEG_CACHE_DIR/<kind>`` (default ``~/.cache/lungseg/<kind>``)."""
+    base = os.environ.get(ENV_CACHE_DIR)
+    return (Path(base) if base else Path.home() / ".cache" / "lungseg") / kind

@@ -12,21 +12,18 @@ killed with SIGKILL cannot remove its own); they count and are cleared like the 
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lungseg.errors import LungsegError
-
-ENV_CACHE_DIR = "LUNGSEG_CACHE_DIR"
+from lungseg.io_utils import user_cache
 
 
 def cache_root() -> Path:
     """The local content cache of downloaded blobs (``$LUNGSEG_CACHE_DIR/azure``, default
     ``~/.cache/lungseg/azure``)."""
-    base = os.environ.get(ENV_CACHE_DIR)
-    return (Path(base) if base else Path.home() / ".cache" / "lungseg") / "azure"
+    return user_cache("azure")
 
 
 @dataclass(frozen=True)

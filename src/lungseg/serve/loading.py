@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from lungseg._version import __version__
-from lungseg.data.blob_cache import ENV_CACHE_DIR
 from lungseg.errors import LungsegError
 from lungseg.inference import Segmenter, ensemble, load_model
+from lungseg.io_utils import user_cache
 from lungseg.serve.settings import ServeConfig
 from lungseg.shipped import ENSEMBLE_MODELS, MODEL_NAMES, SHIPPED_MODELS, shipped_weights
 
@@ -193,8 +193,7 @@ def onnx_twin(checkpoint: Path, digest: str) -> Path:
 
 def onnx_cache_dir() -> Path:
     """``$LUNGSEG_CACHE_DIR/onnx``, default ``~/.cache/lungseg/onnx``."""
-    base = os.environ.get(ENV_CACHE_DIR)
-    return (Path(base) if base else Path.home() / ".cache" / "lungseg") / "onnx"
+    return user_cache("onnx")
 
 
 def _digest(path: Path) -> str:
