@@ -118,9 +118,21 @@ class Segmenter:
 
     def proba_working(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """``uint8[H, W]`` images -> probabilities ``float32[N, S, S]`` at the working size."""
-        total = np.zeros((len(images), self.size, self.size), np.float32)
-        for network, config in self.networks:
-            batch = np.stack([preprocess(im, config) for im in images]).astype(np.float32)
+        return self.proba_preprocessed([self.preprocessed(im) for im in images])
+
+    def preprocessed(self, image: np.ndarray) -> list[np.ndarray]:
+        """``uint8[H, W]`` -> each network's input, ``uint8[S, S]`` after its preprocessing.
+
+        With :meth:`proba_preprocessed`, this is :meth:`proba_working` in two steps, so that a
+        pipeline can preprocess the next images while the model runs on the current ones.
+        """
+        return [preprocess(image, config) for _, config in self.networks]
+
+    def proba_preprocessed(self, inputs: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+        """:meth:`preprocessed` of N images -> probabilities ``float32[N, S, S]``."""
+        total = np.zeros((len(inputs), self.size, self.size), np.float32)
+        for i, (network, config) in enumerate(self.networks):
+            batch = np.stack([x[i] for x in inputs]).astype(np.float32)
             prob = network(batch[:, None] / np.float32(255.0))
             if config.size != self.size:
                 prob = np.stack([_resize_prob(p, (self.size, self.size)) for p in prob])
