@@ -14,6 +14,7 @@ PACS replaces the object instead of storing a duplicate.
 from __future__ import annotations
 
 import io
+import uuid
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from lungseg.errors import LungsegError
 SEGMENTS = (("Right lung", "3341006", "Right lung"), ("Left lung", "44029006", "Left lung"))
 #: Series number of the SEG series (a PACS lists it after the source's series).
 SERIES_NUMBER = 9901
+_UID_NAMESPACE = uuid.UUID("6c756e67-7365-6700-8000-5345474d454e")  # "lungseg", "SEGMEN"
 _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 #: Type 2 attributes of the patient and study that the SEG copies; empty when the source lacks
 #: them (minimal files from converters often do).
@@ -68,7 +70,6 @@ def dicom_seg_bytes(
     try:
         import highdicom as hd
         from pydicom.sr.codedict import codes
-        from pydicom.uid import generate_uid
     except ImportError:
         raise LungsegError("--dicom-seg needs highdicom: pip install 'lungseg[dicom]'") from None
     from lungseg._version import __version__
@@ -109,7 +110,8 @@ def dicom_seg_bytes(
     pixels = np.stack([sides == 1, sides == 2], axis=-1)[None]
 
     def uid(*parts: str) -> str:
-        return generate_uid(prefix=None, entropy_srcs=[*parts, settings_id])
+        # A name-based (version 5) UUID as a 2.25 UID (PS3.5 B.2): the same inputs, the same UID.
+        return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(10).join([*parts, settings_id])).int}"
 
     seg = hd.seg.Segmentation(
         source_images=[source],
