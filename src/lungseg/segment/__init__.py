@@ -231,17 +231,16 @@ def segment_files(
             pipeline.run(todo())
         except KeyboardInterrupt:
             merged = merge(sink) if shard.count == 1 else None
-            recorded = f" ({merged.n_images} in all)" if merged is not None else ""
+            in_all = f" ({merged.n_images} in all)" if merged is not None else ""
             raise SegmentInterrupted(
-                f"interrupted: the {counts.segmented + counts.failed} images done in this run "
-                f"are recorded{recorded}; run the same command again to do the rest",
+                f"interrupted: the {ledger.written} images done in this run are recorded"
+                f"{in_all}; run the same command again to do the rest",
                 sink.name,
             ) from None
         except LungsegError as exc:
-            done_now = counts.segmented + counts.failed
             raise LungsegError(
-                f"{exc.problem}; the {done_now} images done in this run are recorded, so "
-                "running the same command again does only the rest",
+                f"{exc.problem}; the {ledger.written} images done in this run before that are "
+                "recorded: run the same command again to do the rest",
                 exc.path,
             ) from None
         ledger.complete({"shard": str(shard), "segmented": counts.segmented,
