@@ -41,6 +41,7 @@ TITLES = {
     "train": "2. Training throughput, memory and epoch time",
     "infer": "3. Inference latency and throughput",
     "scaling": "4. Scaling: training with 1 and 2 processes (torchrun)",
+    "segment": "5. Archive segmentation: lungseg segment end to end at full resolution",
 }
 
 

@@ -4,6 +4,7 @@ pydicom: geometry, references to the source, segment codes, and the mask of the 
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import cv2
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from dicom_files import dicom_bytes
+from lungseg.segment import dicom_seg_bytes
 from trained import assert_one_line_error, lungseg, read_gray
 
 hd = pytest.importorskip("highdicom")
@@ -92,6 +94,16 @@ def test_dicom_seg_references_the_xray_and_holds_its_mask(tiny_run, examples_dir
     right, left = int(pixels[..., 0].sum()), int(pixels[..., 1].sum())
     assert (right, left) == (int(row["right_lung_px"]), int(row["left_lung_px"]))
     assert pixels[:, :100, 0].sum() > pixels[:, :100, 1].sum()  # right lung: the image's left
+
+    # The library function a web service calls: a DICOM file's bytes and a mask in, a SEG out.
+    direct = hd.seg.segread(io.BytesIO(dicom_seg_bytes((tmp_path / "in" / "chest.dcm")
+                                                       .read_bytes(), png)))  # fmt: skip
+    np.testing.assert_array_equal(
+        direct.get_pixels_by_source_instance(
+            source_sop_instance_uids=[source.SOPInstanceUID], segment_numbers=[1, 2]
+        )[0],
+        pixels,
+    )
 
     # Segmenting again gives the same UIDs: a PACS replaces the object, it does not pile up.
     code, _, stderr = lungseg([*argv, "--overwrite"], capsys)

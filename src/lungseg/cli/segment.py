@@ -91,6 +91,9 @@ def segment_command(
     except SegmentInterrupted as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # before any image was started: nothing to record
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
     counts, merged = result.counts, result.merged
     part = f" (shard {the_shard}, from {the_shard.source})" if the_shard.count > 1 else ""
     before = f"; {counts.skipped} done before" if counts.skipped else ""

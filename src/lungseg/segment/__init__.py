@@ -230,7 +230,7 @@ def segment_files(
         try:
             pipeline.run(todo())
         except KeyboardInterrupt:
-            merged = merge(sink) if shard.count == 1 else None
+            merged = merge(sink, shards=1) if shard.count == 1 else None
             in_all = f" ({merged.n_images} in all)" if merged is not None else ""
             raise SegmentInterrupted(
                 f"interrupted: the {ledger.written} images done in this run are recorded"
@@ -246,7 +246,7 @@ def segment_files(
         ledger.complete({"shard": str(shard), "segmented": counts.segmented,
                          "failed": counts.failed, "skipped": counts.skipped})  # fmt: skip
         _, pending = completion(sink, sid, shard.count)
-        merged = merge(sink) if not pending else None
+        merged = merge(sink, shards=shard.count) if not pending else None
     return SegmentResult(sink.name, shard, counts, merged)
 
 

@@ -19,6 +19,7 @@ import uuid
 import numpy as np
 
 from lungseg.errors import LungsegError
+from lungseg.segment.measure import lung_sides
 
 #: ``(segment label, SNOMED CT code, meaning)`` of segments 1 and 2.
 SEGMENTS = (("Right lung", "3341006", "Right lung"), ("Left lung", "44029006", "Left lung"))
@@ -46,7 +47,7 @@ def read_header(data: bytes, name: str):
 
 def dicom_seg_bytes(
     source,
-    sides: np.ndarray,
+    mask: np.ndarray,
     *,
     model: str = "lungseg",
     settings_id: str = "",
@@ -55,9 +56,11 @@ def dicom_seg_bytes(
     """A DICOM SEG of the lungs over a DICOM X-ray, as the bytes of a ``.dcm`` file.
 
     Args:
-        source: the X-ray's header (``pydicom.Dataset``; pixel data not needed).
-        sides: ``uint8[H, W]`` at the X-ray's resolution: 0 background, 1 the patient's right
-            lung, 2 the left (:func:`lungseg.segment.measure.lung_sides`).
+        source: the X-ray: its file's bytes, or its header as a ``pydicom.Dataset`` (pixel data
+            not needed).
+        mask: at the X-ray's resolution, ``bool[H, W]`` lungs (split into right and left by
+            :func:`lungseg.segment.measure.lung_sides`), or ``uint8[H, W]`` sides already
+            (0 background, 1 the patient's right lung, 2 the left).
         model: the model's name (Manufacturer's Model Name).
         settings_id: identifies the model and settings; with the source's UIDs it makes the
             SEG's UIDs.
@@ -74,6 +77,9 @@ def dicom_seg_bytes(
         raise LungsegError("--dicom-seg needs highdicom: pip install 'lungseg[dicom]'") from None
     from lungseg._version import __version__
 
+    if isinstance(source, bytes):
+        source = read_header(source, name)
+    sides = lung_sides(mask) if mask.dtype == bool else mask
     missing = [k for k in _REQUIRED_UIDS if not source.get(k)]
     if missing:
         raise LungsegError(

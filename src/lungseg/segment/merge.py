@@ -89,12 +89,13 @@ def completion(sink: Sink, sid: str, count: int | None = None) -> tuple[int, lis
     return count, sorted(set(range(count)) - done[count])
 
 
-def merge(sink: Sink, top: int = QC_TOP) -> MergeResult:
+def merge(sink: Sink, top: int = QC_TOP, shards: int | None = None) -> MergeResult:
     """Merge every ledger of the output's settings into ``measurements.csv``, ``errors.csv``
     and ``qc.json`` (deterministic: sorted by key, the latest row of a key wins).
 
     Memory stays flat: ledger files are merged as sorted streams, and only the ``top`` most
-    uncertain masks are kept.
+    uncertain masks are kept. ``shards``: the sharding whose completion ``qc.json`` reports
+    (default: see :func:`completion`).
 
     Raises:
         LungsegError: the output holds no segment results.
@@ -104,7 +105,7 @@ def merge(sink: Sink, top: int = QC_TOP) -> MergeResult:
         raise LungsegError(f"no lungseg segment results here (no {MANIFEST})", sink.name)
     sid = manifest["settings_id"]
     ledgers = [rel for rel in sink.list(f"{PARTS}/{sid}") if is_ledger(rel)]
-    shards, pending = completion(sink, sid)
+    shards, pending = completion(sink, sid, shards)
     problems: Counter[str] = Counter()
     candidates: list[tuple[float, str, str]] = []
     n_ok = n_failed = 0

@@ -31,9 +31,12 @@ from lungseg.quality import uncertain_fraction
 from lungseg.segment.dicom_seg import dicom_seg_bytes, read_header
 from lungseg.segment.inputs import Inputs, Item
 from lungseg.segment.ledger import Ledger, now, output_names
-from lungseg.segment.measure import lung_sides, measure
+from lungseg.segment.measure import measure
 from lungseg.segment.outputs import Sink
 from lungseg.segment.render import mask_png, overlay_jpeg
+
+#: Seconds between progress lines when stderr is not a terminal.
+LOG_EVERY_S = 60.0
 
 
 @dataclass
@@ -194,21 +197,24 @@ class Pipeline:
 
     def _finish(self, loaded: Loaded, prob: np.ndarray) -> dict[str, Any]:
         item = loaded.item
-        mask = self.segmenter.masks_from_proba(prob[None], [loaded.shape])[0]
-        row = measure(item.key, item.name, mask, loaded.spacing, float(uncertain_fraction(prob)))
-        files = {"mask": mask_png(mask, item.name)}
-        if loaded.pixels is not None:
-            files["overlay"] = overlay_jpeg(loaded.pixels, mask, item.name)
-        if loaded.header is not None:
-            try:
+        try:
+            mask = self.segmenter.masks_from_proba(prob[None], [loaded.shape])[0]
+            unsure = float(uncertain_fraction(prob))
+            row = measure(item.key, item.name, mask, loaded.spacing, unsure)
+            files = {"mask": mask_png(mask, item.name)}
+            if loaded.pixels is not None:
+                files["overlay"] = overlay_jpeg(loaded.pixels, mask, item.name)
+            if loaded.header is not None:
                 files["dicom_seg"] = dicom_seg_bytes(
-                    loaded.header, lung_sides(mask), model=self.segmenter.name,
+                    loaded.header, mask, model=self.segmenter.name,
                     settings_id=self.settings_id, name=item.name,
                 )  # fmt: skip
-            except LungsegError as exc:
-                return _error(item, exc.problem)
+        except LungsegError as exc:  # this image's problem: the archive goes on
+            return _error(item, exc.problem)
+        except Exception as exc:
+            return _error(item, f"cannot segment image ({type(exc).__name__}: {exc})")
         names = output_names(item.key)
-        for kind, data in files.items():
+        for kind, data in files.items():  # a storage failure here stops the run
             self.sink.put(names[kind], data)
             row[kind] = names[kind]
         row.update(version=item.version, status="ok", done_at=now(), problem="")
@@ -221,15 +227,15 @@ def _error(item: Item, problem: str) -> dict[str, Any]:
 
 
 class _Progress:
-    """Images done so far on stderr: a live line on a terminal, a summary line at the end."""
+    """Images done so far on stderr: a live line on a terminal; elsewhere (a job's log) a line
+    every :data:`LOG_EVERY_S` seconds and a summary at the end."""
 
     def __init__(self, enabled: bool, counts: RunCounts) -> None:
         self.enabled, self.counts = enabled, counts
         self._bar = None
-        self._last = 0.0
 
     def __enter__(self) -> _Progress:
-        self._start = time.perf_counter()
+        self._start = self._last = time.perf_counter()
         if self.enabled and sys.stderr.isatty():
             from lungseg.progress import progress_bar
 
@@ -238,23 +244,30 @@ class _Progress:
             self._task = self._bar.add_task("segment", total=None, rate="")
         return self
 
-    def update(self) -> None:
-        if self._bar is None or time.perf_counter() - self._last < 0.2:
-            return
-        self._last = time.perf_counter()
+    def _status(self) -> str:
         done = self.counts.segmented + self.counts.failed
-        elapsed = self._last - self._start
-        self._bar.update(self._task, completed=done, rate=f"{done / elapsed:.1f} images/s")
+        elapsed = time.perf_counter() - self._start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        return f"{done} images in {elapsed:.1f}s ({rate:.1f} images/s)"
+
+    def update(self) -> None:
+        if not self.enabled:
+            return
+        now_ = time.perf_counter()
+        if self._bar is not None and now_ - self._last >= 0.2:
+            done = self.counts.segmented + self.counts.failed
+            self._bar.update(self._task, completed=done, rate=self._status().split("(")[1][:-1])
+            self._last = now_
+        elif self._bar is None and now_ - self._last >= LOG_EVERY_S:
+            print(f"segment: {self._status()} so far", file=sys.stderr, flush=True)
+            self._last = now_
 
     def __exit__(self, exc_type, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
         if self.enabled and exc_type is None:
-            done = self.counts.segmented + self.counts.failed
-            elapsed = time.perf_counter() - self._start
-            rate = done / elapsed if elapsed > 0 else 0.0
-            print(f"segment: {done} images in {elapsed:.1f}s ({rate:.1f} images/s)",
-                  file=sys.stderr)  # fmt: skip
+            before = f"; {self.counts.skipped} done before" if self.counts.skipped else ""
+            print(f"segment: {self._status()}{before}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
