@@ -175,6 +175,7 @@ def test_inputs_with_clashing_stems_get_their_own_masks(tiny_run, examples_dir, 
     code, stdout, stderr = lungseg(["segment", folder, "--out", out, "--weights", tiny_run.run],
                                    capsys)  # fmt: skip
     assert code == 0, stderr
+    assert len(files_under(out / "masks")) == 3, "one mask per image"
     rows = rows_of(out / "measurements.csv")
     assert set(rows) == set(sizes)
     assert files_under(out / "masks") == {f"{key}.png" for key in sizes}
@@ -224,7 +225,9 @@ def test_a_second_run_on_the_same_output_is_refused(tiny_run, examples_dir, tmp_
     out = tmp_path / "o"
     first = _start(first_in, "--out", out, "--weights", tiny_run.run, "--device", "cpu")
     try:
-        _wait_for(lambda: (out / "segment.json").exists(), "the first run to start")
+        # It holds the output once it writes there (segment.json; before issue 14, masks/).
+        _wait_for(lambda: (out / "segment.json").exists() or (out / "masks").exists(),
+                  "the first run to start")  # fmt: skip
         second_in = _six_xrays(examples_dir, tmp_path / "second")
         argv = ["segment", second_in, "--out", out, "--weights", tiny_run.run]
         code, _, err = lungseg(argv, capsys)
@@ -281,6 +284,8 @@ def test_a_reused_output_lists_every_mask_it_holds(tiny_run, examples_dir, tmp_p
     for folder in (first, second):
         code, _, err = lungseg(["segment", folder, "--out", out, *model], capsys)
         assert code == 0, err
+    with open(out / "measurements.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == len(files_under(out / "masks")) == 5
     rows = rows_of(out / "measurements.csv")
     assert {r["mask"] for r in rows.values()} == {f"masks/{m}" for m in files_under(out / "masks")}
     assert len(rows) == 5
