@@ -244,7 +244,8 @@ def test_ctrl_c_records_what_is_done_and_says_how_to_resume(tiny_run, examples_d
     folder = _six_xrays(examples_dir, tmp_path / "in")
     fifo = _fifo(folder / "zz-held.png")
     out = tmp_path / "o"
-    args = [folder, "--out", out, "--weights", tiny_run.run, "--device", "cpu", "--batch-size", "2"]
+    # Batches of 4: the first is segmented, the second waits for the held file forever.
+    args = [folder, "--out", out, "--weights", tiny_run.run, "--device", "cpu", "--batch-size", "4"]
     run = _start(*args)
     try:
         _wait_for(lambda: len(files_under(out / "masks")) >= 2, "masks to be written")

@@ -62,20 +62,22 @@ def segment_command(
     ] = False,
     workers: Annotated[
         int | None,
-        typer.Option(help="Threads for reading, decoding and writing (default: the cores)."),
+        typer.Option(
+            help="Threads for reading, decoding and writing (default: the cores; at least 8 "
+            "with az://)."
+        ),
     ] = None,
 ) -> None:
     """Segment chest X-rays, from a few files to an archive: masks at the original resolution,
     lung areas, QC; resumable (run it again to continue) and shardable."""
     from lungseg.errors import LungsegError
     from lungseg.inference import load_model
-    from lungseg.segment import SegmentInterrupted, default_workers, segment_files
+    from lungseg.segment import SegmentInterrupted, segment_files
     from lungseg.segment.shard import resolve_shard
 
     if weights is not None and onnx is not None:
         raise LungsegError("give --weights or --onnx, not both")
     the_shard = resolve_shard(shard)
-    workers = workers or default_workers()
     segmenter = load_model(
         onnx or weights or model,
         device=_process_device(device),

@@ -139,15 +139,16 @@ def _fingerprint(source: str) -> str:
         return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def default_workers() -> int:
+def default_workers(remote: bool = False) -> int:
     """Threads for reading, decoding and writing: the cores this process may use (shared with
-    the other processes of a ``torchrun`` on this machine), at least 2."""
+    the other processes of a ``torchrun`` on this machine), at least 2; with ``az://`` on either
+    side at least 8, since a thread that waits for the network uses no core."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    return max(2, cores // max(1, local))
+    return max(8 if remote else 2, cores // max(1, local))
 
 
 def segment_files(
@@ -178,7 +179,7 @@ def segment_files(
         overwrite: redo every image (see :func:`~lungseg.segment.ledger.open_run`); needed to
             reuse an output made with other settings.
         batch_size: images per forward pass.
-        workers: threads for reading, decoding and writing (default :func:`default_workers`).
+        workers: threads for reading, decoding and writing (default: :func:`default_workers`).
         progress: show progress on stderr.
         ledger_rows: record finished images after this many...
         ledger_seconds: ...or this many seconds.
@@ -196,8 +197,9 @@ def segment_files(
     if batch_size < 1:
         raise LungsegError(f"--batch-size must be at least 1, got {batch_size}")
     shard = shard if isinstance(shard, Shard) else resolve_shard(shard)
-    workers = workers or default_workers()
     paths = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    remote = any(str(p).startswith("az://") for p in [*paths, out])
+    workers = workers or default_workers(remote)
     sink = open_sink(out, workers=workers)
     source = open_inputs(paths, out=out, workers=workers)
     listing = iter(source.items())
