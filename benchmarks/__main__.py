@@ -5,6 +5,7 @@ Usage::
     python -m benchmarks                       # every CPU benchmark (< 15 min on 2 cores)
     python -m benchmarks --device cuda         # on a GPU machine: train, infer, scaling
     python -m benchmarks --only prepare,infer  # some of them; the others' figures are kept
+    python -m benchmarks --only segment        # archive segmentation (about 5 min on 2 cores)
     python -m benchmarks --quick               # seconds; smoke test into a temporary folder
     python -m benchmarks --render              # only rewrite BENCHMARKS.md from the records
     python -m benchmarks --only train --baseline REF  # loop overheads before (REF) and after
@@ -42,7 +43,7 @@ from benchmarks.common import (
 #: Benchmarks run by default on each device (preparation is CPU work: name it to run it on a
 #: GPU machine's host).
 DEFAULTS = {
-    "cpu": ("prepare", "train", "infer", "scaling", "cli", "serve"),
+    "cpu": ("prepare", "train", "infer", "scaling", "segment", "serve", "cli"),
     "cuda": ("train", "infer", "scaling"),
 }
 

@@ -41,8 +41,9 @@ TITLES = {
     "train": "2. Training throughput, memory and epoch time",
     "infer": "3. Inference latency and throughput",
     "scaling": "4. Scaling: training with 1 and 2 processes (torchrun)",
-    "cli": "5. Command-line start-up",
+    "segment": "5. Archive segmentation: lungseg segment end to end at full resolution",
     "serve": "6. lungseg serve under load, beside offline lungseg segment",
+    "cli": "7. Command-line start-up",
 }
 
 

@@ -177,7 +177,7 @@ class _Offline:
         for data in [self.bodies[0], *self.bodies]:
             start = time.perf_counter()
             decoded, inputs = _prepare(data, self.segmenter)
-            prob = self.segmenter.proba_from_inputs([inputs])[0]
+            prob = self.segmenter.proba_preprocessed([inputs])[0]
             _finish(decoded, prob, self.segmenter, False)
             times.append((time.perf_counter() - start) * 1000)
         return times[1:]

@@ -14,6 +14,7 @@ def dicom_bytes(
     rescale: tuple[float, float] | None = None,
     window: tuple[float, float] | None = None,
     rows_cols: tuple[int, int] | None = None,
+    header: dict[str, object] | None = None,
 ) -> bytes:
     """A minimal valid DX file with 16-bit (12 stored) pixel data ``raw``.
 
@@ -24,6 +25,8 @@ def dicom_bytes(
         rescale: ``(slope, intercept)`` of the modality LUT.
         window: ``(center, width)`` of the VOI window.
         rows_cols: declared size, when it should differ from ``raw`` (a forged header).
+        header: more attributes by keyword (patient, study and series), as an archive's files
+            have them.
     """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -52,6 +55,8 @@ def dicom_bytes(
         ds.WindowCenter, ds.WindowWidth = window
     if spacing is not None:
         ds.PixelSpacing = list(spacing)
+    for keyword, value in (header or {}).items():
+        setattr(ds, keyword, value)
     ds.PixelData = raw.astype("<u2").tobytes()
     buf = io.BytesIO()
     pydicom.dcmwrite(buf, ds, enforce_file_format=True)

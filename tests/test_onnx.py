@@ -102,8 +102,8 @@ def test_segment_with_onnx(tiny_run, onnx_file: Path, examples_dir: Path, tmp_pa
         assert "segmented 12 image(s)" in stdout
         runs[flag] = out
     for path in sorted(images.glob("*.png")):
-        a = read_gray(runs["--onnx"] / "masks" / path.name) > 127
-        b = read_gray(runs["--weights"] / "masks" / path.name) > 127
+        a = read_gray(runs["--onnx"] / "masks" / f"{path.name}.png") > 127
+        b = read_gray(runs["--weights"] / "masks" / f"{path.name}.png") > 127
         assert a.shape == read_gray(path).shape
         assert a.any() and dice(a, b) > 0.99, path.name
 

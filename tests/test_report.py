@@ -310,7 +310,7 @@ def test_compare_shipped_evaluates_and_segments_without_training(
         assert table[0]["parameters"] != "–" and table[0]["train time"] != "–"
         masks = sorted((out / label / "masks").glob("*.png"))
         assert len(masks) == 12
-        original = read_gray(examples_dir / "COVID" / "images" / masks[0].name)
+        original = read_gray(examples_dir / "COVID" / "images" / masks[0].stem)  # x.png.png
         assert read_gray(masks[0]).shape == original.shape  # original resolution
         assert (out / label / "measurements.csv").is_file()
     # The report names what was scored: every image, not the test split.

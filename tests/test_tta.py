@@ -104,7 +104,7 @@ def test_evaluate_and_segment_with_tta(examples_dir: Path, tmp_path: Path, capsy
     )
     assert code == 0, err
     assert "unet-fast+tta" in out
-    mask = read_gray(tmp_path / "seg" / "masks" / "1d435a4b.png")
+    mask = read_gray(tmp_path / "seg" / "masks" / "1d435a4b.png.png")
     assert mask.shape == read_gray(image).shape and 0 < (mask > 0).mean() < 0.8
 
 

@@ -181,6 +181,9 @@ def compare_shipped(
             ]
             files = [p for p in images if Path(p).is_file()]
             if files:
-                segment_files(segmenter, find_images(files), out / label, progress=progress)
+                segment_files(
+                    segmenter, find_images(files), out / label, overlays=True, overwrite=True,
+                    progress=progress,
+                )  # fmt: skip
         entries.append(load_checkpoint_entry(eval_dir, label))
     return build_report(entries, out, title=title or f"lungseg models on {data}")

@@ -148,23 +148,22 @@ class Segmenter:
 
     def proba_working(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """``uint8[H, W]`` images -> probabilities ``float32[N, S, S]`` at the working size."""
-        return self.proba_from_inputs([self.network_inputs(im) for im in images])
+        return self.proba_preprocessed([self.preprocessed(im) for im in images])
 
-    def network_inputs(self, image: np.ndarray) -> list[np.ndarray]:
-        """The per-image half of :meth:`proba_working`: ``uint8[H, W]`` -> one ``float32[S, S]``
-        in [0, 1] per network, preprocessed as that network was trained. A server runs it
-        for each request on its own thread, and batches only :meth:`proba_from_inputs`."""
-        return [
-            preprocess(image, config).astype(np.float32) / np.float32(255.0)
-            for _, config in self.networks
-        ]
+    def preprocessed(self, image: np.ndarray) -> list[np.ndarray]:
+        """``uint8[H, W]`` -> each network's input, ``uint8[S, S]`` after its preprocessing.
 
-    def proba_from_inputs(self, inputs: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
-        """:meth:`network_inputs` of N images -> probabilities ``float32[N, S, S]``: one forward
-        pass per network over the whole batch, averaged over the networks."""
+        With :meth:`proba_preprocessed`, this is :meth:`proba_working` in two steps, so that a
+        pipeline can preprocess the next images while the model runs on the current ones.
+        """
+        return [preprocess(image, config) for _, config in self.networks]
+
+    def proba_preprocessed(self, inputs: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+        """:meth:`preprocessed` of N images -> probabilities ``float32[N, S, S]``."""
         total = np.zeros((len(inputs), self.size, self.size), np.float32)
-        for k, (network, config) in enumerate(self.networks):
-            prob = network(np.stack([item[k] for item in inputs])[:, None])
+        for i, (network, config) in enumerate(self.networks):
+            batch = np.stack([x[i] for x in inputs]).astype(np.float32)
+            prob = network(batch[:, None] / np.float32(255.0))
             if config.size != self.size:
                 prob = np.stack([_resize_prob(p, (self.size, self.size)) for p in prob])
             total += prob

@@ -24,7 +24,7 @@ from lungseg.errors import LungsegError
 #: Probabilities strictly between these bounds count as uncertain.
 UNCERTAIN_LOW = 0.1
 UNCERTAIN_HIGH = 0.9
-#: Above this ``uncertain_fraction`` a mask is flagged "review this mask" (``lungseg serve``).
+#: Above this ``uncertain_fraction`` a mask is flagged for review (:func:`review_reason`).
 #: Chosen with ``unet-fast`` on the 355 development images: it flags 12 % of them, among them all
 #: 4 with Dice below 0.90 and 9 of the 11 below 0.93. Most of those images were seen in
 #: training, so expect a larger share of new images to be flagged.
@@ -51,17 +51,24 @@ def uncertain_fraction(prob: np.ndarray) -> np.ndarray:
     return unsure / np.maximum(lung, 1).astype(np.float64)
 
 
-def review_reason(mask: np.ndarray) -> str:
-    """Why a mask must be looked at before it is used, or ``""``.
+def review_reason(mask: np.ndarray, uncertainty: float | None = None) -> str:
+    """Why a mask must be looked at before it is used, or ``""``: the one rule that
+    ``lungseg segment`` (the ``review`` column) and ``lungseg serve`` (the review flag) apply.
 
     Args:
         mask: ``bool[H, W]``, the final (postprocessed) mask.
+        uncertainty: the image's :func:`uncertain_fraction`, when known.
 
     Returns:
         ``"no lung found"`` for an empty mask (a chest X-ray always shows lungs: the image is
-        not one, or the model failed), else ``""``.
+        not one, or the model failed); ``"uncertain (U > 0.2)"`` when ``uncertainty`` is above
+        :data:`REVIEW_THRESHOLD`; else ``""``.
     """
-    return "" if np.any(mask) else "no lung found"
+    if not np.any(mask):
+        return "no lung found"
+    if uncertainty is not None and uncertainty > REVIEW_THRESHOLD:
+        return f"uncertain ({uncertainty:.3f} > {REVIEW_THRESHOLD})"
+    return ""
 
 
 def error_rank_correlation(uncertainty: np.ndarray, dice: np.ndarray) -> float:

@@ -15,10 +15,17 @@ from lungseg.shipped import MODEL_NAMES
 @app.command("segment")
 def segment_command(
     inputs: Annotated[
-        list[Path],
-        typer.Argument(help="Image files or folders (PNG/JPEG/TIFF/DICOM).", metavar="IMAGE"),
+        list[str],
+        typer.Argument(
+            help="Image files or folders (PNG/JPEG/TIFF/BMP/DICOM), or az://CONTAINER/PREFIX.",
+            show_default=False,
+            metavar="IMAGE",
+        ),
     ],
-    out: Annotated[Path, typer.Option(help="Folder for masks/, overlays/, measurements.csv.")],
+    out: Annotated[
+        str,
+        typer.Option(help="Folder or az://CONTAINER/PREFIX for masks/, measurements.csv, ..."),
+    ],
     model: Annotated[str, typer.Option(help=f"Shipped model: {', '.join(MODEL_NAMES)}.")] = "unet",
     weights: Annotated[
         Path | None, typer.Option(help="A checkpoint or run directory instead of a shipped model.")
@@ -34,33 +41,147 @@ def segment_command(
     tta: Annotated[
         bool, typer.Option(help="Test-time augmentation: average over 5 zoomed/rotated views.")
     ] = False,
+    overlays: Annotated[
+        bool, typer.Option("--overlays/--no-overlays", help="Also write overlays/<key>.jpg.")
+    ] = False,
+    dicom_seg: Annotated[
+        bool,
+        typer.Option(
+            "--dicom-seg", help="Also write a DICOM SEG per DICOM input (needs lungseg[dicom])."
+        ),
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="Do shard K of N (K from 0); default: from torchrun, a Slurm array or a "
+            "Kubernetes Indexed Job, else all.",
+            metavar="K/N",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Redo every image, replacing what OUT holds.")
+    ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Threads for reading, decoding and writing (default: the cores; at least 8 "
+            "with az://)."
+        ),
+    ] = None,
 ) -> None:
-    """Segment new chest X-rays: masks at the original resolution, overlays and lung areas."""
+    """Segment chest X-rays, from a few files to an archive: masks at the original resolution,
+    lung areas, QC; resumable (run it again to continue) and shardable."""
     from lungseg.errors import LungsegError
     from lungseg.inference import load_model
-    from lungseg.segment import segment_files
+    from lungseg.segment import SegmentInterrupted, segment_files
+    from lungseg.segment.shard import resolve_shard
 
     if weights is not None and onnx is not None:
         raise LungsegError("give --weights or --onnx, not both")
-    source = onnx or weights or model
-    segmenter = load_model(source, device=device, postprocess=postprocess, tta=tta)
-    result = segment_files(segmenter, inputs, out, batch_size=batch_size)
-    if result.n_done == 0:
-        raise LungsegError(
-            f"none of the {result.n_failed} file(s) could be read; see errors.csv", out
-        )
-    note = f"; {result.n_failed} file(s) skipped, see {out}/errors.csv" if result.n_failed else ""
-    typer.echo(f"segmented {result.n_done} image(s) with {segmenter.name} into {out}{note}")
-    if result.flagged:
-        shown = ", ".join(f"{Path(f).name} ({why})" for f, why in result.flagged[:3])
-        more = f" and {len(result.flagged) - 3} more" if len(result.flagged) > 3 else ""
+    the_shard = resolve_shard(shard)
+    segmenter = load_model(
+        onnx or weights or model,
+        device=_process_device(device),
+        postprocess=postprocess,
+        tta=tta,
+        threads=_model_threads(),
+    )
+    try:
+        result = segment_files(
+            segmenter, inputs, out, overlays=overlays, dicom_seg=dicom_seg, shard=the_shard,
+            overwrite=overwrite, batch_size=batch_size, workers=workers,
+        )  # fmt: skip
+    except SegmentInterrupted as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # before any image was started: nothing to record
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    counts, merged = result.counts, result.merged
+    part = f" (shard {the_shard}, from {the_shard.source})" if the_shard.count > 1 else ""
+    before = f"; {counts.skipped} done before" if counts.skipped else ""
+    note = f"; {counts.failed} file(s) skipped, see {out}/errors.csv" if counts.failed else ""
+    typer.echo(
+        f"segmented {counts.segmented} image(s) with {segmenter.name} into {out}{part}"
+        f"{before}{note}"
+    )
+    if merged is None:
         typer.echo(
-            f"{len(result.flagged)} mask(s) flagged for review (column 'review' of "
+            f"{out}/measurements.csv is written when the last shard finishes (or run "
+            f"lungseg segment-merge {out})"
+        )
+        return
+    _report_merge(merged, out)
+
+
+@app.command("segment-merge")
+def segment_merge_command(
+    out: Annotated[str, typer.Argument(help="The --out of the segment runs (folder or az://).")],
+) -> None:
+    """Merge the shards of lungseg segment into measurements.csv, errors.csv and qc.json."""
+    from lungseg.segment import merge_outputs
+
+    merged = merge_outputs(out)
+    typer.echo(
+        f"merged {merged.n_images} image(s) into {out}/measurements.csv "
+        f"({merged.n_segmented} segmented, {merged.n_failed} failed)"
+    )
+    _report_merge(merged, out)
+
+
+def _report_merge(merged, out: str) -> None:
+    from lungseg.errors import LungsegError
+
+    if merged.n_segmented == 0 and merged.n_failed:
+        raise LungsegError(
+            f"none of the {merged.n_failed} file(s) could be read; see errors.csv", out
+        )
+    if merged.pending:
+        shards = ", ".join(map(str, merged.pending))
+        typer.echo(
+            f"not complete: shard(s) {shards} of {merged.shards} have not finished; the tables "
+            "hold what is done so far"
+        )
+    if merged.n_flagged:
+        shown = ", ".join(f"{key} ({why})" for key, why in merged.flagged[:3])
+        more = f" and {merged.n_flagged - 3} more" if merged.n_flagged > 3 else ""
+        typer.echo(
+            f"{merged.n_flagged} mask(s) flagged for review (column 'review' of "
             f"measurements.csv): {shown}{more}"
         )
-    if result.n_done > 1:
-        shown = ", ".join(f"{Path(f).name} ({u:.3f})" for u, f in result.most_uncertain[:3])
-        typer.echo(f"review first (highest uncertain_fraction): {shown}")
+    if merged.n_segmented > 1:
+        shown = ", ".join(f"{key} ({u:.3f})" for u, key, _ in merged.most_uncertain[:3])
+        typer.echo(f"review first (highest uncertain_fraction; more in qc.json): {shown}")
+
+
+def _process_device(device: str) -> str:
+    """``auto`` in one of several processes of a machine (torchrun) takes the GPU of its local
+    rank."""
+    import os
+
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device != "auto" or local_rank is None:
+        return device
+    import torch
+
+    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+
+
+def _model_threads() -> int:
+    """Model threads per process: a third of the cores it shares with the other processes of
+    this machine, at least one. The model is about 40 % of the work per image; the rest runs
+    in the pipeline's threads on every core, and OpenMP threads that wait for a busy core stall
+    (on 2 loaded cores, 2 model threads halved the images/s of 1)."""
+    import os
+
+    import torch
+
+    from lungseg.devices import physical_cores
+
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    threads = max(1, physical_cores() // local // 3)
+    torch.set_num_threads(threads)
+    return threads
 
 
 @app.command("export")

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from types import ModuleType
+from typing import Any, Protocol
 
 from lungseg.data.local import LocalSource
 from lungseg.errors import LungsegError
 
-__all__ = ["DataSource", "LocalSource", "open_source"]
+__all__ = ["DataSource", "LocalSource", "azure_module", "azure_source", "open_source"]
 
 
 class DataSource(Protocol):
@@ -62,15 +63,26 @@ def open_source(spec: str | Path) -> DataSource:
     """Open ``--data``: a local folder, or ``az://CONTAINER[/PREFIX]`` (``lungseg[azure]``)."""
     text = str(spec)
     if text.startswith("az://"):
-        try:
-            from lungseg.data.azure import AzureSource
-        except ImportError as exc:  # the optional extra is missing
-            raise LungsegError(
-                f"reading {text} needs the Azure packages: pip install 'lungseg[azure]' ({exc})"
-            ) from None
-        return AzureSource.from_url(text)
+        return azure_source(text)
     if "://" in text:
         raise LungsegError(
             "unsupported data URL; use a local folder or az://CONTAINER/PREFIX", text
         )
     return LocalSource(Path(text))
+
+
+def azure_source(url: str, **kwargs: Any):
+    """:class:`~lungseg.data.azure.AzureSource` of ``az://CONTAINER/PREFIX``."""
+    return azure_module(url).AzureSource.from_url(url, **kwargs)
+
+
+def azure_module(url: str, doing: str = "reading") -> ModuleType:
+    """:mod:`lungseg.data.azure`, or advice on installing the extra that ``doing`` (reading,
+    writing to) ``url`` needs."""
+    try:
+        import lungseg.data.azure as azure
+    except ImportError as exc:  # the optional extra is missing
+        raise LungsegError(
+            f"{doing} {url} needs the Azure packages: pip install 'lungseg[azure]' ({exc})"
+        ) from None
+    return azure

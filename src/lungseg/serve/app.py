@@ -68,7 +68,7 @@ class Service:
         wait = self.config.batch_wait_ms / 1000
         for name, model in self.models.items():
             for tta, segmenter in ((False, model.segmenter), (True, model.augmented)):
-                forward = lambda items, s=segmenter: list(s.proba_from_inputs(items))  # noqa: E731
+                forward = lambda items, s=segmenter: list(s.proba_preprocessed(items))  # noqa: E731
                 self.batchers[name, tta] = MicroBatcher(
                     forward, self.config.max_batch, wait, name=f"{name}{'+tta' if tta else ''}"
                 )

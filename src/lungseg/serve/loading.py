@@ -88,7 +88,7 @@ def load_models(config: ServeConfig) -> dict[str, ServedModel]:
             name, segmenter, segmenter.with_tta(), backend, f"{__version__}+{digest[:12]}"
         )
         blank = np.zeros((segmenter.size, segmenter.size), np.uint8)
-        segmenter.proba_from_inputs([segmenter.network_inputs(blank)])  # first-call allocations
+        segmenter.proba_preprocessed([segmenter.preprocessed(blank)])  # first-call allocations
         served[name] = model
     return served
 

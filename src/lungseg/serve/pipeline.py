@@ -56,7 +56,8 @@ class Segmented:
 
     @property
     def review(self) -> bool:
-        return self.uncertainty > REVIEW_THRESHOLD or self.measurements["lung_px"] == 0
+        """Flagged for review: the rule of ``lungseg segment``'s ``review`` column."""
+        return bool(self.measurements["review"])
 
     def to_json(self, *, mask: bool = True) -> dict[str, Any]:
         """The JSON body of ``POST /v1/segment`` (see ``SegmentResponse`` in the API)."""
@@ -133,7 +134,7 @@ def _whole(data: bytes, model: ServedModel, segmenter, tta: bool, with_image: bo
     start = time.perf_counter()
     decoded, inputs = _prepare(data, segmenter)
     decoded_at = time.perf_counter()
-    prob = segmenter.proba_from_inputs([inputs])[0]
+    prob = segmenter.proba_preprocessed([inputs])[0]
     inferred_at = time.perf_counter()
     mask_png, rows, unsure, image_png = _finish(decoded, prob, segmenter, with_image)
     timings = _timings(start, decoded_at, 0.0, (inferred_at - decoded_at) * 1000, inferred_at)
@@ -156,7 +157,7 @@ def _timings(
 
 def _prepare(data: bytes, segmenter) -> tuple[Decoded, list[np.ndarray]]:
     decoded = decode(data)
-    return decoded, segmenter.network_inputs(decoded.pixels)
+    return decoded, segmenter.preprocessed(decoded.pixels)
 
 
 def decode(data: bytes) -> Decoded:

@@ -13,7 +13,9 @@ Modules, by concern:
 * :mod:`~lungseg.data.azure.source`: :class:`AzureSource`, the read side, through a local
   content cache;
 * :mod:`~lungseg.data.azure.upload`: :func:`upload`, publishing a folder, one
-  :func:`~lungseg.data.azure.upload.put_file` per file.
+  :func:`~lungseg.data.azure.upload.put_file` per file;
+* :mod:`~lungseg.data.azure.sink`: :class:`AzureSink`, where ``lungseg segment`` writes its
+  results (whole-blob writes, a leased lock).
 """
 
 from lungseg.data.azure.connection import (
@@ -30,6 +32,7 @@ from lungseg.data.azure.connection import (
     BlobLocation,
     parse_url,
 )
+from lungseg.data.azure.sink import AzureSink
 from lungseg.data.azure.source import AzureSource
 from lungseg.data.azure.transfer import TransferStats
 from lungseg.data.azure.upload import upload
@@ -45,6 +48,7 @@ __all__ = [
     "NO_CREDENTIALS",
     "READ_TIMEOUT_S",
     "RETRY",
+    "AzureSink",
     "AzureSource",
     "BlobLocation",
     "TransferStats",

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import itertools
 import os
 import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
@@ -91,26 +92,30 @@ class AzureSource:
 
     def _listing(self) -> dict[str, _Blob]:
         if self._blobs is None:
-            prefix = self.location.prefix
-            client = self._container.client
-            found = self._container.call(
-                "listing",
-                lambda: list(
-                    client.list_blobs(name_starts_with=prefix or None, include=["metadata"])
-                ),
-            )
-            blobs = {}
-            for b in found:
+            blobs = {b.key: b for b in self.iter_blobs()}
+            if not blobs:
+                raise LungsegError(self._nothing_found(), self.name)
+            self._blobs = dict(sorted(blobs.items()))
+        return self._blobs
+
+    def iter_blobs(self) -> Iterator[_Blob]:
+        """The blobs under the prefix, listed lazily page by page (in blob-name order), for
+        archives too large to hold their listing; nothing is kept."""
+        prefix = self.location.prefix
+        client = self._container.client
+        pages = self._container.call(
+            "listing",
+            lambda: client.list_blobs(name_starts_with=prefix or None, include=["metadata"]),
+        ).by_page()
+        # Each page is one request (5,000 blobs at most), made by next().
+        while (page := self._container.call("listing", lambda: next(pages, None))) is not None:
+            for b in page:
                 # Folders of accounts with a hierarchical namespace are listed as empty blobs.
                 if b.name.endswith("/") or (b.metadata or {}).get("hdi_isfolder") == "true":
                     continue
                 md5 = b.content_settings.content_md5
                 key = b.name[len(prefix) :]
-                blobs[key] = _Blob(key, b.name, b.size, b.etag, bytes(md5) if md5 else None)
-            if not blobs:
-                raise LungsegError(self._nothing_found(), self.name)
-            self._blobs = dict(sorted(blobs.items()))
-        return self._blobs
+                yield _Blob(key, b.name, b.size, b.etag, bytes(md5) if md5 else None)
 
     def _nothing_found(self) -> str:
         container = f"container {self.location.container!r}"
@@ -219,6 +224,18 @@ class AzureSource:
         if self.on_file is not None:
             self.on_file(blob.key, blob.size)
         return True
+
+    def fetch(self, blob: _Blob) -> bytes:
+        """One blob's content, straight into memory (no content cache: an archive is read once,
+        and caching it would fill the disk); checked against its listed size and MD5."""
+        buf = io.BytesIO()
+        md5 = self._container.call(f"downloading {blob.key} from", lambda: self._stream(blob, buf))
+        if buf.tell() != blob.size or (blob.md5 and md5 != blob.md5):
+            raise LungsegError(
+                "downloaded content does not match the blob's size or MD5; run the command again",
+                f"{self.name}/{blob.key}",
+            )
+        return buf.getvalue()
 
     def _stream(self, blob: _Blob, fh: BinaryIO) -> bytes:
         # The ETag condition makes a blob replaced mid-download fail (412) instead of mixing.

@@ -1,0 +1,259 @@
+"""``lungseg segment``: lung masks and measurements for new X-rays, from a few files to an archive.
+
+:func:`segment_files` reads local files and folders or ``az://CONTAINER/PREFIX`` and writes to a
+local folder or ``az://CONTAINER/PREFIX``, in the layout described in
+:mod:`lungseg.segment.ledger`. For each image, at its **own resolution**:
+
+* ``masks/<key>.png`` - the lung mask, a 1-bit PNG (``key``: the image's path relative to the
+  input, extension included, so two inputs never share an output);
+* ``overlays/<key>.jpg`` (``overlays=True``) - the X-ray with the lungs tinted and outlined;
+* ``dicom-seg/<key>.dcm`` (``dicom_seg=True``, DICOM inputs) - a DICOM Segmentation
+  (:mod:`lungseg.segment.dicom_seg`);
+* a row of ``measurements.csv`` - the image's key and file, its outputs, lung area in pixels and
+  as a share of the image, right and left lung separately (the patient's right lung is on the
+  image's left, as radiographs are viewed), areas in cm² when the file states its pixel spacing
+  (DICOM), and ``uncertain_fraction``, the model's doubt about the mask
+  (:mod:`lungseg.quality`): review the masks with the highest values first (``qc.json`` lists
+  them).
+
+A file that cannot be read is listed with its reason in ``errors.csv``; the others are done.
+Runs are resumable (a run does only what earlier runs have not), shardable over processes and
+machines (:mod:`lungseg.segment.shard`), and stream their input (:mod:`lungseg.segment.pipeline`).
+
+Modules: :mod:`~lungseg.segment.inputs` (what is read), :mod:`~lungseg.segment.outputs` (where
+it goes), :mod:`~lungseg.segment.ledger` (the record that makes runs resumable and mergeable),
+:mod:`~lungseg.segment.shard`, :mod:`~lungseg.segment.pipeline`, :mod:`~lungseg.segment.measure`,
+:mod:`~lungseg.segment.render` (mask PNG, overlay JPEG), :mod:`~lungseg.segment.dicom_seg`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lungseg.config import to_dict
+from lungseg.errors import LungsegError
+from lungseg.inference import Segmenter
+from lungseg.segment.dicom_seg import dicom_seg_bytes
+from lungseg.segment.inputs import AzureInputs, find_images, no_images, open_inputs
+from lungseg.segment.ledger import (
+    LEDGER_ROWS,
+    LEDGER_SECONDS,
+    LOCKS,
+    MEASUREMENT_COLUMNS,
+    Ledger,
+    done_set,
+    item_id,
+    open_run,
+)
+from lungseg.segment.measure import lung_areas, lung_sides, measure
+from lungseg.segment.merge import MergeResult, completion, merge
+from lungseg.segment.outputs import open_sink
+from lungseg.segment.pipeline import Pipeline, RunCounts
+from lungseg.segment.render import mask_png, overlay, overlay_jpeg
+from lungseg.segment.shard import Shard, resolve_shard
+
+__all__ = [
+    "MEASUREMENT_COLUMNS",
+    "SegmentInterrupted",
+    "SegmentResult",
+    "dicom_seg_bytes",
+    "find_images",
+    "lung_areas",
+    "lung_sides",
+    "mask_png",
+    "measure",
+    "merge_outputs",
+    "overlay",
+    "overlay_jpeg",
+    "run_settings",
+    "segment_files",
+]
+
+#: Bumped when the outputs of the same model and settings change (their format or content).
+OUTPUTS_VERSION = 1
+
+
+class SegmentInterrupted(LungsegError):
+    """Ctrl-C or SIGTERM: what was done is recorded, and running again continues."""
+
+
+@dataclass
+class SegmentResult:
+    """What :func:`segment_files` did.
+
+    Attributes:
+        out: the output folder or URL.
+        shard: the shard this process did.
+        counts: images read, segmented, failed and skipped (done before) in this run.
+        merged: the merged tables, when this run wrote them (one shard, or the last to finish);
+            they cover every run and shard.
+    """
+
+    out: str
+    shard: Shard
+    counts: RunCounts
+    merged: MergeResult | None
+
+    @property
+    def n_done(self) -> int:
+        return self.counts.segmented
+
+    @property
+    def n_failed(self) -> int:
+        return self.counts.failed
+
+    @property
+    def most_uncertain(self) -> list[tuple[float, str, str]]:
+        """``(uncertain_fraction, key, file)``, most uncertain first, archive-wide."""
+        return self.merged.most_uncertain if self.merged is not None else []
+
+
+def run_settings(segmenter: Segmenter, overlays: bool, dicom_seg: bool) -> dict[str, Any]:
+    """What the outputs depend on, recorded in ``segment.json``: a run with other settings into
+    the same output is refused (batch size, device and workers do not change the outputs)."""
+    info = segmenter.info or {}
+    sources = info.get("members") or [segmenter.source]
+    return {
+        "model": segmenter.name,
+        "weights": [_fingerprint(s) for s in sources],
+        "preprocess": [to_dict(config) for _, config in segmenter.networks],
+        "postprocess": to_dict(segmenter.postprocess),
+        "tta": info.get("tta"),
+        "overlays": overlays,
+        "dicom_seg": dicom_seg,
+        "outputs": OUTPUTS_VERSION,
+    }
+
+
+def _fingerprint(source: str) -> str:
+    path = Path(source)
+    if not path.is_file():
+        return source
+    with open(path, "rb") as fh:
+        return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def default_workers(remote: bool = False) -> int:
+    """Threads for reading, decoding and writing: the cores this process may use (shared with
+    the other processes of a ``torchrun`` on this machine), at least 2; with ``az://`` on either
+    side at least 8, since a thread that waits for the network uses no core."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(8 if remote else 2, cores // max(1, local))
+
+
+def segment_files(
+    segmenter: Segmenter,
+    inputs: Sequence[str | Path] | str | Path,
+    out: str | Path,
+    *,
+    overlays: bool = False,
+    dicom_seg: bool = False,
+    shard: Shard | str | None = None,
+    overwrite: bool = False,
+    batch_size: int = 8,
+    workers: int | None = None,
+    progress: bool = True,
+    ledger_rows: int = LEDGER_ROWS,
+    ledger_seconds: float = LEDGER_SECONDS,
+) -> SegmentResult:
+    """Segment every image of ``inputs`` not yet done into ``out`` (see the module docstring).
+
+    Args:
+        segmenter: the model (:func:`lungseg.inference.load_model`).
+        inputs: local files and folders, or one ``az://CONTAINER/PREFIX``.
+        out: a local folder or ``az://CONTAINER/PREFIX``.
+        overlays: also write ``overlays/<key>.jpg``.
+        dicom_seg: also write ``dicom-seg/<key>.dcm`` for DICOM inputs (``lungseg[dicom]``).
+        shard: ``"K/N"`` or a :class:`Shard`; default: from the scheduler's environment
+            (:func:`~lungseg.segment.shard.resolve_shard`).
+        overwrite: redo every image (see :func:`~lungseg.segment.ledger.open_run`); needed to
+            reuse an output made with other settings.
+        batch_size: images per forward pass.
+        workers: threads for reading, decoding and writing (default: :func:`default_workers`).
+        progress: show progress on stderr.
+        ledger_rows: record finished images after this many...
+        ledger_seconds: ...or this many seconds.
+
+    Returns:
+        What this run did, and the merged tables when it wrote them: after a run of one shard,
+        or of the last shard of N to complete (otherwise ``lungseg segment-merge`` writes them).
+
+    Raises:
+        SegmentInterrupted: Ctrl-C or SIGTERM; the images done are recorded (and, for one
+            shard, merged into ``measurements.csv``).
+        LungsegError: bad arguments, an output of other settings, another process on the same
+            output and shard, or a storage failure (the images done stay recorded).
+    """
+    if batch_size < 1:
+        raise LungsegError(f"--batch-size must be at least 1, got {batch_size}")
+    shard = shard if isinstance(shard, Shard) else resolve_shard(shard)
+    paths = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    remote = any(str(p).startswith("az://") for p in [*paths, out])
+    workers = workers or default_workers(remote)
+    sink = open_sink(out, workers=workers)
+    source = open_inputs(paths, out=out, workers=workers)
+    listing = iter(source.items())
+    first = next(listing, None)
+    if first is None:
+        if isinstance(source, AzureInputs):
+            raise LungsegError(f"no images: {source.nothing_found()}", source.description)
+        raise LungsegError(no_images(source.description))
+    settings = run_settings(segmenter, overlays, dicom_seg)
+    with sink.lock(f"{LOCKS}/{shard.name}", "segment"):
+        sid = open_run(sink, settings, shard, overwrite)
+        done = done_set(sink, sid, shard)
+        ledger = Ledger(sink, sid, shard, ledger_rows, ledger_seconds)
+        ledger.reopen()
+        pipeline = Pipeline(
+            segmenter, source, sink, ledger, sid, overlays=overlays, dicom_seg=dicom_seg,
+            batch_size=batch_size, workers=workers, progress=progress,
+        )  # fmt: skip
+        counts = pipeline.counts
+
+        def todo():
+            for item in itertools.chain([first], listing):
+                if not shard.owns(item.key):
+                    continue
+                if item_id(item.key, item.version) in done:
+                    counts.skipped += 1
+                    continue
+                yield item
+
+        try:
+            pipeline.run(todo())
+        except KeyboardInterrupt:
+            merged = merge(sink, shards=1) if shard.count == 1 else None
+            in_all = f" ({merged.n_images} in all)" if merged is not None else ""
+            raise SegmentInterrupted(
+                f"interrupted: the {ledger.written} images done in this run are recorded"
+                f"{in_all}; run the same command again to do the rest",
+                sink.name,
+            ) from None
+        except LungsegError as exc:
+            raise LungsegError(
+                f"{exc.problem}; the {ledger.written} images done in this run before that are "
+                "recorded: run the same command again to do the rest",
+                exc.path,
+            ) from None
+        ledger.complete({"shard": str(shard), "segmented": counts.segmented,
+                         "failed": counts.failed, "skipped": counts.skipped})  # fmt: skip
+        _, pending = completion(sink, sid, shard.count)
+        merged = merge(sink, shards=shard.count) if not pending else None
+    return SegmentResult(sink.name, shard, counts, merged)
+
+
+def merge_outputs(out: str | Path) -> MergeResult:
+    """``lungseg segment-merge OUT``: merge every shard's ledger into ``measurements.csv``,
+    ``errors.csv`` and ``qc.json`` (also when some shards are not done: the tables then hold
+    what is done so far, and :attr:`MergeResult.pending` names the missing shards)."""
+    return merge(open_sink(out))

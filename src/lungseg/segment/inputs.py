@@ -1,0 +1,205 @@
+"""The X-rays ``segment`` reads: local files and folders, or ``az://CONTAINER/PREFIX``, listed
+lazily (an archive's listing is never held in memory) in a stable order.
+
+Every image has a **key**: its path relative to the input (``COVID/images/x.png``; with
+several local inputs, relative to the folder they have in common). Keys are unique by
+construction, name the image's outputs (``masks/<key>.png``), decide its shard, and are what
+the ledger records as done. Below a given folder, sub-folders named ``masks`` are skipped: in a
+dataset laid out as ``<Class>/images`` + ``<Class>/masks`` they hold ground truth, not X-rays;
+a ``masks`` folder given itself is searched like any other. Hidden files and folders are
+skipped, and so is the output folder when it lies inside an input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+from lungseg.data.io import IMAGE_SUFFIXES
+from lungseg.errors import LungsegError
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input image.
+
+    Attributes:
+        key: its path relative to the input, ``/``-separated.
+        name: where it is, as shown to users and in the ``file`` column (a path or URL).
+        version: changes whenever the content may have (local: size and modification time;
+            Azure: the ETag), so a changed input is done again on the next run.
+        ref: what the reader needs to fetch it.
+    """
+
+    key: str
+    name: str
+    version: str
+    ref: Any = None
+
+
+class Inputs(Protocol):
+    """Where the images come from."""
+
+    description: str
+
+    def items(self) -> Iterator[Item]:
+        """Every image, lazily, in a stable order."""
+        ...
+
+    def read(self, item: Item) -> bytes:
+        """The image file's content."""
+        ...
+
+
+def is_image_key(key: str) -> bool:
+    """An image file (by suffix) that is not hidden and not under a ``masks`` folder."""
+    parts = PurePosixPath(key).parts
+    return (
+        PurePosixPath(key).suffix.lower() in IMAGE_SUFFIXES
+        and not any(p.startswith(".") for p in parts)
+        and "masks" not in (p.lower() for p in parts[:-1])
+    )
+
+
+class LocalInputs:
+    """Files and folders on local disk.
+
+    Args:
+        paths: files (taken whatever their suffix) and folders (searched recursively).
+        exclude: a folder never to list (the output folder, when it lies inside an input).
+    """
+
+    def __init__(self, paths: Sequence[str | Path], exclude: str | Path | None = None) -> None:
+        given: dict[str, Path] = {}
+        for path in map(Path, paths):
+            if not path.exists():
+                raise LungsegError("input not found", path)
+            given.setdefault(os.path.abspath(path), path)
+        folders = [a for a, p in given.items() if p.is_dir()]
+        # An input inside a folder that is itself an input would be listed twice.
+        self._inputs = sorted(
+            (a, p)
+            for a, p in given.items()
+            if not any(a != f and a.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
+        )
+        if len(self._inputs) == 1:
+            only, path = self._inputs[0]
+            self.root = only if path.is_dir() else os.path.dirname(only)
+        else:
+            self.root = os.path.commonpath(
+                [a if p.is_dir() else os.path.dirname(a) for a, p in self._inputs]
+            )
+        self._exclude = os.path.abspath(exclude) if exclude is not None else None
+        self.description = ", ".join(str(p) for p in map(Path, paths))
+
+    def items(self) -> Iterator[Item]:
+        for absolute, given in self._inputs:
+            if not given.is_dir():
+                yield self._item(absolute, str(given), os.stat(absolute))
+                continue
+            for dirpath, dirnames, filenames in os.walk(absolute):
+                dirnames[:] = sorted(
+                    d
+                    for d in dirnames
+                    if not d.startswith(".")
+                    and d.lower() != "masks"
+                    and os.path.join(dirpath, d) != self._exclude
+                )
+                for name in sorted(filenames):
+                    if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                        continue
+                    full = os.path.join(dirpath, name)
+                    shown = os.path.join(str(given), os.path.relpath(full, absolute))
+                    try:
+                        stat = os.stat(full)
+                    except OSError:  # vanished, or a broken link: reading it will say why
+                        stat = None
+                    yield self._item(full, shown, stat)
+
+    def _item(self, absolute: str, shown: str, stat: os.stat_result | None) -> Item:
+        key = Path(os.path.relpath(absolute, self.root)).as_posix()
+        version = f"{stat.st_size}-{stat.st_mtime_ns}" if stat is not None else "missing"
+        return Item(key, shown, version, absolute)
+
+    def read(self, item: Item) -> bytes:
+        with open(item.ref, "rb") as fh:
+            return fh.read()
+
+
+class AzureInputs:
+    """The images under ``az://CONTAINER/PREFIX`` (``lungseg[azure]``), read into memory.
+
+    Args:
+        url: ``az://CONTAINER/PREFIX``.
+        exclude: a blob-name prefix never to list (``az://`` output inside the input).
+        workers: connections for parallel reads.
+    """
+
+    def __init__(self, url: str, exclude: str | None = None, workers: int = 8) -> None:
+        from lungseg.data.sources import azure_source
+
+        self._source = azure_source(url, workers=workers, progress=False)
+        self._exclude = exclude
+        self.description = self._source.name
+
+    def items(self) -> Iterator[Item]:
+        container = self._source.location.container
+        for blob in self._source.iter_blobs():
+            if not is_image_key(blob.key):
+                continue
+            if self._exclude and f"{container}/{blob.name}".startswith(self._exclude):
+                continue
+            yield Item(blob.key, f"{self._source.name}/{blob.key}", blob.etag, blob)
+
+    def read(self, item: Item) -> bytes:
+        return self._source.fetch(item.ref)
+
+    def nothing_found(self) -> str:
+        """Why nothing was listed, naming what the container holds instead."""
+        return self._source._nothing_found()
+
+
+def open_inputs(
+    inputs: Sequence[str | Path], out: str | Path | None = None, workers: int = 8
+) -> Inputs:
+    """Local files and folders, or one ``az://CONTAINER/PREFIX``; ``out`` is never listed."""
+    texts = [str(i) for i in inputs]
+    remote = [t for t in texts if "://" in t]
+    if not remote:
+        exclude = None if out is None or "://" in str(out) else out
+        return LocalInputs(inputs, exclude=exclude)
+    if len(texts) > 1:
+        raise LungsegError(
+            "give one az://CONTAINER/PREFIX as the input, or local files and folders, not both "
+            "(segment several prefixes one after the other into the same --out)"
+        )
+    if not remote[0].startswith("az://"):
+        raise LungsegError(
+            "unsupported input URL; use local files and folders or az://CONTAINER/PREFIX",
+            remote[0],
+        )
+    exclude = None
+    if out is not None and str(out).startswith("az://"):
+        exclude = str(out)[len("az://") :].strip("/") + "/"
+    return AzureInputs(remote[0], exclude=exclude, workers=workers)
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files in ``inputs`` (files and folders, searched as :class:`LocalInputs` does), in
+    a stable order.
+
+    Raises:
+        LungsegError: an input is missing, or no image was found.
+    """
+    local = LocalInputs(inputs)
+    files = [Path(item.name) for item in local.items()]
+    if not files:
+        raise LungsegError(no_images(local.description))
+    return files
+
+
+def no_images(where: str) -> str:
+    return f"no images found in {where} (looked for {', '.join(IMAGE_SUFFIXES)})"

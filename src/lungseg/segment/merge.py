@@ -1,0 +1,228 @@
+"""Merging the ledgers of every run and shard into ``measurements.csv``, ``errors.csv`` and
+``qc.json`` (``lungseg segment-merge``, and the end of a run that completes the output).
+
+The merge is deterministic: rows are sorted by key and, of several rows of one key (an image done
+again because its input changed, or by another sharding), the latest wins. Memory stays flat:
+ledger files are sorted, so they are merged as streams (in rounds through temporary files when
+there are more than :data:`FAN_IN`), and only the masks to review first are kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import json
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lungseg.errors import LungsegError
+from lungseg.segment.ledger import (
+    COMPLETE,
+    ERROR_COLUMNS,
+    ERRORS,
+    LEDGER_COLUMNS,
+    MANIFEST,
+    MEASUREMENT_COLUMNS,
+    MEASUREMENTS,
+    PARTS,
+    QC,
+    is_ledger,
+    order,
+    output_names,
+    read_manifest,
+    read_rows,
+)
+from lungseg.segment.outputs import LocalSink, Sink
+
+#: Masks listed in ``qc.json`` to review first.
+QC_TOP = 50
+#: Ledger files merged at once (more are merged in rounds through temporary files).
+FAN_IN = 128
+
+
+@dataclass
+class MergeResult:
+    """What the merged tables hold.
+
+    Attributes:
+        n_images: images recorded (segmented + failed).
+        n_segmented: rows of ``measurements.csv``.
+        n_failed: rows of ``errors.csv``.
+        most_uncertain: ``(uncertain_fraction, key, file)`` of the masks to review first.
+        shards: the number of shards of the latest sharding.
+        pending: shards of it that have not completed (empty: the output is complete).
+        flagged: ``(key, reason)`` of the masks flagged for review (column ``review``), the
+            first :data:`QC_TOP` by key.
+        n_flagged: how many masks are flagged.
+    """
+
+    n_images: int
+    n_segmented: int
+    n_failed: int
+    most_uncertain: list[tuple[float, str, str]]
+    shards: int
+    pending: list[int]
+    flagged: list[tuple[str, str]] = field(default_factory=list)
+    n_flagged: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return not self.pending
+
+
+def completion(sink: Sink, sid: str, count: int | None = None) -> tuple[int, list[int]]:
+    """``(N, shards of N not complete)`` for ``count`` shards, or by default for the sharding
+    that is complete (else the one nearest to it)."""
+    done: dict[int, set[int]] = {}
+    for rel in sink.list(f"{PARTS}/{sid}"):
+        if Path(rel).name == COMPLETE:
+            index, _, of = rel.split("/")[-2].removeprefix("shard-").partition("-of-")
+            done.setdefault(int(of), set()).add(int(index))
+    if count is not None:
+        return count, sorted(set(range(count)) - done.get(count, set()))
+    if not done:
+        return 1, [0]
+    for count, indexes in sorted(done.items()):
+        if len(indexes) == count:
+            return count, []
+    count = max(done, key=lambda c: len(done[c]) / c)
+    return count, sorted(set(range(count)) - done[count])
+
+
+def merge(sink: Sink, top: int = QC_TOP, shards: int | None = None) -> MergeResult:
+    """Merge every ledger of the output's settings into ``measurements.csv``, ``errors.csv``
+    and ``qc.json`` (deterministic: sorted by key, the latest row of a key wins).
+
+    Memory stays flat: ledger files are merged as sorted streams, and only the ``top`` most
+    uncertain masks are kept. ``shards``: the sharding whose completion ``qc.json`` reports
+    (default: see :func:`completion`).
+
+    Raises:
+        LungsegError: the output holds no segment results.
+    """
+    manifest = read_manifest(sink)
+    if manifest is None:
+        raise LungsegError(f"no lungseg segment results here (no {MANIFEST})", sink.name)
+    sid = manifest["settings_id"]
+    ledgers = [rel for rel in sink.list(f"{PARTS}/{sid}") if is_ledger(rel)]
+    shards, pending = completion(sink, sid, shards)
+    problems: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    flagged: list[tuple[str, str]] = []
+    candidates: list[tuple[float, str, str]] = []
+    n_ok = n_failed = 0
+    with tempfile.TemporaryDirectory(prefix="lungseg-merge-") as tmp:
+        folder = Path(tmp)
+        paths = _local_copies(sink, ledgers, folder)
+        measurements, errors = folder / "measurements.csv", folder / "errors.csv"
+        with (
+            open(measurements, "w", newline="", encoding="utf-8") as mfh,
+            open(errors, "w", newline="", encoding="utf-8") as efh,
+        ):
+            ok_rows = csv.DictWriter(mfh, MEASUREMENT_COLUMNS, extrasaction="ignore",
+                                     lineterminator="\n")  # fmt: skip
+            bad_rows = csv.DictWriter(efh, ERROR_COLUMNS, extrasaction="ignore",
+                                      lineterminator="\n")  # fmt: skip
+            ok_rows.writeheader()
+            bad_rows.writeheader()
+            for row in _latest_per_key(_sorted_rows(paths, folder)):
+                if row["status"] == "ok":
+                    n_ok += 1
+                    ok_rows.writerow(row)
+                    candidates.append((-float(row["uncertain_fraction"]), row["key"], row["file"]))
+                    if row.get("review"):
+                        reasons[row["review"].split(" (")[0]] += 1
+                        if len(flagged) < top:
+                            flagged.append((row["key"], row["review"]))
+                    if len(candidates) > 4 * top:
+                        candidates = sorted(candidates)[:top]
+                else:
+                    n_failed += 1
+                    bad_rows.writerow(row)
+                    problems[row["problem"].split(" (")[0]] += 1
+        _put_file(sink, MEASUREMENTS, measurements)
+        if n_failed:
+            _put_file(sink, ERRORS, errors)
+        else:
+            sink.delete([ERRORS])
+    ranked = [(-u, key, file) for u, key, file in sorted(candidates)[:top]]
+    qc = {
+        "settings_id": sid,
+        "images": n_ok + n_failed,
+        "segmented": n_ok,
+        "failed": n_failed,
+        "complete": not pending,
+        "shards": shards,
+        "pending_shards": pending,
+        "errors_by_problem": dict(problems.most_common()),
+        "flagged_for_review": sum(reasons.values()),
+        "flagged_by_reason": dict(reasons.most_common()),
+        "review_first": [
+            {
+                "rank": i,
+                "key": key,
+                "file": file,
+                "uncertain_fraction": u,
+                "mask": output_names(key)["mask"],
+            }
+            for i, (u, key, file) in enumerate(ranked, start=1)
+        ],  # fmt: skip
+    }
+    sink.put(QC, (json.dumps(qc, indent=1) + "\n").encode())
+    return MergeResult(
+        n_ok + n_failed, n_ok, n_failed, ranked, shards, pending, flagged, sum(reasons.values())
+    )
+
+
+def _local_copies(sink: Sink, rels: list[str], folder: Path) -> list[Path]:
+    if isinstance(sink, LocalSink):
+        return [sink.root / rel for rel in rels]
+    paths = [folder / f"ledger-{i:06d}.csv" for i in range(len(rels))]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(sink.get_to, rels, paths))
+    return paths
+
+
+def _put_file(sink: Sink, rel: str, path: Path) -> None:
+    def copy(fh) -> None:
+        with open(path, "rb") as src:
+            shutil.copyfileobj(src, fh)
+
+    sink.put_stream(rel, copy)
+
+
+def _rows_of(path: Path) -> Iterator[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        yield from read_rows(fh, str(path))
+
+
+def _sorted_rows(paths: list[Path], folder: Path) -> Iterator[dict[str, str]]:
+    """The rows of sorted ledger files as one sorted stream, at most :data:`FAN_IN` files open."""
+    round_ = 0
+    while len(paths) > FAN_IN:
+        merged = []
+        for start in range(0, len(paths), FAN_IN):
+            out = folder / f"round{round_}-{start // FAN_IN:06d}.csv"
+            rows = heapq.merge(*(_rows_of(p) for p in paths[start : start + FAN_IN]), key=order)
+            with open(out, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.DictWriter(fh, LEDGER_COLUMNS, lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(rows)
+            merged.append(out)
+        paths, round_ = merged, round_ + 1
+    yield from heapq.merge(*(_rows_of(p) for p in paths), key=order)
+
+
+def _latest_per_key(rows: Iterator[dict[str, str]]) -> Iterator[dict[str, str]]:
+    last = None
+    for row in rows:
+        if last is not None and row["key"] != last["key"]:
+            yield last
+        last = row
+    if last is not None:
+        yield last
