@@ -183,7 +183,7 @@ def compare_shipped(
             if files:
                 segment_files(
                     segmenter, find_images(files), out / label, overlays=True, overwrite=True,
-                    progress=progress,
+                    shard="0/1", progress=progress,  # all of it here, whatever the scheduler says
                 )  # fmt: skip
         entries.append(load_checkpoint_entry(eval_dir, label))
     return build_report(entries, out, title=title or f"lungseg models on {data}")

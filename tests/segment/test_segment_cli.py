@@ -40,7 +40,8 @@ def _inputs(examples_dir: Path, folder: Path) -> dict[str, tuple[int, int]]:
     cv2.imwrite(str(folder / "deep.png"), sized(320, 320).astype(np.uint16) * 257)
     raw = sized(300, 280).astype(np.uint16) * 16  # 12-bit values
     (folder / "mono2.dcm").write_bytes(dicom_bytes(raw, "MONOCHROME2", SPACING["mono2.dcm"]))
-    (folder / "mono1.dcm").write_bytes(dicom_bytes(4080 - raw, "MONOCHROME1", SPACING["mono1.dcm"]))
+    # MONOCHROME1 of the same picture: 12-bit values inverted within their range.
+    (folder / "mono1.dcm").write_bytes(dicom_bytes(4095 - raw, "MONOCHROME1", SPACING["mono1.dcm"]))
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     return {
         "gray.png": (331, 287), "photo.jpg": (400, 360), "figure.png": (250, 270),

@@ -178,12 +178,12 @@ def png_mask(data: bytes) -> np.ndarray:
 
 
 def segment_rows(inputs: list[Path], source: list[str], out: Path, capsys) -> dict[str, dict]:
-    """``lungseg segment`` on ``inputs``: ``{stem: measurements row + its mask}``."""
+    """``lungseg segment`` on ``inputs``: ``{file stem: measurements row + its mask}``."""
     argv = ["segment", *inputs, "--out", out, *source, "--device", "cpu"]
     code, _, stderr = lungseg(argv, capsys)
     assert code == 0, stderr
     with open(out / "measurements.csv", newline="") as fh:
-        rows = {row["stem"]: row for row in csv.DictReader(fh)}
-    for stem, row in rows.items():
-        row["mask"] = cv2.imread(str(out / "masks" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+        rows = {Path(row["file"]).stem: row for row in csv.DictReader(fh)}
+    for row in rows.values():
+        row["mask"] = cv2.imread(str(out / row["mask"]), cv2.IMREAD_GRAYSCALE)
     return rows

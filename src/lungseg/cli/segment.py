@@ -119,7 +119,7 @@ def segment_merge_command(
     out: Annotated[str, typer.Argument(help="The --out of the segment runs (folder or az://).")],
 ) -> None:
     """Merge the shards of lungseg segment into measurements.csv, errors.csv and qc.json."""
-    from lungseg.segment import merge_outputs
+    from lungseg.segment.merge import merge_outputs
 
     merged = merge_outputs(out)
     typer.echo(
@@ -206,7 +206,7 @@ def export_command(
     """Export a model to ONNX (dynamic batch; preprocessing recorded in the file)."""
     from lungseg.errors import LungsegError
     from lungseg.export import evenly_spread, export_onnx
-    from lungseg.segment import find_images
+    from lungseg.segment.inputs import find_images
 
     images = None
     if int8:

@@ -52,7 +52,7 @@ from lungseg.segment.ledger import (
     open_run,
 )
 from lungseg.segment.measure import lung_areas, lung_sides, measure
-from lungseg.segment.merge import MergeResult, completion, merge
+from lungseg.segment.merge import MergeResult, completion, merge, merge_outputs
 from lungseg.segment.outputs import open_sink
 from lungseg.segment.pipeline import Pipeline, RunCounts
 from lungseg.segment.render import mask_png, overlay, overlay_jpeg
@@ -250,10 +250,3 @@ def segment_files(
         _, pending = completion(sink, sid, shard.count)
         merged = merge(sink, shards=shard.count) if not pending else None
     return SegmentResult(sink.name, shard, counts, merged)
-
-
-def merge_outputs(out: str | Path) -> MergeResult:
-    """``lungseg segment-merge OUT``: merge every shard's ledger into ``measurements.csv``,
-    ``errors.csv`` and ``qc.json`` (also when some shards are not done: the tables then hold
-    what is done so far, and :attr:`MergeResult.pending` names the missing shards)."""
-    return merge(open_sink(out))

@@ -158,7 +158,8 @@ def read_manifest(sink: Sink) -> dict[str, Any] | None:
         return found
     except (ValueError, AttributeError) as exc:
         raise LungsegError(
-            f"damaged {MANIFEST} ({exc}); pass --overwrite to start over", sink.where(MANIFEST)
+            f"damaged {MANIFEST} ({exc}); run lungseg segment --overwrite into it to start over",
+            sink.where(MANIFEST),
         ) from None
 
 

@@ -37,7 +37,7 @@ from lungseg.segment.ledger import (
     read_manifest,
     read_rows,
 )
-from lungseg.segment.outputs import LocalSink, Sink
+from lungseg.segment.outputs import LocalSink, Sink, open_sink
 
 #: Masks listed in ``qc.json`` to review first.
 QC_TOP = 50
@@ -226,3 +226,10 @@ def _latest_per_key(rows: Iterator[dict[str, str]]) -> Iterator[dict[str, str]]:
         last = row
     if last is not None:
         yield last
+
+
+def merge_outputs(out: str | Path) -> MergeResult:
+    """``lungseg segment-merge OUT``: merge every shard's ledger into ``measurements.csv``,
+    ``errors.csv`` and ``qc.json`` (also when some shards are not done: the tables then hold
+    what is done so far, and :attr:`MergeResult.pending` names the missing shards)."""
+    return merge(open_sink(out))

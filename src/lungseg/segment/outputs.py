@@ -75,7 +75,7 @@ class LocalSink:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
-            raise LungsegError("--out must be a folder, not a file", self.root)
+            raise LungsegError("is a file; segment outputs go into a folder", self.root)
         self.name = str(self.root)
 
     def where(self, rel: str) -> str:
@@ -143,7 +143,9 @@ def open_sink(out: str | Path, workers: int = 8) -> Sink:
 
         return azure_module(text, "writing to").AzureSink.from_url(text, workers=workers)
     if "://" in text:
-        raise LungsegError("unsupported --out URL; use a local folder or az://CONTAINER/PREFIX")
+        raise LungsegError(
+            "unsupported output URL; use a local folder or az://CONTAINER/PREFIX", text
+        )
     return LocalSink(Path(text))
 
 

@@ -87,8 +87,11 @@ def load_models(config: ServeConfig) -> dict[str, ServedModel]:
         model = ServedModel(
             name, segmenter, segmenter.with_tta(), backend, f"{__version__}+{digest[:12]}"
         )
-        blank = np.zeros((segmenter.size, segmenter.size), np.uint8)
-        segmenter.proba_preprocessed([segmenter.preprocessed(blank)])  # first-call allocations
+        # One forward pass of each batch size it will see, before the first request: the
+        # runtime's buffers reach their full size at start, not under the first busy minute.
+        inputs = segmenter.preprocessed(np.zeros((segmenter.size, segmenter.size), np.uint8))
+        for n in sorted({1, config.max_batch}):
+            segmenter.proba_preprocessed([inputs] * n)
         served[name] = model
     return served
 
