@@ -141,10 +141,14 @@ class Segmenter:
         return self.preprocess.size
 
     @property
+    def on_gpu(self) -> bool:
+        """Whether its networks run on a CUDA device."""
+        return str(getattr(self.networks[0][0], "device", "cpu")).startswith("cuda")
+
+    @property
     def batch_size(self) -> int:
         """Images per forward pass that keep the device busy: 64 on a GPU, 16 elsewhere."""
-        on_gpu = str(getattr(self.networks[0][0], "device", "cpu")).startswith("cuda")
-        return 64 if on_gpu else 16
+        return 64 if self.on_gpu else 16
 
     def prepare_inputs(self, images: Sequence[ImageLike]) -> list[Decoded]:
         """Decode paths/bytes/arrays into 8-bit grayscale :class:`Decoded` images."""

@@ -37,7 +37,10 @@ def segment_command(
         str | None, typer.Option(help="Override the postprocessing preset.")
     ] = None,
     device: InferenceDevice = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Images per forward pass.", show_default="8 on a CPU, 64 on a GPU"),
+    ] = None,
     tta: Annotated[
         bool, typer.Option(help="Test-time augmentation: average over 5 zoomed/rotated views.")
     ] = False,
