@@ -240,3 +240,41 @@ def test_a_bad_model_fails_on_one_line_before_serving(tmp_path, capsys):
     code, _, stderr = lungseg(["serve", "--model", str(tmp_path / "missing.pt")], capsys)
     assert code == 2
     assert "model not found" in stderr and "Traceback" not in stderr
+
+
+def test_a_dicom_upload_gets_its_dicom_seg(server, examples_dir):
+    """``?format=dicom-seg``: the DICOM Segmentation object ``lungseg segment --dicom-seg``
+    writes, over the uploaded X-ray (its study and instance referenced, the PNG's lungs); other
+    uploads, and DICOM files that cannot be referenced, get one line."""
+    import io
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from dicom_files import dicom_bytes
+
+    status, models = server.json("GET", "/v1/models")
+    assert "dicom-seg" in models["outputs"]
+    image = cv2.imread(str(examples_dir / "COVID" / "images" / "1d435a4b.png"), 0)
+    raw = cv2.resize(image, (280, 300), interpolation=cv2.INTER_AREA).astype(np.uint16) * 16
+    header = {"StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid(),
+              "PatientID": "P-7", "StudyDate": "20240131"}  # fmt: skip
+    data = dicom_bytes(raw, "MONOCHROME2", (0.15, 0.2), header=header)
+    status, headers, body = server.request("POST", "/v1/segment?format=dicom-seg", data)
+    assert status == 200 and headers["content-type"] == "application/dicom"
+    seg = pydicom.dcmread(io.BytesIO(body))
+    source = pydicom.dcmread(io.BytesIO(data))
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID == header["StudyInstanceUID"]
+    referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    lungs = seg.pixel_array.reshape(-1, 300, 280).any(axis=0)
+    status, _, png = server.request("POST", "/v1/segment", data, {"Accept": "image/png"})
+    assert np.array_equal(lungs, png_mask(png) > 0)
+
+    png_upload = cv2.imencode(".png", image)[1].tobytes()
+    status, answer = server.json("POST", "/v1/segment?format=dicom-seg", png_upload)
+    assert status == 415 and "needs a DICOM X-ray" in answer["detail"]
+    status, answer = server.json(
+        "POST", "/v1/segment?format=dicom-seg", dicom_bytes(raw, "MONOCHROME2")
+    )  # no study or series UID: nothing a PACS could attach it to
+    assert status == 422 and "\n" not in answer["detail"], answer

@@ -33,14 +33,14 @@ from lungseg.quality import REVIEW_THRESHOLD, UNCERTAIN_HIGH, UNCERTAIN_LOW
 from lungseg.serve import schemas
 from lungseg.serve.batcher import MicroBatcher
 from lungseg.serve.loading import ServedModel, load_models
-from lungseg.serve.pipeline import ServeError, segment_upload
+from lungseg.serve.pipeline import ServeError, dicom_seg, segment_upload
 from lungseg.serve.security import PAGE_POLICY, AccessLog, api_key_matches, log_failure
 from lungseg.serve.settings import ENV_API_KEY, ServeConfig
 from lungseg.serve.upload import read_upload
 
 STATIC = Path(__file__).parent / "static"
-#: Values of ``?format=``. A DICOM SEG output (issue "archives") adds its name here and an encoder.
-OUTPUTS = ("json", "png")
+#: Values of ``?format=``: ``dicom-seg`` where highdicom is installed (``lungseg[dicom]``).
+OUTPUTS = ("json", "png", "dicom-seg")
 log = logging.getLogger("lungseg.serve")
 
 
@@ -211,7 +211,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         assert service.models is not None
         return {
             "models": [m.describe(m.name == default) for m in service.models.values()],
-            "outputs": list(OUTPUTS),
+            "outputs": [o for o in OUTPUTS if o != "dicom-seg" or _has_highdicom()],
             "max_upload_mb": config.max_upload_mb,
             "review_threshold": REVIEW_THRESHOLD,
         }
@@ -222,7 +222,10 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         dependencies=[Depends(authorized)],
         response_model=schemas.SegmentResponse,
         responses={
-            200: {"content": {"image/png": {}}, "description": "JSON, or the mask PNG"},
+            200: {
+                "content": {"image/png": {}, "application/dicom": {}},
+                "description": "JSON, the mask PNG, or a DICOM SEG (format=dicom-seg)",
+            },
             **problems,
         },
         openapi_extra={"requestBody": _REQUEST_BODY},
@@ -233,7 +236,10 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         tta: Annotated[bool, Query(description="Test-time augmentation (5x the work).")] = False,
         format: Annotated[
             Literal[OUTPUTS] | None,  # type: ignore[valid-type]
-            Query(description="json or png; default json unless Accept asks for image/png."),
+            Query(
+                description="json, png or dicom-seg (a DICOM Segmentation object over a DICOM "
+                "upload); default json unless Accept asks for image/png."
+            ),
         ] = None,
         image: Annotated[
             bool, Query(description="Also return the decoded X-ray as PNG (for display).")
@@ -249,10 +255,13 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             raise ServeError(503, "too many requests in progress; retry shortly")
         service.pending += 1
         try:
-            result = await asyncio.wait_for(
+            data, result = await asyncio.wait_for(
                 _segment(request, service, chosen, batcher, tta, image and not wants_png),
                 config.timeout_s,
             )
+            if format == "dicom-seg":
+                loop = asyncio.get_running_loop()
+                seg = await loop.run_in_executor(service.pool, dicom_seg, data, result)
         except TimeoutError:
             raise ServeError(504, f"not answered within {config.timeout_s:g} s") from None
         except ServeError:
@@ -263,6 +272,8 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         finally:
             service.pending -= 1
         headers = {"Cache-Control": "no-store"}
+        if format == "dicom-seg":
+            return Response(seg, media_type="application/dicom", headers=headers)
         if not wants_png:
             return JSONResponse(result.to_json(), headers=headers)
         rows = result.measurements
@@ -280,7 +291,13 @@ def _add_routes(app: FastAPI, service: Service) -> None:
 
 async def _segment(request, service: Service, model, batcher, tta: bool, with_image: bool):
     data = await read_upload(request, service.config.max_upload_bytes)
-    return await segment_upload(data, model, batcher, service.pool, tta, with_image)
+    return data, await segment_upload(data, model, batcher, service.pool, tta, with_image)
+
+
+def _has_highdicom() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("highdicom") is not None
 
 
 _REQUEST_BODY = {

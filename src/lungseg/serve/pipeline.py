@@ -190,3 +190,21 @@ def encode_png(array: np.ndarray) -> bytes:
     if not ok:
         raise ServeError(500, "could not encode PNG")
     return buf.tobytes()
+
+
+def dicom_seg(data: bytes, result: Segmented) -> bytes:
+    """The DICOM SEG of ``result``'s mask over the uploaded DICOM X-ray ``data`` (the
+    ``?format=dicom-seg`` answer), as ``lungseg segment --dicom-seg`` writes it."""
+    import cv2
+
+    from lungseg.segment.dicom_seg import dicom_seg_bytes
+
+    if result.decoded.mode != "DICOM":
+        raise ServeError(415, "a DICOM SEG needs a DICOM X-ray; this upload is not one")
+    mask = cv2.imdecode(np.frombuffer(result.mask_png, np.uint8), cv2.IMREAD_GRAYSCALE) > 0
+    try:
+        return dicom_seg_bytes(
+            data, mask, model=result.model.name, settings_id=result.model.version, name="upload"
+        )
+    except LungsegError as exc:
+        raise ServeError(422, exc.problem) from None
