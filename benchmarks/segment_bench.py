@@ -144,6 +144,18 @@ class CommandRun:
     peak_mib: float
 
 
+#: Runs the command and reports its peak memory: ``wait4``'s ``ru_maxrss`` (the largest of the
+#: command and the children it waited for: torchrun's workers). From a small launcher, because
+#: Linux counts in a child's ``ru_maxrss`` the memory of the process it was forked from, and
+#: this benchmark's own process holds every earlier section's models and data.
+_LAUNCHER = (
+    "import os, subprocess, sys\n"
+    "child = subprocess.Popen(sys.argv[1:])\n"
+    "_, status, usage = os.wait4(child.pid, 0)\n"
+    "print(f'peak_rss_kib {usage.ru_maxrss}', file=sys.stderr)\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+_PEAK = re.compile(r"^peak_rss_kib (\d+)$", re.M)
 _RATE = re.compile(r"^segment: (\d+) images in ([\d.]+)s \([^)]*\)(?:;.*)?$", re.M)
 
 
@@ -161,25 +173,22 @@ def _command(ctx: Context, data: Path, procs: int, overlays: bool, tag: str) -> 
     ctx.log(" ".join(command[2:]))
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        process = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, *command], stdout=subprocess.DEVNULL, stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False,
         )  # fmt: skip
-        # wait4, not wait: its resource usage holds the command's peak memory (ru_maxrss, the
-        # largest of the process and the children it waited for: torchrun's workers).
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - start
         log.seek(0)
         stderr = log.read()
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
+    peak_kib = int(_PEAK.findall(stderr)[-1])
     shards = [(int(n), float(s)) for n, s in _RATE.findall(stderr)]
     if len(shards) != procs:
         raise RuntimeError(f"expected {procs} rate line(s) in the output:\n{stderr[-3000:]}")
     rate = sum(n for n, _ in shards) / max(s for _, s in shards)
     shutil.rmtree(out, ignore_errors=True)
-    return CommandRun(rate, wall, usage.ru_maxrss / 1024.0)
+    return CommandRun(rate, wall, peak_kib / 1024.0)
 
 
 def breakdown(ctx: Context, section: Section, files: list[Path]) -> dict[str, float]:
