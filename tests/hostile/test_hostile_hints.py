@@ -48,7 +48,6 @@ CANNOT_SHOW = {
         for command in ("prepare", "train", "evaluate", "compare", "upload", "segment",
                         "segment-merge", "export")
     },
-    ("compare", "--dicom-seg", "--dicom-seg"): "compare segments without DICOM SEG",
     ("compare", "--overwrite", "--overwrite"): "compare always redoes its own segment outputs",
     ("compare", "--shard", "--shard"): "compare segments in one process (shard 0/1)",
     ("export", "--out", "give one az://CONTAINER/PREFIX as the input"):

@@ -74,7 +74,7 @@ def dicom_seg_bytes(
         import highdicom as hd
         from pydicom.sr.codedict import codes
     except ImportError:
-        raise LungsegError("--dicom-seg needs highdicom: pip install 'lungseg[dicom]'") from None
+        raise LungsegError("a DICOM SEG needs highdicom: pip install 'lungseg[dicom]'") from None
     from lungseg._version import __version__
 
     if isinstance(source, bytes):
@@ -83,15 +83,14 @@ def dicom_seg_bytes(
     missing = [k for k in _REQUIRED_UIDS if not source.get(k)]
     if missing:
         raise LungsegError(
-            f"--dicom-seg: the DICOM file has no {', '.join(missing)}, so a DICOM SEG cannot "
-            "reference it",
+            f"the DICOM file has no {', '.join(missing)}, so a DICOM SEG cannot reference it",
             name,
         )
     if int(source.get("NumberOfFrames", 1) or 1) > 1:
-        raise LungsegError("--dicom-seg: multi-frame DICOM files are not supported", name)
+        raise LungsegError("a DICOM SEG of a multi-frame DICOM file is not supported", name)
     if (int(source.Rows), int(source.Columns)) != sides.shape:
         raise LungsegError(
-            f"--dicom-seg: mask {sides.shape} does not match the image's Rows x Columns "
+            f"DICOM SEG: mask {sides.shape} does not match the image's Rows x Columns "
             f"({source.Rows}, {source.Columns})",
             name,
         )
