@@ -26,9 +26,7 @@ from lungseg.errors import LungsegError
 from lungseg.evaluation import evaluate
 from lungseg.preprocessing import PreprocessConfig
 from lungseg.report import Entry, build_report, load_checkpoint_entry, load_entry
-
-#: The reference study's three architectures, compared by default.
-STUDY_MODELS = ("unet", "fcn", "deeplabv3")
+from lungseg.shipped import STUDY_MODELS
 
 
 def _label(model: str, pre: str, post: str, many_pre: bool, many_post: bool) -> str:
@@ -139,7 +137,7 @@ def report_from_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
 def compare_shipped(
     data: str | Path,
     out: str | Path,
-    models: Sequence[str] = ("unet", "fcn", "deeplabv3"),
+    models: Sequence[str] = STUDY_MODELS,
     split: str = "all",
     segment: bool = True,
     device: str = "auto",

@@ -15,8 +15,10 @@ from lungseg.errors import LungsegError
 #: Models shipped inside the package. ``unet-fast`` is the U-Net run at half resolution inside
 #: the model (``downsample=2``), the variant for CPU latency (see MODEL_CARD.md for its accuracy).
 SHIPPED_MODELS = ("unet", "fcn", "deeplabv3", "unet-fast")
+#: The reference study's three architectures, compared by default.
+STUDY_MODELS = ("unet", "fcn", "deeplabv3")
 #: The members of ``load_model("ensemble")``: the study's three architectures.
-ENSEMBLE_MODELS = ("unet", "fcn", "deeplabv3")
+ENSEMBLE_MODELS = STUDY_MODELS
 #: Names that `load_model` and `--model` accept: the shipped models and their ensemble.
 MODEL_NAMES = (*SHIPPED_MODELS, "ensemble")
 

@@ -27,6 +27,7 @@ from lungseg.cli.options import (
 )
 from lungseg.data.settings import PrepareConfig
 from lungseg.preprocessing import DEFAULT_PRESET, PRESETS
+from lungseg.shipped import STUDY_MODELS
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -39,7 +40,7 @@ def compare_command(
     data: Annotated[
         str | None, typer.Option(help="Dataset folder or az://CONTAINER/PREFIX.")
     ] = None,
-    models: Annotated[str, typer.Option(help="Comma-separated models.")] = "unet,fcn,deeplabv3",
+    models: Annotated[str, typer.Option(help="Comma-separated models.")] = ",".join(STUDY_MODELS),
     preprocess: Annotated[
         str | None,
         typer.Option(

@@ -13,15 +13,9 @@ from collections import defaultdict
 import numpy as np
 
 from lungseg.data.dataset import Record
-from lungseg.errors import LungsegError
+from lungseg.data.settings import check_fractions
 
 SPLITS = ("train", "val", "test")
-
-
-def check_fractions(val: float, test: float) -> None:
-    """Both shares must be in ``[0, 1)``; raises :class:`LungsegError` naming them otherwise."""
-    if not 0 <= test < 1 or not 0 <= val < 1:
-        raise LungsegError(f"split fractions must be in [0, 1): val={val}, test={test}")
 
 
 def split_records(

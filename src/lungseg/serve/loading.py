@@ -87,7 +87,7 @@ def load_models(config: ServeConfig) -> dict[str, ServedModel]:
         model = ServedModel(
             name, segmenter, segmenter.with_tta(), backend, f"{__version__}+{digest[:12]}"
         )
-        # One forward pass of each batch size it will see, before the first request: the
+        # A forward pass of one image and of the largest batch before the first request: the
         # runtime's buffers reach their full size at start, not under the first busy minute.
         inputs = segmenter.preprocessed(np.zeros((segmenter.size, segmenter.size), np.uint8))
         for n in sorted({1, config.max_batch}):

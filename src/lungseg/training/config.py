@@ -177,13 +177,11 @@ class RunSettings:
         data: a prepared cache, a dataset folder or ``az://`` URL.
         prepare: the ``prepare`` settings that were given (flags, YAML): a cache must agree
             with them; a source is prepared with the defaults overridden by them.
-        resume: continue the run in the run directory.
     """
 
     config: TrainConfig
     data: str
     prepare: dict[str, Any]
-    resume: bool
 
 
 def resolve_run(
@@ -230,7 +228,7 @@ def resolve_run(
         if not (resume and run_config.is_file()):
             raise LungsegError("--data is required (a prepared cache or a dataset folder)")
         data = load_yaml(run_config).get("cache")
-    return RunSettings(config, str(data), asked(prepare_layers(config_file, data_flags)), resume)
+    return RunSettings(config, str(data), asked(prepare_layers(config_file, data_flags)))
 
 
 #: The files a run directory holds; lungseg replaces them in a folder that is a run.

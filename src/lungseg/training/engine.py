@@ -269,11 +269,15 @@ class _Run:
         improved = self._update_best(row)
         snapshot = None
         if writer is not None:
-            snapshot = host_copy(training_checkpoint(
+            snapshot = training_checkpoint(
                 config=cfg, model=model, optimizer=step.optimizer, scheduler=scheduler,
                 prepared=self.prepared, history=self.history, best=self.best, split=self.split,
                 n_train=len(self.train_idx), n_val=len(self.val_idx),
-            ))  # fmt: skip
+            )  # fmt: skip
+            # The weights are host copies already (plain_state_dict); Adam's and the schedule's
+            # state are live (on CUDA the learning rate is a tensor the schedule updates).
+            for key in ("optimizer", "scheduler"):
+                snapshot[key] = host_copy(snapshot[key])
         # The epoch's time on the training thread: steps, validation and the snapshot.
         row["seconds"] = time.perf_counter() - t0
         if snapshot is not None:
