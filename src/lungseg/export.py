@@ -82,6 +82,8 @@ def export_onnx(
         "preprocess": to_dict(segmenter.preprocess),
         "postprocess": to_dict(segmenter.postprocess),
         "source": segmenter.source,
+        "weights_sha256": segmenter.identity.digest if segmenter.identity else None,
+        "convention": segmenter.identity.convention if segmenter.identity else None,
     }
     return _save(proto, meta, Path(out))
 

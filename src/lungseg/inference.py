@@ -31,9 +31,10 @@ from lungseg.config import from_dict
 from lungseg.data.io import Decoded, decode_image, to_gray8
 from lungseg.devices import resolve_device
 from lungseg.errors import LungsegError
+from lungseg.models.identity import ModelIdentity, combined_digest, file_digest
 from lungseg.postprocessing import PostprocessConfig, postprocess_batch
 from lungseg.preprocessing import PreprocessConfig, preprocess
-from lungseg.shipped import ENSEMBLE_MODELS, SHIPPED_MODELS, shipped_weights
+from lungseg.shipped import ENSEMBLE_MODELS, SHIPPED_CONVENTIONS, SHIPPED_MODELS, shipped_weights
 from lungseg.tta import DEFAULT_VIEWS, TTANetwork, View
 
 ImageLike = str | Path | bytes | np.ndarray | Decoded
@@ -127,6 +128,7 @@ class Segmenter:
             with its own preprocessing.
         source: where it was loaded from.
         info: the checkpoint's description (model kwargs, metrics...), for reports.
+        identity: the one identity every output names (:mod:`lungseg.models.identity`).
     """
 
     name: str
@@ -135,6 +137,7 @@ class Segmenter:
     networks: list[tuple[Any, PreprocessConfig]]
     source: str = ""
     info: dict[str, Any] | None = None
+    identity: ModelIdentity | None = None
 
     @property
     def size(self) -> int:
@@ -194,7 +197,10 @@ class Segmenter:
             return self
         networks = [(TTANetwork(network, views), config) for network, config in self.networks]
         info = {**(self.info or {}), "tta": [view.describe() for view in views]}
-        return dataclasses.replace(self, name=f"{self.name}+tta", networks=networks, info=info)
+        identity = self.identity.with_tta() if self.identity is not None else None
+        return dataclasses.replace(
+            self, name=f"{self.name}+tta", networks=networks, info=info, identity=identity
+        )
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Masks for several ``uint8[H, W]`` images (each at its own resolution)."""
@@ -308,7 +314,14 @@ def _load(
     info = {k: v for k, v in meta.items() if k not in _HEAVY_KEYS}
     # A shipped variant keeps its own name (unet-fast is a "unet" architecture).
     name = text if text in SHIPPED_MODELS else meta["model"]["name"]
-    return Segmenter(name, pre, post, [(network, pre)], str(path), info)
+    identity = ModelIdentity(
+        name=name,
+        architecture=meta["model"]["name"],
+        # An ONNX export names the checkpoint it came from: the same weights, the same identity.
+        digest=meta.get("weights_sha256") or file_digest(path),
+        convention=meta.get("convention") or SHIPPED_CONVENTIONS.get(text, "unknown"),
+    )
+    return Segmenter(name, pre, post, [(network, pre)], str(path), info, identity)
 
 
 _HEAVY_KEYS = frozenset({"state_dict", "optimizer", "scheduler", "rng"})
@@ -329,7 +342,16 @@ def ensemble(members: Sequence[Segmenter]) -> Segmenter:
     first = members[0]
     networks = [net for m in members for net in m.networks]
     info = {"members": [m.source for m in members]}
-    return Segmenter("ensemble", first.preprocess, first.postprocess, networks, "ensemble", info)
+    conventions = {m.identity.convention for m in members if m.identity is not None}
+    identity = ModelIdentity(
+        name="ensemble",
+        architecture="ensemble",
+        digest=combined_digest([m.identity.digest for m in members if m.identity is not None]),
+        convention=conventions.pop() if len(conventions) == 1 else "unknown",
+    )
+    return Segmenter(
+        "ensemble", first.preprocess, first.postprocess, networks, "ensemble", info, identity
+    )
 
 
 ONNX_METADATA_KEY = "lungseg"

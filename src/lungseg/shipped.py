@@ -15,6 +15,10 @@ from lungseg.errors import LungsegError
 #: Models shipped inside the package. ``unet-fast`` is the U-Net run at half resolution inside
 #: the model (``downsample=2``), the variant for CPU latency (see MODEL_CARD.md for its accuracy).
 SHIPPED_MODELS = ("unet", "fcn", "deeplabv3", "unet-fast")
+#: The mask convention each shipped model was trained on
+#: (:data:`lungseg.models.identity.CONVENTIONS`): all four learnt the masks of ``covid-cxr``,
+#: which include the lung behind the heart.
+SHIPPED_CONVENTIONS = {name: "anatomical" for name in SHIPPED_MODELS}
 #: The reference study's three architectures, compared by default.
 STUDY_MODELS = ("unet", "fcn", "deeplabv3")
 #: The members of ``load_model("ensemble")``: the study's three architectures.
