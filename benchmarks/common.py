@@ -106,8 +106,8 @@ class Context:
         Prepared once per run with the default preset and kept for the other benchmarks.
         """
         from lungseg.data.cache import prepare
+        from lungseg.data.preprocessing import PreprocessConfig
         from lungseg.data.settings import PrepareConfig
-        from lungseg.preprocessing import PreprocessConfig
 
         key = (size, limit, copies)
         if key not in self._prepared:
@@ -432,7 +432,7 @@ def machine_info(device: str) -> dict[str, Any]:
     }
     import torch
 
-    from lungseg.devices import physical_cores
+    from lungseg.core.devices import physical_cores
 
     info["physical_cores"] = physical_cores()
     if device == "cuda":
@@ -499,7 +499,7 @@ def _loadavg() -> float | None:
 
 def save_section(records: Path, device: str, section: dict[str, Any]) -> Path:
     """Put ``section`` into ``records/<device>.json``, keeping that device's other sections."""
-    from lungseg.io_utils import atomic_write_text
+    from lungseg.core.io_utils import atomic_write_text
 
     path = records / f"{device}.json"
     record = load_records(records).get(device, {"device": device, "sections": {}})
@@ -521,7 +521,7 @@ def load_records(records: Path) -> dict[str, dict[str, Any]]:
 
 def render(records: dict[str, dict[str, Any]], records_dir: str) -> str:
     """BENCHMARKS.md from all devices' records (``templates/benchmarks.md.j2``)."""
-    from lungseg.render import render as render_template
+    from lungseg.core.render import render as render_template
 
     machines: list[dict[str, Any]] = []
     for record in records.values():

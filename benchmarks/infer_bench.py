@@ -1,12 +1,12 @@
 """Inference latency (batch 1) and throughput (best batch) per model, and the MONAI peer.
 
 Each model is saved as a checkpoint and loaded back with :func:`lungseg.load_model`, the way a
-user runs it; on the CPU it is also exported with :func:`lungseg.inference.export_onnx` and
-loaded from the ``.onnx`` file on ONNX Runtime with 2 intra-op threads. What is timed is the
-network call the :class:`~lungseg.inference.Segmenter` makes: preprocessed ``float32[B, 1, S, S]``
-images in, probabilities ``float32[B, S, S]`` out as numpy (so a GPU run includes the copy back).
-Weights are freshly initialised: speed does not depend on their values. MONAI's UNet runs the
-plain PyTorch way and through the same ONNX Runtime settings, in the same run.
+user runs it; on the CPU it is also exported with :func:`lungseg.inference.segmenter.export_onnx`
+and loaded from the ``.onnx`` file on ONNX Runtime with 2 intra-op threads. What is timed is the
+network call the :class:`~lungseg.inference.segmenter.Segmenter` makes: preprocessed ``float32[B,
+1, S, S]`` images in, probabilities ``float32[B, S, S]`` out as numpy (so a GPU run includes the
+copy back). Weights are freshly initialised: speed does not depend on their values. MONAI's UNet
+runs the plain PyTorch way and through the same ONNX Runtime settings, in the same run.
 
 Two more figures per backend show what a user waits for with U-Net: ``predict_batch`` on one
 decoded 299x299 image (preprocessing, network, postprocessing, resizing the mask back), without
@@ -56,8 +56,8 @@ def timed_models() -> dict[str, tuple[str, dict]]:
     than the study's), with the architecture and arguments read from its shipped checkpoint.
     """
     from lungseg.models import list_models, model_info
-    from lungseg.shipped import SHIPPED_MODELS, shipped_weights
-    from lungseg.training.checkpoint import load_checkpoint
+    from lungseg.models.checkpoint import load_checkpoint
+    from lungseg.models.shipped import SHIPPED_MODELS, shipped_weights
 
     models = {name: (name, {}) for name in list_models()}
     for name in SHIPPED_MODELS:
@@ -137,8 +137,8 @@ def _precision_agreement(ctx: Context, section: Section) -> None:
     model, on real X-rays: mean and worst Dice between the masks at the working size."""
     import cv2
 
-    from lungseg.inference import load_model
-    from lungseg.shipped import SHIPPED_MODELS
+    from lungseg.inference.segmenter import load_model
+    from lungseg.models.shipped import SHIPPED_MODELS
 
     folder, _ = ctx.real_data()
     files = sorted(folder.rglob("images/*.png"))[:64]
@@ -162,11 +162,11 @@ def _dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _checkpoint(ctx: Context, name: str, arch: str, kwargs: dict, size: int):
-    from lungseg.config import to_dict
+    from lungseg.core.config import to_dict
+    from lungseg.data.preprocessing import PreprocessConfig
+    from lungseg.inference.postprocessing import PostprocessConfig
     from lungseg.models import create_model
-    from lungseg.postprocessing import PostprocessConfig
-    from lungseg.preprocessing import PreprocessConfig
-    from lungseg.training.checkpoint import plain_state_dict, save_checkpoint
+    from lungseg.models.checkpoint import plain_state_dict, save_checkpoint
 
     torch.manual_seed(0)
     model = create_model(arch, **kwargs)
@@ -186,8 +186,8 @@ def _checkpoint(ctx: Context, name: str, arch: str, kwargs: dict, size: int):
 
 def _lungseg_networks(ctx: Context, name: str, arch: str, kwargs: dict, plan: Plan, threads: int):
     """``(backend, network)`` for each backend measured on this device."""
-    from lungseg.export import export_onnx
-    from lungseg.inference import load_model
+    from lungseg.inference.export import export_onnx
+    from lungseg.inference.segmenter import load_model
 
     ckpt = _checkpoint(ctx, name, arch, kwargs, plan.size)
     yield "PyTorch", load_model(ckpt, device=ctx.device)

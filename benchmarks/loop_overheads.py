@@ -36,7 +36,7 @@ def _prepare_config():
         from lungseg.data.settings import PrepareConfig
     except ImportError:  # the earlier layout, for --baseline runs
         from lungseg.data.cache import PrepareConfig
-    from lungseg.preprocessing import PreprocessConfig
+    from lungseg.data.preprocessing import PreprocessConfig
 
     return PrepareConfig(PreprocessConfig(size=SIZE))
 

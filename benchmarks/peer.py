@@ -41,7 +41,7 @@ def create() -> tuple[nn.Module | None, str]:
 
 def default_backend():
     """PyTorch's default cuDNN/TF32 flags inside, whatever the process had."""
-    from lungseg.devices import cuda_flags
+    from lungseg.core.devices import cuda_flags
 
     return cuda_flags(benchmark=False, matmul_tf32=False, cudnn_tf32=True)
 
@@ -107,6 +107,6 @@ def export_onnx(model: nn.Module, path: Path, size: int) -> Path:
 
 def onnx_network(path: Path, threads: int) -> Any:
     """An ONNX Runtime session with the same wrapper and settings as lungseg's."""
-    from lungseg.inference import OnnxNetwork
+    from lungseg.inference.segmenter import OnnxNetwork
 
     return OnnxNetwork(path, threads)

@@ -44,8 +44,8 @@ PROFILE_ROWS = [
 
 def run(ctx: Context) -> Section:
     from lungseg.data.cache import prepare
+    from lungseg.data.preprocessing import PRESETS, PreprocessConfig
     from lungseg.data.settings import PrepareConfig
-    from lungseg.preprocessing import PRESETS, PreprocessConfig
 
     section = Section("prepare", ctx)
     src, label = ctx.real_data()

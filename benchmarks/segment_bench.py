@@ -197,8 +197,8 @@ def breakdown(ctx: Context, section: Section, files: list[Path]) -> dict[str, fl
     import torch
 
     from lungseg.data.io import decode_image
-    from lungseg.inference import load_model
-    from lungseg.quality import uncertain_fraction
+    from lungseg.inference.quality import uncertain_fraction
+    from lungseg.inference.segmenter import load_model
     from lungseg.segment import mask_png, measure, overlay_jpeg
     from lungseg.segment.ledger import output_names
 
@@ -258,7 +258,7 @@ def breakdown(ctx: Context, section: Section, files: list[Path]) -> dict[str, fl
 
 
 def _write(path: Path, data: bytes) -> None:
-    from lungseg.io_utils import atomic_write_bytes
+    from lungseg.core.io_utils import atomic_write_bytes
 
     atomic_write_bytes(path, data)
 

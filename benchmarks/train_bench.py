@@ -140,7 +140,7 @@ def run(ctx: Context) -> Section:
 
 
 def _precision(ctx: Context) -> str:
-    from lungseg.devices import cpu_has_native_bf16
+    from lungseg.core.devices import cpu_has_native_bf16
 
     if ctx.device == "cuda":
         return "bf16 autocast, TF32, cuDNN benchmark"
@@ -150,7 +150,7 @@ def _precision(ctx: Context) -> str:
 
 
 def _threads(ctx: Context) -> str:
-    from lungseg.devices import physical_cores
+    from lungseg.core.devices import physical_cores
 
     if ctx.threads:
         return f"{ctx.threads} CPU thread(s) (quick mode)"
@@ -161,10 +161,10 @@ def _engine_speed(ctx: Context, name: str, plan: Plan, images: np.ndarray, masks
     """The engine's own epoch loop (``_Run._train_epoch`` with its ``TrainStep``), timed per
     pass; the engine's private loop object is built directly so the benchmark times exactly the
     code ``lungseg train`` runs per epoch (the quick test breaks if its signature changes)."""
+    from lungseg.core.devices import backend_flags, physical_cores
     from lungseg.data.cache import PreparedData
+    from lungseg.data.preprocessing import PreprocessConfig
     from lungseg.data.settings import PrepareConfig
-    from lungseg.devices import backend_flags, physical_cores
-    from lungseg.preprocessing import PreprocessConfig
     from lungseg.training.distributed import DistContext
     from lungseg.training.engine import _log, _Run
     from lungseg.training.losses import make_loss
@@ -207,7 +207,7 @@ def _engine_speed(ctx: Context, name: str, plan: Plan, images: np.ndarray, masks
 
 
 def _peer_speed(ctx: Context, model, plan: Plan, images: np.ndarray, masks: np.ndarray):
-    from lungseg.devices import physical_cores
+    from lungseg.core.devices import physical_cores
 
     threads = torch.get_num_threads()
     torch.set_num_threads(ctx.threads or physical_cores())  # as many as lungseg's loop had

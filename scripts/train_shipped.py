@@ -45,7 +45,7 @@ def recipe(model: str) -> Path:
 
 
 def cache_dir(work: Path, preprocess) -> Path:
-    """The cache of a preprocessing (a :class:`~lungseg.preprocessing.PreprocessConfig`)."""
+    """The cache of a preprocessing (a :class:`~lungseg.data.preprocessing.PreprocessConfig`)."""
     return work / f"cache-{preprocess.preset}-{preprocess.size}"
 
 
@@ -82,9 +82,9 @@ def _prepare(source: str, cache: Path, preprocess, config: Path | None = None) -
 
 
 def checkpoint_preprocess(ckpt: dict):
-    """The :class:`~lungseg.preprocessing.PreprocessConfig` a checkpoint records."""
-    from lungseg.config import from_dict
-    from lungseg.preprocessing import PreprocessConfig
+    """The :class:`~lungseg.data.preprocessing.PreprocessConfig` a checkpoint records."""
+    from lungseg.core.config import from_dict
+    from lungseg.data.preprocessing import PreprocessConfig
 
     return from_dict(PreprocessConfig, ckpt["preprocess"], "checkpoint:preprocess")
 
@@ -93,9 +93,9 @@ def shipped_checkpoint(run: Path, preset: str, source_note: str) -> dict:
     """The run's best checkpoint without training state, fp16 weights, chosen postprocessing."""
     import torch
 
-    from lungseg.config import to_dict
-    from lungseg.postprocessing import PostprocessConfig
-    from lungseg.training.checkpoint import load_checkpoint
+    from lungseg.core.config import to_dict
+    from lungseg.inference.postprocessing import PostprocessConfig
+    from lungseg.models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(run / "best.pt")
     # The best epoch's weights, with the whole run's history (best.pt stops at the best epoch;
@@ -124,9 +124,9 @@ def cmd_package(args: argparse.Namespace) -> None:
     recorded postprocessing, and is evaluated again on the same split, so MODEL_CARD.md always
     describes all shipped models with numbers from one code version.
     """
-    from lungseg.evaluation import evaluate
-    from lungseg.inference import ensemble
-    from lungseg.shipped import ENSEMBLE_MODELS
+    from lungseg.evaluation.evaluate import evaluate
+    from lungseg.inference.segmenter import ensemble
+    from lungseg.models.shipped import ENSEMBLE_MODELS
 
     work = Path(args.work)
     weights = Path(args.weights_dir)
@@ -169,7 +169,7 @@ def cmd_package(args: argparse.Namespace) -> None:
     (work / "shipped_results.json").write_text(json.dumps(results, indent=2, default=str))
     (weights / "MODEL_CARD.md").write_text(model_card(results))
     if args.report:
-        from lungseg.report import build_report, load_checkpoint_entry
+        from lungseg.evaluation.report import build_report, load_checkpoint_entry
 
         n_test = next(iter(results.values()))["test"]["n_images"]
         title = (f"lungseg shipped models on the covid-cxr test split ({n_test} images of "
@@ -181,9 +181,9 @@ def cmd_package(args: argparse.Namespace) -> None:
 
 def _package_run(model: str, run: Path, work: Path, weights: Path):
     """New shipped weights from a finished run: postprocessing chosen on validation, fp16."""
-    from lungseg.evaluation import evaluate
-    from lungseg.inference import load_model
-    from lungseg.training.checkpoint import save_checkpoint
+    from lungseg.evaluation.evaluate import evaluate
+    from lungseg.inference.segmenter import load_model
+    from lungseg.models.checkpoint import save_checkpoint
 
     val = evaluate(run, work / "eval" / model / "val", split="val", postprocess=["all"])
     presets = val.metrics["postprocess_presets"]
@@ -207,10 +207,10 @@ def _package_run(model: str, run: Path, work: Path, weights: Path):
 
 def _rescore_shipped(model: str, work: Path, weights: Path, source: str | None):
     """An already shipped model, unchanged: its validation scores per preset, its summary."""
-    from lungseg.evaluation import evaluate
-    from lungseg.inference import load_model
+    from lungseg.evaluation.evaluate import evaluate
+    from lungseg.inference.segmenter import load_model
     from lungseg.models import count_parameters
-    from lungseg.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from lungseg.models.checkpoint import load_checkpoint, model_from_checkpoint
 
     path = weights / f"{model}.pt"
     ckpt = load_checkpoint(path)
@@ -243,8 +243,8 @@ def _fp16_drift(run: Path, shipped: dict, shipped_val: dict, data: Path) -> floa
     hand (its best weights, rounded to fp16, are exactly the shipped ones); else None."""
     import torch
 
-    from lungseg.evaluation import evaluate
-    from lungseg.training.checkpoint import load_checkpoint
+    from lungseg.evaluation.evaluate import evaluate
+    from lungseg.models.checkpoint import load_checkpoint
 
     if not (run / "best.pt").is_file():
         return None
@@ -264,7 +264,7 @@ def _fp16_drift(run: Path, shipped: dict, shipped_val: dict, data: Path) -> floa
 
 def _tta_result(name: str, segmenter, results: dict, work: Path) -> dict:
     """Validation and test scores with test-time augmentation, reported beside the plain ones."""
-    from lungseg.evaluation import evaluate
+    from lungseg.evaluation.evaluate import evaluate
 
     data = results[name]["cache"]
     scores = {}
@@ -286,8 +286,8 @@ INT8_CALIBRATION = 64
 def _int8_result(model: str, fp32: dict, work: Path, weights: Path) -> dict:
     """Export ``model`` to int8 ONNX calibrated on training images; score it like the others."""
     from lungseg.data.cache import load_cache
-    from lungseg.evaluation import evaluate
-    from lungseg.export import evenly_spread, export_onnx
+    from lungseg.evaluation.evaluate import evaluate
+    from lungseg.inference.export import evenly_spread, export_onnx
 
     data = load_cache(fp32["cache"])
     train = [Path(data.source) / data.rows[i]["image_key"] for i in data.indices("train")]
@@ -318,7 +318,7 @@ def network_text(path: Path) -> str:
     """``fcn (n_filters=16, depth=4, skips=True)``: the architecture and what differs from the
     study's network (its defaults), with the base width always shown."""
     from lungseg.models import model_info
-    from lungseg.training.checkpoint import load_checkpoint
+    from lungseg.models.checkpoint import load_checkpoint
 
     spec = load_checkpoint(path)["model"]
     changed = model_info(spec["name"]).changed(spec["kwargs"])
@@ -347,7 +347,7 @@ def _having(results: dict, key: str) -> dict:
 
 def model_card(results: dict) -> str:
     """MODEL_CARD.md for the shipped weights, from the results of ``package``."""
-    from lungseg.render import render
+    from lungseg.core.render import render
 
     filters = {"ci": _ci, "minutes": _minutes, "having": _having}
     return render("model_card.md.j2", TEMPLATES, filters=filters, results=results)
@@ -367,7 +367,7 @@ def pack_run(run: Path, into: Path) -> Path:
     """A run (finished or stopped) as ``into/<name>/``, small enough to travel: ``best.pt``
     with fp16 weights (what shipping stores), no optimizer state and the whole run's history,
     and the run's records. Four shipped-size runs fit one 16 MiB archive."""
-    from lungseg.training.checkpoint import load_checkpoint, save_checkpoint
+    from lungseg.models.checkpoint import load_checkpoint, save_checkpoint
 
     staging = into / run.name
     staging.mkdir(parents=True, exist_ok=True)
@@ -410,7 +410,7 @@ def cmd_adopt(args: argparse.Namespace) -> None:
     import yaml
 
     from lungseg.data.cache import load_cache
-    from lungseg.training.checkpoint import load_checkpoint, save_checkpoint
+    from lungseg.models.checkpoint import load_checkpoint, save_checkpoint
     from lungseg.training.data import split_digest
 
     work = Path(args.work)
@@ -443,7 +443,7 @@ def cmd_adopt(args: argparse.Namespace) -> None:
 
 
 def run_cache(run: Path) -> Path:
-    from lungseg.training.checkpoint import load_checkpoint
+    from lungseg.models.checkpoint import load_checkpoint
 
     return Path(load_checkpoint(record_checkpoint(run))["data"]["cache"])
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lungseg.data.dataset import discover
-from lungseg.data.sources import LocalSource
+from lungseg.storage.sources import LocalSource
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # benchmarks/ is a folder of the repository, not installed
@@ -82,9 +82,9 @@ def _section(tmp_path, name: str, value: float) -> dict:
 def test_inference_times_the_study_networks_and_what_ships():
     from benchmarks.infer_bench import timed_models
 
-    from lungseg.inference import load_model
+    from lungseg.inference.segmenter import load_model
     from lungseg.models import create_model, list_models
-    from lungseg.shipped import SHIPPED_MODELS
+    from lungseg.models.shipped import SHIPPED_MODELS
 
     models = timed_models()
     assert all(models[name] == (name, {}) for name in list_models())

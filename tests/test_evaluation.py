@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lungseg.core.errors import LungsegError
 from lungseg.data.cache import load_cache, prepare
+from lungseg.data.preprocessing import PreprocessConfig
 from lungseg.data.settings import PrepareConfig
-from lungseg.errors import LungsegError
-from lungseg.evaluation import evaluate
-from lungseg.preprocessing import PreprocessConfig
-from lungseg.shipped import shipped_weights
+from lungseg.evaluation.evaluate import evaluate
+from lungseg.models.shipped import shipped_weights
 from lungseg.training import load_checkpoint
 from trained import SIZE, assert_one_line_error, dice, lungseg, read_gray
 
@@ -110,7 +110,7 @@ def test_cache_with_other_preprocessing_is_prepared_again(
 def test_shipped_weights_missing_says_what_to_do(
     tmp_path: Path, examples_dir, capsys, monkeypatch
 ) -> None:
-    monkeypatch.setattr("lungseg.shipped.weights_dir", lambda: tmp_path / "no-weights")
+    monkeypatch.setattr("lungseg.models.shipped.weights_dir", lambda: tmp_path / "no-weights")
     with pytest.raises(LungsegError) as info:
         shipped_weights("unet")
     assert "not in this installation" in str(info.value)
@@ -171,7 +171,7 @@ def test_common_scoring_size(tiny_run, examples_dir: Path, tmp_path: Path, capsy
     truth = prepare(examples_dir, tmp_path / "big",
                     PrepareConfig(PreprocessConfig.from_preset("seed", big)), workers=1,
                     progress=False)  # fmt: skip
-    from lungseg.inference import upscale_mask
+    from lungseg.inference.segmenter import upscale_mask
 
     for row in _per_image(out):
         small = read_gray(tmp_path / "own" / "masks" / f"{row['stem']}.png") > 127

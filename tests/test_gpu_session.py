@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lungseg.training.checkpoint import load_checkpoint
+from lungseg.models.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_session.sh"

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import lungseg
-from lungseg.config import from_dict
-from lungseg.errors import LungsegError
-from lungseg.inference import Segmenter, ensemble, load_model
-from lungseg.preprocessing import PreprocessConfig, preprocess
+from lungseg.core.config import from_dict
+from lungseg.core.errors import LungsegError
+from lungseg.data.preprocessing import PreprocessConfig, preprocess
+from lungseg.inference.segmenter import Segmenter, ensemble, load_model
 from lungseg.training import load_checkpoint, model_from_checkpoint, save_checkpoint
 from trained import dice, read_gray
 
@@ -126,7 +126,7 @@ def test_ensemble_averages_probabilities(tiny_run, segmenter, xray, tmp_path: Pa
 def test_load_model_errors(segmenter, tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(LungsegError, match="model not found"):
         load_model(tmp_path / "missing.pt")
-    monkeypatch.setattr("lungseg.shipped.weights_dir", lambda: tmp_path / "no-weights")
+    monkeypatch.setattr("lungseg.models.shipped.weights_dir", lambda: tmp_path / "no-weights")
     with pytest.raises(LungsegError, match="not in this installation"):
         load_model("fcn")
     with pytest.raises(LungsegError, match="image file not found"):
@@ -136,7 +136,7 @@ def test_load_model_errors(segmenter, tmp_path: Path, monkeypatch) -> None:
 def test_load_model_is_exported_lazily() -> None:
     code = (
         "import sys, lungseg; "
-        "print(sorted(m for m in ('torch', 'cv2', 'numpy', 'lungseg.inference') "
+        "print(sorted(m for m in ('torch', 'cv2', 'numpy', 'lungseg.inference.segmenter') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -105,8 +105,8 @@ def test_cycles_are_found():
 
 def test_graph_sees_function_level_imports():
     graph = import_graph()
-    assert "lungseg.data.azure" in graph["lungseg.data.sources"]  # inside open_source
-    assert "lungseg.data.local" in graph["lungseg.data.azure.upload"]
+    assert "lungseg.storage.azure" in graph["lungseg.storage.sources"]  # inside open_source
+    assert "lungseg.storage.local" in graph["lungseg.storage.azure.upload"]
 
 
 def test_no_import_cycles():

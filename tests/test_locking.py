@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from lungseg.errors import LungsegError
-from lungseg.locking import LOCK_FILE, exclusive
+from lungseg.core.errors import LungsegError
+from lungseg.core.locking import LOCK_FILE, exclusive
 
 HOLD = textwrap.dedent(
     """
     import sys, time
-    from lungseg.locking import exclusive
+    from lungseg.core.locking import exclusive
     with exclusive(sys.argv[1], "train"):
         print("held", flush=True)
         time.sleep(60)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lungseg.errors import LungsegError
-from lungseg.metrics import (
+from lungseg.core.errors import LungsegError
+from lungseg.evaluation.metrics import (
     METRIC_NAMES,
     Confusion,
     MetricAccumulator,
@@ -28,7 +28,7 @@ from lungseg.metrics import (
     precision_score,
     recall_score,
 )
-from lungseg.statistics import bootstrap_ci, paired_wilcoxon, summarize
+from lungseg.evaluation.statistics import bootstrap_ci, paired_wilcoxon, summarize
 
 
 def masks(*rows: str) -> np.ndarray:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from lungseg.core.errors import LungsegError
 from lungseg.data.cache import load_cache
-from lungseg.errors import LungsegError
-from lungseg.inference import ONNX_METADATA_KEY, load_model
-from lungseg.shipped import SHIPPED_MODELS
+from lungseg.inference.segmenter import ONNX_METADATA_KEY, load_model
+from lungseg.models.shipped import SHIPPED_MODELS
 from lungseg.training import load_checkpoint, model_from_checkpoint
 from trained import SIZE, dice, lungseg, read_gray
 
@@ -29,7 +29,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def onnx_file(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lungseg.export import export_onnx
+    from lungseg.inference.export import export_onnx
 
     return export_onnx(tiny_run.run, tmp_path_factory.mktemp("onnx") / "unet.onnx")
 
@@ -82,7 +82,7 @@ def test_every_shipped_model_exports_and_agrees(
     name: str, examples_dir: Path, tmp_path: Path
 ) -> None:
     """Each shipped architecture (skips, depth, downsampling as shipped) survives the export."""
-    from lungseg.export import export_onnx
+    from lungseg.inference.export import export_onnx
 
     from_onnx = load_model(export_onnx(name, tmp_path / f"{name}.onnx"))
     from_torch = load_model(name, device="cpu")
@@ -144,7 +144,7 @@ def test_int8_export_of_the_fast_variant(examples_dir: Path, tmp_path: Path, cap
         a, b = quantized.predict(path), reference.predict(path)
         assert a.shape == b.shape and dice(a, b) > 0.97, path.name
 
-    from lungseg.export import export_onnx
+    from lungseg.inference.export import export_onnx
 
     with pytest.raises(LungsegError, match="at least one calibration image"):
         export_onnx("unet-fast", tmp_path / "none.onnx", int8_calibration=[])

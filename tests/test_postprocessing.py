@@ -11,9 +11,9 @@ import pytest
 import yaml
 from scipy import ndimage
 
-from lungseg.config import from_dict, to_dict
-from lungseg.errors import LungsegError
-from lungseg.postprocessing import (
+from lungseg.core.config import from_dict, to_dict
+from lungseg.core.errors import LungsegError
+from lungseg.inference.postprocessing import (
     PostprocessConfig,
     fill_holes,
     global_threshold,

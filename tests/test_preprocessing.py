@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
-from lungseg.config import from_dict, to_dict
-from lungseg.data.settings import PrepareConfig
-from lungseg.errors import LungsegError
-from lungseg.preprocessing import (
+from lungseg.core.config import from_dict, to_dict
+from lungseg.core.errors import LungsegError
+from lungseg.data.preprocessing import (
     PRESETS,
     PreprocessConfig,
     clahe,
@@ -23,6 +22,7 @@ from lungseg.preprocessing import (
     resize_image,
     resize_mask,
 )
+from lungseg.data.settings import PrepareConfig
 
 STEM = "1d435a4b"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lungseg.errors import LungsegError
-from lungseg.evaluation import evaluate
-from lungseg.quality import error_rank_correlation, uncertain_fraction
+from lungseg.core.errors import LungsegError
+from lungseg.evaluation.evaluate import evaluate
+from lungseg.inference.quality import error_rank_correlation, uncertain_fraction
 
 
 def test_uncertain_fraction_by_hand() -> None:

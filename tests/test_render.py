@@ -7,7 +7,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from lungseg.render import render
+from lungseg.core.render import render
 
 LABEL = "<script>alert(1)</script> & co"
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import lungseg.report as report
+import lungseg.evaluation.report as report
 from lungseg.cli import main
-from lungseg.compare import report_from_runs
-from lungseg.report import Entry, paired_tests, verdict
+from lungseg.evaluation.compare import report_from_runs
+from lungseg.evaluation.report import Entry, paired_tests, verdict
 from trained import lungseg, read_gray
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

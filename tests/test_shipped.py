@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from lungseg.inference import load_model
-from lungseg.shipped import ENSEMBLE_MODELS, SHIPPED_MODELS, shipped_weights
-from lungseg.training.checkpoint import load_checkpoint
+from lungseg.inference.segmenter import load_model
+from lungseg.models.checkpoint import load_checkpoint
+from lungseg.models.shipped import ENSEMBLE_MODELS, SHIPPED_MODELS, shipped_weights
 from trained import dice, lungseg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,9 +79,9 @@ def test_each_recipe_is_what_its_model_was_trained_with(name):
     """configs/<model>.yaml, resolved as ``lungseg train --config`` resolves it, gives the
     settings the shipped checkpoint recorded (all but those that only change speed) and the
     same preprocessing."""
-    from lungseg.config import from_dict, to_dict
+    from lungseg.core.config import from_dict, to_dict
+    from lungseg.data.preprocessing import PreprocessConfig
     from lungseg.data.settings import prepare_settings
-    from lungseg.preprocessing import PreprocessConfig
     from lungseg.training.config import RESUMABLE_CHANGES, resolve_run, stored_settings
 
     recipe = REPO / "configs" / f"{name}.yaml"

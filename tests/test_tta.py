@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from lungseg.errors import LungsegError
-from lungseg.inference import load_model
-from lungseg.tta import DEFAULT_VIEWS, TTANetwork, View, tta_probabilities, view_matrix
+from lungseg.core.errors import LungsegError
+from lungseg.inference.segmenter import load_model
+from lungseg.inference.tta import DEFAULT_VIEWS, TTANetwork, View, tta_probabilities, view_matrix
 from trained import lungseg, read_gray
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -113,7 +113,7 @@ def test_device_tta_warps_like_opencv():
     run on the CPU: same views, same kernel, same border, same pixel centres."""
     import torch
 
-    from lungseg.tta import DEFAULT_VIEWS, tta_probabilities, tta_probabilities_torch
+    from lungseg.inference.tta import DEFAULT_VIEWS, tta_probabilities, tta_probabilities_torch
 
     batch = np.random.default_rng(0).random((2, 1, 64, 48)).astype(np.float32)
 

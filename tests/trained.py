@@ -35,8 +35,8 @@ class TinyRun:
 def train_tiny(examples: Path, root: Path) -> TinyRun:
     """Prepare the examples (3 test, 2 val images) and train the tiny U-Net on them."""
     from lungseg.data.cache import prepare
+    from lungseg.data.preprocessing import PreprocessConfig
     from lungseg.data.settings import PrepareConfig
-    from lungseg.preprocessing import PreprocessConfig
     from lungseg.training import TrainConfig, train
 
     config = PrepareConfig(PreprocessConfig.from_preset("seed", SIZE), 0.25, 0.25, 0)

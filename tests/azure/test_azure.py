@@ -17,9 +17,9 @@ import pytest
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
 from lungseg.cli import main
-from lungseg.data.azure import AzureSource, upload
+from lungseg.core.errors import LungsegError
 from lungseg.data.cache import load_cache, prepare
-from lungseg.errors import LungsegError
+from lungseg.storage.azure import AzureSource, upload
 
 pytestmark = pytest.mark.azure
 

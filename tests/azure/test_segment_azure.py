@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from lungseg.data.azure import AzureSink, upload
-from lungseg.inference import load_model
+from lungseg.inference.segmenter import load_model
 from lungseg.segment import segment_files
+from lungseg.storage.azure import AzureSink, upload
 from trained import assert_one_line_error, lungseg
 
 pytestmark = [pytest.mark.azure, pytest.mark.usefixtures("one_torch_thread")]
@@ -141,8 +141,8 @@ def test_storage_gone_mid_run_then_resumed(
     out = "az://seg/run"
     script = (
         "import sys\n"
-        "from lungseg.errors import LungsegError\n"
-        "from lungseg.inference import load_model\n"
+        "from lungseg.core.errors import LungsegError\n"
+        "from lungseg.inference.segmenter import load_model\n"
         "from lungseg.segment import segment_files\n"
         "try:\n"
         f"    segment_files(load_model({str(tiny_run.run)!r}, device='cpu'), {str(folder)!r}, "

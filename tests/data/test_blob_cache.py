@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lungseg.data.blob_cache import cache_root, cache_usage, clear_cache
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
+from lungseg.storage.blob_cache import cache_root, cache_usage, clear_cache
 from trained import assert_one_line_error, lungseg
 
 DAY = 86400.0

@@ -16,12 +16,12 @@ import yaml
 from PIL import Image
 
 from dicom_files import dicom_bytes
+from lungseg.core.errors import BadInputError, LungsegError
+from lungseg.core.locking import LOCK_FILE
 from lungseg.data.cache import load_cache, prepare
 from lungseg.data.io import decode_image
+from lungseg.data.preprocessing import PreprocessConfig, preprocess
 from lungseg.data.settings import PrepareConfig
-from lungseg.errors import BadInputError, LungsegError
-from lungseg.locking import LOCK_FILE
-from lungseg.preprocessing import PreprocessConfig, preprocess
 from png_files import png_declaring
 
 SIZE = 64
@@ -190,7 +190,7 @@ def test_examples_cache(examples_copy: Path, tmp_path: Path) -> None:
     assert data.images.shape == (12, SIZE, SIZE)
     assert data.config == _config("none")
     assert {p.name for p in out.iterdir()} == {
-        LOCK_FILE,  # the lock of the prepare that built it (released, see lungseg.locking)
+        LOCK_FILE,  # the lock of the prepare that built it (released, see lungseg.core.locking)
         "images.npy",
         "masks.npy",
         "split.csv",

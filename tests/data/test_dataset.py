@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from lungseg.core.errors import LungsegError
 from lungseg.data.dataset import discover
-from lungseg.data.sources import LocalSource, open_source
-from lungseg.errors import LungsegError
+from lungseg.storage.sources import LocalSource, open_source
 
 STEMS = ["1d435a4b", "4fed5061", "82a78c13"]
 

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from dicom_files import dicom_bytes
+from lungseg.core.errors import LungsegError
 from lungseg.data.io import (
     MAX_PIXELS,
     binarize_mask,
@@ -23,7 +24,6 @@ from lungseg.data.io import (
     decode_image,
     scale_to_uint8,
 )
-from lungseg.errors import LungsegError
 from png_files import PNG_SIGNATURE, png_chunk, png_declaring
 
 STEM = "1d435a4b"

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lungseg.core.errors import LungsegError
 from lungseg.data.dataset import Record, discover
-from lungseg.data.sources import LocalSource
 from lungseg.data.split import SPLITS, split_records
-from lungseg.errors import LungsegError
+from lungseg.storage.sources import LocalSource
 
 #: train = (1 - test) * (1 - val), val = (1 - test) * val, test = test; defaults 0.2 / 0.1.
 TARGETS = {"train": 0.72, "val": 0.18, "test": 0.10}
@@ -112,7 +112,7 @@ def test_fractions_validated(val: float, test: float) -> None:
 
 @pytest.mark.parametrize("field", ["val_fraction", "test_fraction"])
 def test_prepare_settings_validate_fractions(field: str) -> None:
-    from lungseg.config import from_dict
+    from lungseg.core.config import from_dict
     from lungseg.data.settings import PrepareConfig
 
     with pytest.raises(LungsegError, match="split fractions"):

@@ -56,8 +56,8 @@ DAMAGE: dict[str, tuple[str, Callable[[Path], None]]] = {
 @pytest.fixture(scope="module")
 def pristine(examples_dir: Path, tmp_path_factory) -> Path:
     from lungseg.data.cache import prepare
+    from lungseg.data.preprocessing import PreprocessConfig
     from lungseg.data.settings import PrepareConfig
-    from lungseg.preprocessing import PreprocessConfig
 
     out = tmp_path_factory.mktemp("pristine") / "cache"
     config = PrepareConfig(PreprocessConfig.from_preset("seed", 64), 0.25, 0.25, 0)

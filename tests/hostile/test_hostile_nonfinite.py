@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from hostile import STEM, copy_examples, error_line, float_tiff, replace_image
+from lungseg.core.errors import LungsegError
 from lungseg.data.io import decode_image
-from lungseg.errors import LungsegError
-from lungseg.inference import as_decoded
+from lungseg.inference.segmenter import as_decoded
 from trained import lungseg, read_gray
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

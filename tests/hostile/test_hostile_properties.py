@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from dicom_files import dicom_bytes
+from lungseg.core.errors import LungsegError
 from lungseg.data.io import decode_image
-from lungseg.errors import LungsegError
 from png_files import PNG_SIGNATURE, png_chunk
 from trained import lungseg
 

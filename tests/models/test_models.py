@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
 from lungseg.models import (
     count_parameters,
     create_model,

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from lungseg.inference.measure import BILATERAL_SHARE
 from lungseg.segment import lung_areas, lung_sides, mask_png, measure, overlay, overlay_jpeg
-from lungseg.segment.measure import BILATERAL_SHARE
 
 
 def reference_areas(mask: np.ndarray) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lungseg.inference import load_model
+from lungseg.inference.segmenter import load_model
 from lungseg.segment import segment_files
 from lungseg.segment.shard import shard_of
 from trained import lungseg
@@ -68,7 +68,7 @@ def test_a_killed_run_is_finished_by_the_next(tiny_run, reference, tmp_path) -> 
     os.mkfifo(held)
     out = tmp_path / "out"
     script = (
-        "from lungseg.inference import load_model\n"
+        "from lungseg.inference.segmenter import load_model\n"
         "from lungseg.segment import segment_files\n"
         f"segment_files(load_model({str(tiny_run.run)!r}, device='cpu'), {str(folder)!r}, "
         f"{str(out)!r}, batch_size=4, ledger_rows=5, progress=False)\n"

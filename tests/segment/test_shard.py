@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
 from lungseg.segment.shard import ENV_SHARDS, Shard, parse_shard, resolve_shard, shard_of
 
 

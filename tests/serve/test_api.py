@@ -222,7 +222,7 @@ def test_cors_is_off_by_default(server):
 
 
 def test_settings_refuse_what_would_be_unsafe_or_wrong():
-    from lungseg.errors import LungsegError
+    from lungseg.core.errors import LungsegError
 
     assert ServeConfig().host == "127.0.0.1"
     models = ServeConfig(models=("unet-fast,fcn", "ensemble")).models

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from lungseg.models.shipped import shipped_weights
 from lungseg.serve.loading import onnx_twin
-from lungseg.shipped import shipped_weights
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
 from lungseg.training import AugmentConfig, augment_batch
 
 GEOMETRY_ONLY = AugmentConfig(brightness=0, contrast=0, gamma=0)

@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lungseg.config import from_dict, to_dict
-from lungseg.errors import LungsegError
+from lungseg.core.config import from_dict, to_dict
+from lungseg.core.errors import LungsegError
+from lungseg.data.preprocessing import PreprocessConfig
+from lungseg.inference.postprocessing import PostprocessConfig
 from lungseg.models import create_model
-from lungseg.postprocessing import PostprocessConfig
-from lungseg.preprocessing import PreprocessConfig
+from lungseg.models.checkpoint import plain_state_dict
 from lungseg.training import (
     CHECKPOINT_FORMAT,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
 )
-from lungseg.training.checkpoint import plain_state_dict
 
 
 class Payload:

@@ -13,8 +13,8 @@ import torch
 import lungseg.training.engine as engine
 import lungseg.training.rundir as rundir
 from lungseg.data.cache import prepare
+from lungseg.data.preprocessing import PreprocessConfig
 from lungseg.data.settings import PrepareConfig
-from lungseg.preprocessing import PreprocessConfig
 from lungseg.training import TrainConfig, load_checkpoint, train
 from lungseg.training.step import TrainStep, epoch_batches, validate
 
@@ -125,7 +125,7 @@ def test_resume_loads_the_checkpoint_to_the_host(cache, tmp_path, monkeypatch):
 
 
 def test_backend_flags_are_scoped():
-    from lungseg.devices import backend_flags
+    from lungseg.core.devices import backend_flags
 
     flags = torch.backends.cudnn
     before = (flags.benchmark, torch.backends.cuda.matmul.allow_tf32)
@@ -187,7 +187,7 @@ def test_a_failed_capture_trains_eagerly_with_the_state_put_back(monkeypatch):
 
 
 def test_validation_dice_matches_the_metrics_module():
-    from lungseg.metrics import confusion, dice_score
+    from lungseg.evaluation.metrics import confusion, dice_score
 
     torch.manual_seed(1)
     logits = torch.randn(5, 1, 16, 16)
@@ -218,7 +218,7 @@ def test_the_writer_hands_a_failed_write_to_the_training_thread(cache, tmp_path,
 
 
 def test_curves_are_drawn_at_the_end_not_every_epoch(cache, tmp_path, monkeypatch):
-    import lungseg.plots as plots
+    import lungseg.evaluation.plots as plots
 
     drawn = []
     real = plots.save_training_curves

@@ -13,15 +13,15 @@ import torch
 import yaml
 
 from lungseg.cli import main
-from lungseg.config import from_dict
+from lungseg.core.config import from_dict
+from lungseg.core.devices import cpu_has_native_bf16
+from lungseg.core.errors import LungsegError
+from lungseg.core.locking import LOCK_FILE
 from lungseg.data.cache import load_cache, prepare
+from lungseg.data.preprocessing import PreprocessConfig
 from lungseg.data.settings import PrepareConfig
-from lungseg.devices import cpu_has_native_bf16
-from lungseg.errors import LungsegError
-from lungseg.locking import LOCK_FILE
-from lungseg.metrics import Confusion, dice_score
-from lungseg.plots import HISTORY_COLUMNS
-from lungseg.preprocessing import PreprocessConfig
+from lungseg.evaluation.metrics import Confusion, dice_score
+from lungseg.evaluation.plots import HISTORY_COLUMNS
 from lungseg.training import TrainConfig, load_checkpoint, model_from_checkpoint, train
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "covid-cxr"

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from lungseg.data.cache import prepare
+from lungseg.data.preprocessing import PreprocessConfig
 from lungseg.data.settings import PrepareConfig
-from lungseg.preprocessing import PreprocessConfig
 from lungseg.training import load_checkpoint
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "covid-cxr"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lungseg.errors import LungsegError
-from lungseg.io_utils import atomic_write_text
-from lungseg.plots import (
+from lungseg.core.errors import LungsegError
+from lungseg.core.io_utils import atomic_write_text
+from lungseg.evaluation.plots import (
     HISTORY_COLUMNS,
     comparison_curves,
     history_csv,

@@ -1,7 +1,7 @@
 """The ``lungseg`` command line: one subcommand per stage, each a thin wrapper over the library.
 
 Every subcommand lives in its own module here and registers itself on :data:`app`. User errors
-(:class:`~lungseg.errors.LungsegError`) are printed as one red line with exit code 2, and so
+(:class:`~lungseg.core.errors.LungsegError`) are printed as one red line with exit code 2, and so
 is any ``OSError`` (a read-only or full disk, no permission, a path through a file): the user
 can fix those, and a traceback would only hide the path and the reason.
 """
@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from lungseg.errors import LungsegError, quiet_third_party
+from lungseg.core.errors import LungsegError, quiet_third_party
 
 app = typer.Typer(
     name="lungseg",
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     except LungsegError as exc:
         _fail(str(exc))
     except OSError as exc:
-        from lungseg.errors import os_error_line
+        from lungseg.core.errors import os_error_line
 
         _fail(os_error_line(exc))
 

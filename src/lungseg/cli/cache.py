@@ -31,8 +31,8 @@ def cache_command(
     from rich.filesize import decimal
     from rich.table import Table
 
-    from lungseg.data.blob_cache import cache_root, cache_usage, clear_cache
-    from lungseg.errors import LungsegError
+    from lungseg.core.errors import LungsegError
+    from lungseg.storage.blob_cache import cache_root, cache_usage, clear_cache
 
     root = cache_root()
     if clear:

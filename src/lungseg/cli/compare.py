@@ -25,9 +25,9 @@ from lungseg.cli.options import (
     Val,
     default,
 )
+from lungseg.data.preprocessing import DEFAULT_PRESET, PRESETS
 from lungseg.data.settings import PrepareConfig
-from lungseg.preprocessing import DEFAULT_PRESET, PRESETS
-from lungseg.shipped import STUDY_MODELS
+from lungseg.models.shipped import STUDY_MODELS
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -96,10 +96,10 @@ def compare_command(
     skip_bad: SkipBad = False,
 ) -> None:
     """Compare models: train each, evaluate on the same test split, write report.md/html."""
-    from lungseg.compare import compare, compare_shipped, report_from_runs
-    from lungseg.config import read_section, resolve
+    from lungseg.core.config import read_section, resolve
+    from lungseg.core.errors import LungsegError
     from lungseg.data.settings import prepare_settings
-    from lungseg.errors import LungsegError
+    from lungseg.evaluation.compare import compare, compare_shipped, report_from_runs
     from lungseg.training.config import TrainConfig
 
     # RUN_DIR... after one --from-runs (click options take one value each, arguments many).

@@ -9,7 +9,7 @@ import typer
 
 from lungseg.cli import app
 from lungseg.cli.options import InferenceDevice, SkipBad
-from lungseg.shipped import MODEL_NAMES
+from lungseg.models.shipped import MODEL_NAMES
 
 
 def _split_list(text: str | None) -> list[str] | None:
@@ -49,8 +49,8 @@ def evaluate_command(
     skip_bad: SkipBad = False,
 ) -> None:
     """Evaluate a model: mean Dice, IoU, MSE, HD95 with 95% confidence intervals."""
-    from lungseg.errors import LungsegError
-    from lungseg.evaluation import evaluate
+    from lungseg.core.errors import LungsegError
+    from lungseg.evaluation.evaluate import evaluate
 
     if (run is None) == (model is None):
         raise LungsegError("give exactly one of --run RUN_DIR or --model NAME_OR_PATH")

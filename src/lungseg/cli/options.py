@@ -2,7 +2,7 @@
 
 Each option's help shows the default from the settings dataclass that owns it, so a default lives
 in one place; every option defaults to ``None`` ("not given"), which lets a YAML file's value
-stand (:func:`lungseg.config.resolve`). Only light modules are imported here: ``--help`` must
+stand (:func:`lungseg.core.config.resolve`). Only light modules are imported here: ``--help`` must
 not load NumPy or PyTorch.
 """
 
@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
+from lungseg.data.preprocessing import DEFAULT_PRESET, PRESETS, PreprocessConfig
 from lungseg.data.settings import PrepareConfig
-from lungseg.preprocessing import DEFAULT_PRESET, PRESETS, PreprocessConfig
 from lungseg.training.config import DEVICES, LOSSES, SCHEDULES, SELECT, TrainConfig
 
 
@@ -121,7 +121,7 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
     """``["downsample=2", "skips=false"]`` -> ``{"downsample": 2, "skips": False}`` (YAML)."""
     import yaml
 
-    from lungseg.errors import LungsegError
+    from lungseg.core.errors import LungsegError
 
     kwargs: dict[str, Any] = {}
     for item in items:

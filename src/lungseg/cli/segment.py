@@ -9,7 +9,7 @@ import typer
 
 from lungseg.cli import app
 from lungseg.cli.options import InferenceDevice
-from lungseg.shipped import MODEL_NAMES
+from lungseg.models.shipped import MODEL_NAMES
 
 
 @app.command("segment")
@@ -74,8 +74,8 @@ def segment_command(
 ) -> None:
     """Segment chest X-rays, from a few files to an archive: masks at the original resolution,
     lung areas, QC; resumable (run it again to continue) and shardable."""
-    from lungseg.errors import LungsegError
-    from lungseg.inference import load_model
+    from lungseg.core.errors import LungsegError
+    from lungseg.inference.segmenter import load_model
     from lungseg.segment import SegmentInterrupted, segment_files
     from lungseg.segment.shard import resolve_shard
 
@@ -133,7 +133,7 @@ def segment_merge_command(
 
 
 def _report_merge(merged, out: str) -> None:
-    from lungseg.errors import LungsegError
+    from lungseg.core.errors import LungsegError
 
     if merged.n_segmented == 0 and merged.n_failed:
         raise LungsegError(
@@ -179,7 +179,7 @@ def _model_threads() -> int:
 
     import torch
 
-    from lungseg.devices import physical_cores
+    from lungseg.core.devices import physical_cores
 
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     threads = max(1, physical_cores() // local // 3)
@@ -207,8 +207,8 @@ def export_command(
     ] = 64,
 ) -> None:
     """Export a model to ONNX (dynamic batch; preprocessing recorded in the file)."""
-    from lungseg.errors import LungsegError
-    from lungseg.export import evenly_spread, export_onnx
+    from lungseg.core.errors import LungsegError
+    from lungseg.inference.export import evenly_spread, export_onnx
     from lungseg.segment.inputs import find_images
 
     images = None

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from lungseg.cli import app
+from lungseg.models.shipped import MODEL_NAMES
 from lungseg.serve.settings import BACKENDS, ServeConfig
-from lungseg.shipped import MODEL_NAMES
 
 _DEFAULTS = ServeConfig()
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lungseg.cli import app
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
 
 
 @app.command("upload")
@@ -26,7 +26,7 @@ def upload_command(
     AZURE_STORAGE_ACCOUNT_URL with AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN.
     """
     try:
-        from lungseg.data.azure import upload
+        from lungseg.storage.azure import upload
     except ImportError as exc:  # the optional extra is missing
         raise LungsegError(
             f"uploading to {to} needs the Azure packages: pip install 'lungseg[azure]' ({exc})"

@@ -9,7 +9,7 @@ A cache folder holds:
 * ``prepare.yaml`` - the resolved settings, the source and a fingerprint of settings + files;
   written last, so a cache without it is incomplete and is rebuilt;
 * ``skipped.csv`` - with ``--skip-bad``, the files left out and why;
-* ``.lungseg.lock`` - the lock a build holds (:mod:`lungseg.locking`): a second ``prepare`` of
+* ``.lungseg.lock`` - the lock a build holds (:mod:`lungseg.core.locking`): a second ``prepare`` of
   the same cache waits for the first and then reuses what it built.
 
 Preparing again with the same files and settings reuses the cache; anything else rebuilds it.
@@ -31,18 +31,18 @@ from typing import Any
 import numpy as np
 
 from lungseg._version import __version__
-from lungseg.config import from_dict, load_yaml, save_yaml, to_dict
+from lungseg.core.config import from_dict, load_yaml, save_yaml, to_dict
+from lungseg.core.errors import BadInputError, LungsegError, quiet_third_party
+from lungseg.core.io_utils import atomic_write, atomic_write_text, csv_text, sha256_json
+from lungseg.core.locking import exclusive
+from lungseg.core.progress import track
 from lungseg.data.cache_integrity import MANIFEST, cache_damage
 from lungseg.data.dataset import METADATA_FILE, Record, discover
 from lungseg.data.io import decode_image, decode_mask, read_file
+from lungseg.data.preprocessing import PreprocessConfig, preprocess, resize_mask
 from lungseg.data.settings import PrepareConfig, disagreements
-from lungseg.data.sources import DataSource, open_source
 from lungseg.data.split import SPLITS, split_records
-from lungseg.errors import BadInputError, LungsegError, quiet_third_party
-from lungseg.io_utils import atomic_write, atomic_write_text, csv_text, sha256_json
-from lungseg.locking import exclusive
-from lungseg.preprocessing import PreprocessConfig, preprocess, resize_mask
-from lungseg.progress import track
+from lungseg.storage.sources import DataSource, open_source
 
 #: Mask and image may differ in size (299 vs 256 in the database) but not in shape beyond this.
 ASPECT_TOLERANCE = 0.05

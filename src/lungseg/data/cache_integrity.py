@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lungseg.config import load_yaml
-from lungseg.errors import LungsegError
+from lungseg.core.config import load_yaml
+from lungseg.core.errors import LungsegError
 
 #: A cache's manifest: the resolved settings, the source and a fingerprint; written last.
 MANIFEST = "prepare.yaml"

@@ -20,9 +20,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from lungseg.core.errors import LungsegError
 from lungseg.data.io import IMAGE_SUFFIXES
-from lungseg.data.sources import DataSource
-from lungseg.errors import LungsegError
+from lungseg.storage.sources import DataSource
 
 METADATA_FILE = "METADATA.csv"
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
 
 #: Largest image we agree to decode, in pixels (a decompression-bomb guard). The biggest real
 #: chest X-rays are about 4300x3500 = 15 MP; 100 MP leaves room for any detector.

@@ -3,7 +3,7 @@
 :class:`PrepareConfig` is what a prepared cache records (``prepare.yaml``) and what a run's
 ``config.yaml`` keeps in its ``prepare:`` section. :func:`prepare_layers` turns the flags that
 every command taking a dataset shares (``--size``, ``--preprocess``, ``--val``, ``--test``,
-``--seed``) and a settings file into the layers :func:`~lungseg.config.resolve` applies, so
+``--seed``) and a settings file into the layers :func:`~lungseg.core.config.resolve` applies, so
 ``prepare``, ``train``, ``evaluate`` and ``compare`` resolve them the same way. This module imports
 no NumPy: the command line builds its help from it.
 """
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lungseg.config import Layer, collect, diff, read_section, resolve, to_dict
-from lungseg.errors import LungsegError
-from lungseg.preprocessing import PreprocessConfig
+from lungseg.core.config import Layer, collect, diff, read_section, resolve, to_dict
+from lungseg.core.errors import LungsegError
+from lungseg.data.preprocessing import PreprocessConfig
 
 
 def check_fractions(val: float, test: float) -> None:

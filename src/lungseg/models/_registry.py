@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
 from lungseg.models.blocks import SegmentationModel, count_parameters
 
 M = TypeVar("M", bound=type[SegmentationModel])
 
 _MODELS: dict[str, type[SegmentationModel]] = {}
+#: The modules that register the shipped architectures, imported on the first look-up.
+ARCHITECTURES = ("unet", "fcn", "deeplabv3")
+
+
+def _registered() -> dict[str, type[SegmentationModel]]:
+    for module in ARCHITECTURES:
+        importlib.import_module(f"lungseg.models.{module}")
+    return _MODELS
 
 
 @dataclass(frozen=True)
@@ -71,7 +80,7 @@ def register_model(name: str) -> Callable[[M], M]:
 
 def list_models() -> list[str]:
     """Names of all registered models, sorted."""
-    return sorted(_MODELS)
+    return sorted(_registered())
 
 
 def model_info(name: str) -> ModelInfo:
@@ -119,7 +128,7 @@ _NO_DEFAULT = object()
 
 def _get(name: str) -> type[SegmentationModel]:
     try:
-        return _MODELS[name]
+        return _registered()[name]
     except KeyError:
         raise LungsegError(
             f"unknown model {name!r}; valid models: {', '.join(list_models())}"

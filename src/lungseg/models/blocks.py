@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
 
 
 def valid_size(size: int, divisor: int) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
 from lungseg.models._registry import register_model
 from lungseg.models.blocks import (
     ASPP,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
 from lungseg.models._registry import register_model
 from lungseg.models.blocks import (
     ConvStack,

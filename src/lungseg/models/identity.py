@@ -2,8 +2,8 @@
 
 Every output that names a model (``measurements.csv``, ``segment.json``, the API's JSON, a DICOM
 SEG or SR, a report, a model card) takes it from the :class:`ModelIdentity` that
-:func:`lungseg.inference.load_model` computes once, so two outputs of the same model on the same
-input name the same model and derive the same DICOM UIDs, whichever command made them.
+:func:`lungseg.inference.segmenter.load_model` computes once, so two outputs of the same model on
+the same input name the same model and derive the same DICOM UIDs, whichever command made them.
 
 The digest is the SHA-256 of the weights file (a checkpoint, or, for an ONNX export, the
 checkpoint it was exported from when the export records it); an ensemble's is the SHA-256 of its

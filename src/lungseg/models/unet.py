@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
 from lungseg.models._registry import register_model
 from lungseg.models.blocks import (
     ConvStack,

@@ -13,17 +13,17 @@ local folder or ``az://CONTAINER/PREFIX``, in the layout described in
   as a share of the image, right and left lung separately (the patient's right lung is on the
   image's left, as radiographs are viewed), areas in cm² when the file states its pixel spacing
   (DICOM), and ``uncertain_fraction``, the model's doubt about the mask
-  (:mod:`lungseg.quality`): review the masks with the highest values first (``qc.json`` lists
-  them).
+  (:mod:`lungseg.inference.quality`): review the masks with the highest values first (``qc.json``
+  lists them).
 
 A file that cannot be read is listed with its reason in ``errors.csv``; the others are done.
 Runs are resumable (a run does only what earlier runs have not), shardable over processes and
 machines (:mod:`lungseg.segment.shard`), and stream their input (:mod:`lungseg.segment.pipeline`).
 
-Modules: :mod:`~lungseg.segment.inputs` (what is read), :mod:`~lungseg.segment.outputs` (where
+Modules: :mod:`~lungseg.segment.inputs` (what is read), :mod:`~lungseg.storage.sink` (where
 it goes), :mod:`~lungseg.segment.ledger` (the record that makes runs resumable and mergeable),
-:mod:`~lungseg.segment.shard`, :mod:`~lungseg.segment.pipeline`, :mod:`~lungseg.segment.measure`,
-:mod:`~lungseg.segment.render` (mask PNG, overlay JPEG), :mod:`~lungseg.segment.dicom_seg`.
+:mod:`~lungseg.segment.shard`, :mod:`~lungseg.segment.pipeline`, :mod:`~lungseg.inference.measure`,
+:mod:`~lungseg.inference.encode` (mask PNG, overlay JPEG), :mod:`~lungseg.segment.dicom_seg`.
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lungseg.config import to_dict
-from lungseg.errors import LungsegError
-from lungseg.inference import Segmenter
+from lungseg.core.config import to_dict
+from lungseg.core.errors import LungsegError
+from lungseg.inference.encode import mask_png, overlay, overlay_jpeg
+from lungseg.inference.measure import lung_areas, lung_sides, measure
+from lungseg.inference.segmenter import Segmenter
 from lungseg.segment.dicom_seg import dicom_seg_bytes
 from lungseg.segment.inputs import AzureInputs, find_images, no_images, open_inputs
 from lungseg.segment.ledger import (
@@ -51,12 +53,10 @@ from lungseg.segment.ledger import (
     item_id,
     open_run,
 )
-from lungseg.segment.measure import lung_areas, lung_sides, measure
 from lungseg.segment.merge import MergeResult, completion, merge, merge_outputs
-from lungseg.segment.outputs import open_sink
 from lungseg.segment.pipeline import Pipeline, RunCounts
-from lungseg.segment.render import mask_png, overlay, overlay_jpeg
 from lungseg.segment.shard import Shard, resolve_shard
+from lungseg.storage.sink import open_sink
 
 __all__ = [
     "MEASUREMENT_COLUMNS",
@@ -169,7 +169,7 @@ def segment_files(
     """Segment every image of ``inputs`` not yet done into ``out`` (see the module docstring).
 
     Args:
-        segmenter: the model (:func:`lungseg.inference.load_model`).
+        segmenter: the model (:func:`lungseg.inference.segmenter.load_model`).
         inputs: local files and folders, or one ``az://CONTAINER/PREFIX``.
         out: a local folder or ``az://CONTAINER/PREFIX``.
         overlays: also write ``overlays/<key>.jpg``.

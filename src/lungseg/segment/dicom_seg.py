@@ -2,7 +2,7 @@
 over the image (``lungseg segment --dicom-seg``; needs ``lungseg[dicom]``, i.e. highdicom).
 
 A SEG holds two binary segments on the X-ray's pixel grid: 1 = right lung, 2 = left lung (the
-patient's, split as :func:`lungseg.segment.measure.lung_sides` splits them), coded in SNOMED CT
+patient's, split as :func:`lungseg.inference.measure.lung_sides` splits them), coded in SNOMED CT
 as *Right lung* (3341006) and *Left lung* (44029006), category *Anatomical structure*,
 algorithm type AUTOMATIC with lungseg as the algorithm. It references the source instance and
 keeps its patient and study (study, series and SOP instance UIDs of the source are referenced,
@@ -18,8 +18,8 @@ import uuid
 
 import numpy as np
 
-from lungseg.errors import LungsegError
-from lungseg.segment.measure import lung_sides
+from lungseg.core.errors import LungsegError
+from lungseg.inference.measure import lung_sides
 
 #: ``(segment label, SNOMED CT code, meaning)`` of segments 1 and 2.
 SEGMENTS = (("Right lung", "3341006", "Right lung"), ("Left lung", "44029006", "Left lung"))
@@ -59,7 +59,7 @@ def dicom_seg_bytes(
         source: the X-ray: its file's bytes, or its header as a ``pydicom.Dataset`` (pixel data
             not needed).
         mask: at the X-ray's resolution, ``bool[H, W]`` lungs (split into right and left by
-            :func:`lungseg.segment.measure.lung_sides`), or ``uint8[H, W]`` sides already
+            :func:`lungseg.inference.measure.lung_sides`), or ``uint8[H, W]`` sides already
             (0 background, 1 the patient's right lung, 2 the left).
         model: the model's name (Manufacturer's Model Name).
         settings_id: identifies the model and settings; with the source's UIDs it makes the

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
+from lungseg.core.errors import LungsegError
 from lungseg.data.io import IMAGE_SUFFIXES
-from lungseg.errors import LungsegError
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ class AzureInputs:
     """
 
     def __init__(self, url: str, exclude: str | None = None, workers: int = 8) -> None:
-        from lungseg.data.sources import azure_source
+        from lungseg.storage.sources import azure_source
 
         self._source = azure_source(url, workers=workers, progress=False)
         self._exclude = exclude

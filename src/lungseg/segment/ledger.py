@@ -41,10 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from lungseg.errors import LungsegError
-from lungseg.io_utils import csv_text, sha256_json
-from lungseg.segment.outputs import Sink, delete_folder
+from lungseg.core.errors import LungsegError
+from lungseg.core.io_utils import csv_text, sha256_json
 from lungseg.segment.shard import Shard
+from lungseg.storage.sink import Sink, delete_folder
 
 FORMAT = "lungseg-segment/1"
 MANIFEST = "segment.json"

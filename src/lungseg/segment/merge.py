@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
 from lungseg.segment.ledger import (
     COMPLETE,
     ERROR_COLUMNS,
@@ -37,7 +37,7 @@ from lungseg.segment.ledger import (
     read_manifest,
     read_rows,
 )
-from lungseg.segment.outputs import LocalSink, Sink, open_sink
+from lungseg.storage.sink import LocalSink, Sink, open_sink
 
 #: Masks listed in ``qc.json`` to review first.
 QC_TOP = 50

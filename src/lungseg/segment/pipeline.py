@@ -24,16 +24,16 @@ from typing import Any
 
 import numpy as np
 
+from lungseg.core.errors import LungsegError
 from lungseg.data.io import decode_image, sniff_format
-from lungseg.errors import LungsegError
-from lungseg.inference import Segmenter
-from lungseg.quality import uncertain_fraction
+from lungseg.inference.encode import mask_png, overlay_jpeg
+from lungseg.inference.measure import measure
+from lungseg.inference.quality import uncertain_fraction
+from lungseg.inference.segmenter import Segmenter
 from lungseg.segment.dicom_seg import dicom_seg_bytes, read_header
 from lungseg.segment.inputs import Inputs, Item
 from lungseg.segment.ledger import Ledger, now, output_names
-from lungseg.segment.measure import measure
-from lungseg.segment.outputs import Sink
-from lungseg.segment.render import mask_png, overlay_jpeg
+from lungseg.storage.sink import Sink
 
 #: Seconds between progress lines when stderr is not a terminal.
 LOG_EVERY_S = 60.0
@@ -237,7 +237,7 @@ class _Progress:
     def __enter__(self) -> _Progress:
         self._start = self._last = time.perf_counter()
         if self.enabled and sys.stderr.isatty():
-            from lungseg.progress import progress_bar
+            from lungseg.core.progress import progress_bar
 
             self._bar = progress_bar("{task.fields[rate]}", transient=True)
             self._bar.start()

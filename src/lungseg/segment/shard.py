@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
 
 #: What a Kubernetes Indexed Job sets to its ``completions`` (the number of shards).
 ENV_SHARDS = "LUNGSEG_SHARDS"

@@ -35,7 +35,7 @@ def run(config: ServeConfig) -> None:
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError:
-        from lungseg.errors import LungsegError
+        from lungseg.core.errors import LungsegError
 
         raise LungsegError("lungseg serve needs its extra: pip install 'lungseg[serve]'") from None
     from lungseg.serve.app import create_app

@@ -28,8 +28,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lungseg._version import __version__
-from lungseg.errors import LungsegError
-from lungseg.quality import REVIEW_THRESHOLD, UNCERTAIN_HIGH, UNCERTAIN_LOW
+from lungseg.core.errors import LungsegError
+from lungseg.inference.quality import REVIEW_THRESHOLD, UNCERTAIN_HIGH, UNCERTAIN_LOW
 from lungseg.serve import schemas
 from lungseg.serve.batcher import MicroBatcher
 from lungseg.serve.loading import ServedModel, load_models
@@ -320,7 +320,7 @@ _REQUEST_BODY = {
 
 def _page(service: Service) -> str:
     """The page (``templates/serve.html.j2``); the script fills it in from ``/v1/models``."""
-    from lungseg.render import render
+    from lungseg.core.render import render
 
     return render(
         "serve.html.j2",

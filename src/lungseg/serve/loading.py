@@ -1,9 +1,9 @@
 """The models a service runs: loaded once per worker, on ONNX Runtime where that is faster.
 
-A checkpoint (shipped or trained) is exported to ONNX once, with :func:`lungseg.export.export_onnx`
-as ``lungseg export`` does, into ``$LUNGSEG_CACHE_DIR/onnx`` (default ``~/.cache/lungseg/onnx``),
-named by the digest of its weights and the lungseg version; later starts load the file without
-importing PyTorch.
+A checkpoint (shipped or trained) is exported to ONNX once, with
+:func:`lungseg.inference.export.export_onnx` as ``lungseg export`` does, into
+``$LUNGSEG_CACHE_DIR/onnx`` (default ``~/.cache/lungseg/onnx``), named by the digest of its weights
+and the lungseg version; later starts load the file without importing PyTorch.
 ONNX Runtime answers one image in 6.6 ms where PyTorch takes 9.1 (``unet-fast``, 2 threads,
 BENCHMARKS.md) and is as fast on batches, so ``--backend auto`` uses it on the CPU whenever it is
 installed. An ``.onnx`` file given as the model runs on ONNX Runtime as it is.
@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from lungseg._version import __version__
-from lungseg.errors import LungsegError
-from lungseg.inference import Segmenter, ensemble, load_model
-from lungseg.io_utils import user_cache
+from lungseg.core.errors import LungsegError
+from lungseg.core.io_utils import user_cache
+from lungseg.inference.segmenter import Segmenter, ensemble, load_model
+from lungseg.models.shipped import ENSEMBLE_MODELS, MODEL_NAMES, SHIPPED_MODELS, shipped_weights
 from lungseg.serve.settings import ServeConfig
-from lungseg.shipped import ENSEMBLE_MODELS, MODEL_NAMES, SHIPPED_MODELS, shipped_weights
 
 logger = logging.getLogger("lungseg.serve")
 
@@ -174,7 +174,7 @@ def onnx_twin(checkpoint: Path, digest: str) -> Path:
     target = folder / f"{digest[:24]}-lungseg{__version__}-opset{ONNX_OPSET}.onnx"
     if target.is_file():
         return target
-    from lungseg.export import export_onnx
+    from lungseg.inference.export import export_onnx
 
     try:
         folder.mkdir(parents=True, exist_ok=True)

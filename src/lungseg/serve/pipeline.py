@@ -1,8 +1,9 @@
 """One request's work, the same road as ``lungseg segment``: decode, preprocess, one forward pass
 (shared with other requests, :mod:`lungseg.serve.batcher`), postprocess, measure, encode.
 
-The mask comes from :meth:`~lungseg.inference.Segmenter.masks_from_proba` and the figures from
-:func:`lungseg.segment.measure` on the same probabilities, so they are identical to what
+The mask comes from :meth:`~lungseg.inference.segmenter.Segmenter.masks_from_proba` and the figures
+from
+:func:`lungseg.inference.measure` on the same probabilities, so they are identical to what
 ``lungseg segment`` writes for the same file and model. Decoding and encoding run on a thread
 pool, never on the event loop; a bad file raises :class:`ServeError` with the one-line reason
 ``lungseg segment`` gives, without a file name.
@@ -20,9 +21,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from lungseg.core.errors import LungsegError
 from lungseg.data.io import Decoded, decode_image, sniff_format
-from lungseg.errors import LungsegError
-from lungseg.quality import REVIEW_THRESHOLD, uncertain_fraction
+from lungseg.inference.quality import REVIEW_THRESHOLD, uncertain_fraction
 from lungseg.segment import measure
 from lungseg.serve.batcher import MicroBatcher
 from lungseg.serve.loading import ServedModel

@@ -61,7 +61,7 @@ class SegmentResponse(BaseModel):
     measurements: Measurements
     uncertain_fraction: float = Field(
         description="Pixels with lung probability in (0.1, 0.9) per predicted lung pixel: how "
-        "unsure the model is (lungseg.quality)."
+        "unsure the model is (lungseg.inference.quality)."
     )
     review: bool = Field(
         description="True when uncertain_fraction is above review_threshold or no lung was found."

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
 
 #: Where :func:`ServeConfig.to_environment` puts the settings for uvicorn's worker processes.
 ENV_CONFIG = "LUNGSEG_SERVE_CONFIG"

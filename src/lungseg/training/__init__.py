@@ -34,10 +34,10 @@ _EXPORTS = {
     "RunResult": "lungseg.training.rundir",
     "train": "lungseg.training.engine",
     "augment_batch": "lungseg.training.augment",
-    "CHECKPOINT_FORMAT": "lungseg.training.checkpoint",
-    "load_checkpoint": "lungseg.training.checkpoint",
-    "model_from_checkpoint": "lungseg.training.checkpoint",
-    "save_checkpoint": "lungseg.training.checkpoint",
+    "CHECKPOINT_FORMAT": "lungseg.models.checkpoint",
+    "load_checkpoint": "lungseg.models.checkpoint",
+    "model_from_checkpoint": "lungseg.models.checkpoint",
+    "save_checkpoint": "lungseg.models.checkpoint",
 }
 __all__ = sorted(_EXPORTS)
 

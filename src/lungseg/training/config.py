@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from lungseg.config import Layer, load_yaml, read_section, resolve, to_dict
+from lungseg.core.config import Layer, load_yaml, read_section, resolve, to_dict
+from lungseg.core.errors import LungsegError
 from lungseg.data.settings import asked, prepare_layers
-from lungseg.errors import LungsegError
 
 LOSSES = ("bce", "bce_dice")
 SCHEDULES = ("none", "cosine", "onecycle")
@@ -272,7 +272,7 @@ def stored_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stored_settings(checkpoint: Path) -> dict[str, Any]:
-    from lungseg.training.checkpoint import load_checkpoint
+    from lungseg.models.checkpoint import load_checkpoint
 
     return stored_settings(load_checkpoint(checkpoint))
 

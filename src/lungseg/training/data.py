@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lungseg.config import resolve, to_dict
+from lungseg.core.config import resolve, to_dict
+from lungseg.core.errors import LungsegError
+from lungseg.core.io_utils import sha256_json
 from lungseg.data.cache import PreparedData, is_cache, load_cache, prepare
 from lungseg.data.settings import PrepareConfig
-from lungseg.errors import LungsegError
-from lungseg.io_utils import sha256_json
 from lungseg.training.distributed import DistContext, barrier
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
 
 
 @dataclass(frozen=True)

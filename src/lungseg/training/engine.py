@@ -41,16 +41,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from lungseg.config import to_dict
+from lungseg.core.config import to_dict
+from lungseg.core.devices import backend_flags, cpu_has_native_bf16, physical_cores, resolve_device
+from lungseg.core.errors import LungsegError
+from lungseg.core.locking import exclusive
+from lungseg.core.progress import StepBar
 from lungseg.data.cache import PreparedData
 from lungseg.data.settings import PrepareConfig
-from lungseg.devices import backend_flags, cpu_has_native_bf16, physical_cores, resolve_device
-from lungseg.errors import LungsegError
-from lungseg.locking import exclusive
 from lungseg.models.blocks import count_parameters
-from lungseg.progress import StepBar
+from lungseg.models.checkpoint import training_checkpoint
 from lungseg.training.augment import augment_batch
-from lungseg.training.checkpoint import training_checkpoint
 from lungseg.training.config import TrainConfig, check_run_directory
 from lungseg.training.data import check_splits, split_digest, training_data
 from lungseg.training.distributed import (

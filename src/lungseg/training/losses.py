@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lungseg.errors import LungsegError
+from lungseg.core.errors import LungsegError
 from lungseg.training.config import LOSSES
 
 

@@ -4,7 +4,7 @@ A run directory records one training run:
 
 * ``config.yaml``: every resolved setting (``train:`` and ``prepare:`` sections, usable as
   ``--config``), written once the inputs are checked, before the first epoch;
-* ``best.pt`` and ``last.pt``: checkpoints (:mod:`lungseg.training.checkpoint`) of the best epoch
+* ``best.pt`` and ``last.pt``: checkpoints (:mod:`lungseg.models.checkpoint`) of the best epoch
   and of the last one, and ``history.csv``, written atomically after each epoch by a background
   writer (:mod:`lungseg.training.writer`) while the next epoch trains; ``curves.png`` at the end
   and at most every 30 s;
@@ -12,7 +12,7 @@ A run directory records one training run:
   written when training ends; its presence marks a finished run.
 
 A run directory belongs to one run: starting another in it is refused (``--resume`` continues
-it), and :func:`lungseg.locking.exclusive` keeps a second process out while one trains.
+it), and :func:`lungseg.core.locking.exclusive` keeps a second process out while one trains.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from typing import Any
 from torch import nn
 
 from lungseg._version import __version__
-from lungseg.config import save_yaml
-from lungseg.errors import LungsegError
-from lungseg.io_utils import atomic_write_text
-from lungseg.training.checkpoint import load_checkpoint
+from lungseg.core.config import save_yaml
+from lungseg.core.errors import LungsegError
+from lungseg.core.io_utils import atomic_write_text
+from lungseg.models.checkpoint import load_checkpoint
 from lungseg.training.config import TrainConfig, check_resumable
 
 

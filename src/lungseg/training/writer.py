@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from lungseg.io_utils import atomic_write_text
-from lungseg.training.checkpoint import save_checkpoint
+from lungseg.core.io_utils import atomic_write_text
+from lungseg.models.checkpoint import save_checkpoint
 
 #: Seconds between redraws of ``curves.png`` during a run.
 CURVES_EVERY_S = 30.0
@@ -102,7 +102,7 @@ class RunWriter:
                 self._lock.notify_all()
 
     def _write(self, ckpt: dict[str, Any], improved: bool, best_epoch: int) -> None:
-        from lungseg.plots import history_csv
+        from lungseg.evaluation.plots import history_csv
 
         # best.pt before last.pt: a crash in between re-runs this epoch, which rewrites both.
         if improved:
@@ -114,7 +114,7 @@ class RunWriter:
             self._curves(*self._last)
 
     def _curves(self, history: list[dict[str, Any]], best_epoch: int) -> None:
-        from lungseg.plots import save_training_curves
+        from lungseg.evaluation.plots import save_training_curves
 
         save_training_curves(history, self.out / "curves.png", self.title, best_epoch)
         self._drawn = time.monotonic()
