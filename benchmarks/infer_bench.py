@@ -8,7 +8,7 @@ network call the :class:`~lungseg.inference.segmenter.Segmenter` makes: preproce
 copy back). Weights are freshly initialised: speed does not depend on their values. MONAI's UNet
 runs the plain PyTorch way and through the same ONNX Runtime settings, in the same run.
 
-Two more figures per backend show what a user waits for with U-Net: ``predict_batch`` on one
+Two more figures per backend show what a user waits for with U-Net: ``predict`` on one
 decoded 299x299 image (preprocessing, network, postprocessing, resizing the mask back), without
 and with test-time augmentation (``--tta``).
 """
@@ -144,10 +144,10 @@ def _precision_agreement(ctx: Context, section: Section) -> None:
     files = sorted(folder.rglob("images/*.png"))[:64]
     images = [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files]
     for name in SHIPPED_MODELS:
-        full = load_model(name, device=ctx.device, precision="float32").proba_working(images)
+        full = _working(load_model(name, device=ctx.device, precision="float32"), images)
         for precision in ("float16", "bfloat16"):
             other = load_model(name, device=ctx.device, precision=precision)
-            differ = 100 * (1 - _dice(full > 0.5, other.proba_working(images) > 0.5))
+            differ = 100 * (1 - _dice(full > 0.5, _working(other, images) > 0.5))
             section.add(
                 f"{name}: {precision} masks differ from float32's (1 - Dice; worst image "
                 f"{differ.max():.3f} %)",
@@ -248,14 +248,14 @@ def _measure(ctx, section, name, backend, network, batch, plan) -> dict:
 
 
 def _end_to_end(ctx: Context, section: Section, backend: str, segmenter, plan: Plan) -> None:
-    """U-Net ``predict_batch`` on one decoded original-size image, what a user waits for."""
+    """U-Net ``predict`` on one decoded original-size image, what a user waits for."""
     from lungseg.data.io import decode_image
 
     src, _ = ctx.real_data()
     image_file = sorted(src.glob("*/images/*.png"))[0]
     pixels = decode_image(image_file.read_bytes(), str(image_file)).pixels
     times = repeat(
-        lambda: segmenter.predict_batch([pixels]),
+        lambda: segmenter.predict(pixels),
         repeats=plan.latency_runs,
         min_seconds=plan.latency_seconds,
         max_repeats=500,
@@ -269,7 +269,7 @@ def _end_to_end(ctx: Context, section: Section, backend: str, segmenter, plan: P
     )
     augmented = segmenter.with_tta()
     times = repeat(
-        lambda: augmented.predict_batch([pixels]),
+        lambda: augmented.predict(pixels),
         repeats=plan.latency_runs,
         min_seconds=plan.latency_seconds,
         max_repeats=200,
@@ -302,3 +302,8 @@ def _goals(ctx: Context, section: Section, latency: dict) -> None:
             section.goal(peer_goal, times["median"], ">=", GOAL_PEER, "x")
         else:
             section.not_judged(peer_goal, "MONAI absent on this machine")
+
+
+def _working(segmenter, images):
+    """Working-size probabilities of decoded ``images``."""
+    return segmenter.proba_preprocessed([segmenter.preprocessed(im) for im in images])

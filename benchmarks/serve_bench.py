@@ -171,14 +171,12 @@ class _Offline:
 
     def latencies(self) -> list[float]:
         """Milliseconds of one request's work on each file, one at a time (after a warm-up)."""
-        from lungseg.serve.pipeline import _finish, _prepare
+        from lungseg.inference import road
 
         times = []
         for data in [self.bodies[0], *self.bodies]:
             start = time.perf_counter()
-            decoded, inputs = _prepare(data, self.segmenter)
-            prob = self.segmenter.proba_preprocessed([inputs])[0]
-            _finish(decoded, prob, self.segmenter, False)
+            road.segment_bytes(data, "upload", self.segmenter)
             times.append((time.perf_counter() - start) * 1000)
         return times[1:]
 

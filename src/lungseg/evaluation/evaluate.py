@@ -43,6 +43,8 @@ from lungseg.data.cache import PreparedData, is_cache, load_cache, prepare
 from lungseg.data.preprocessing import PreprocessConfig
 from lungseg.data.settings import PrepareConfig
 from lungseg.evaluation.metrics import MetricAccumulator
+from lungseg.inference import road
+from lungseg.inference.encode import mask_png
 from lungseg.inference.postprocessing import (
     PostprocessConfig,
     list_postprocess_presets,
@@ -263,33 +265,36 @@ def evaluate(
         if save_masks:
             (out / "masks").mkdir(exist_ok=True)
             for stem, mask in zip(stems, pred, strict=True):
-                ok, buf = cv2.imencode(".png", mask.astype(np.uint8) * 255)
-                atomic_write_bytes(out / "masks" / f"{stem}.png", buf.tobytes())
+                atomic_write_bytes(out / "masks" / f"{stem}.png", mask_png(mask, stem))
     return Evaluation(metrics, rows, out, scored_prob, reference, indices)
 
 
 def _probabilities(
     segmenter: Segmenter, datasets: list[PreparedData], indices: np.ndarray, batch_size: int
 ) -> tuple[np.ndarray, float]:
-    size = segmenter.size
-    total = np.zeros((len(indices), size, size), np.float32)
-    seconds = 0.0
-    for (network, _), dataset in zip(segmenter.networks, datasets, strict=True):
+    """Working-size probabilities of the prepared images ``indices`` through the road's forward
+    pass (:func:`lungseg.inference.road.forward`): each network reads its own cache, prepared
+    with its preprocessing, which is what :func:`~lungseg.inference.road.prepare` makes of the
+    image files."""
+    for dataset in datasets[1:]:
         if dataset.stems != datasets[0].stems:
             raise LungsegError("ensemble members' prepared datasets list different images")
-        # One untimed image first: the first call pays for kernel selection and allocations,
-        # which on a small test split would dominate the time per image.
-        network(np.asarray(dataset.images[indices[:1]], dtype=np.float32)[:, None] / 255.0)
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start : start + batch_size]
-            batch = np.asarray(dataset.images[chunk], dtype=np.float32)[:, None] / 255.0
-            began = time.perf_counter()
-            prob = network(batch)
-            seconds += time.perf_counter() - began
-            if prob.shape[-1] != size:
-                prob = np.stack([_resize(p, size) for p in prob])
-            total[start : start + len(chunk)] += prob
-    return total / len(segmenter.networks), seconds
+
+    def inputs(chunk: np.ndarray) -> list[list[np.ndarray]]:
+        per_network = [np.asarray(dataset.images[chunk]) for dataset in datasets]
+        return [[images[k] for images in per_network] for k in range(len(chunk))]
+
+    # One untimed image first: the first call pays for kernel selection and allocations,
+    # which on a small test split would dominate the time per image.
+    road.forward(segmenter, inputs(indices[:1]))
+    total = np.zeros((len(indices), segmenter.size, segmenter.size), np.float32)
+    seconds = 0.0
+    for start in range(0, len(indices), batch_size):
+        batch = inputs(indices[start : start + batch_size])
+        began = time.perf_counter()
+        total[start : start + len(batch)] = road.forward(segmenter, batch)
+        seconds += time.perf_counter() - began
+    return total, seconds
 
 
 def _resize(prob: np.ndarray, size: int) -> np.ndarray:

@@ -23,6 +23,7 @@ from lungseg.data.preprocessing import preprocess
 from lungseg.inference.segmenter import (
     ONNX_METADATA_KEY,
     ImageLike,
+    Segmenter,
     TorchNetwork,
     as_decoded,
     load_model,
@@ -82,8 +83,7 @@ def export_onnx(
         "preprocess": to_dict(segmenter.preprocess),
         "postprocess": to_dict(segmenter.postprocess),
         "source": segmenter.source,
-        "weights_sha256": segmenter.identity.digest if segmenter.identity else None,
-        "convention": segmenter.identity.convention if segmenter.identity else None,
+        "identity": _identity(segmenter),
     }
     return _save(proto, meta, Path(out))
 
@@ -154,8 +154,16 @@ def _export_int8(
         )
         proto = onnx.load(str(quantized))
     meta = dict(segmenter.info or {})
+    meta["identity"] = _identity(segmenter)
     meta["quantization"] = {
         "type": "int8 static (ONNX Runtime): int8 weights, uint8 activations, QDQ, per tensor",
         "calibration_images": len(inputs),
     }
     return _save(proto, meta, out)
+
+
+def _identity(segmenter: Segmenter) -> dict[str, Any]:
+    """The checkpoint's identity, recorded so that the export is named as its checkpoint is
+    (:mod:`lungseg.models.identity`): the same name, weights digest and convention."""
+    identity = segmenter.identity.to_dict()
+    return {k: identity[k] for k in ("name", "weights_sha256", "convention")}

@@ -18,6 +18,7 @@ views of the image (:mod:`lungseg.inference.tta`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from lungseg.models.shipped import (
     ENSEMBLE_MODELS,
     SHIPPED_CONVENTIONS,
     SHIPPED_MODELS,
+    shipped_name,
     shipped_weights,
 )
 
@@ -144,6 +146,16 @@ class Segmenter:
     info: dict[str, Any] | None = None
     identity: ModelIdentity | None = None
 
+    def __post_init__(self) -> None:
+        if self.identity is None:
+            # Built by hand around networks of unknown weights: named, never mistaken for a
+            # loaded model (whose digest is that of its weights file).
+            self.identity = ModelIdentity(
+                self.name,
+                self.name,
+                hashlib.sha256(f"unidentified:{self.source}".encode()).hexdigest(),
+            )
+
     @property
     def size(self) -> int:
         return self.preprocess.size
@@ -158,24 +170,13 @@ class Segmenter:
         """Images per forward pass that keep the device busy: 64 on a GPU, 16 elsewhere."""
         return 64 if self.on_gpu else 16
 
-    def prepare_inputs(self, images: Sequence[ImageLike]) -> list[Decoded]:
-        """Decode paths/bytes/arrays into 8-bit grayscale :class:`Decoded` images."""
-        return [as_decoded(im) for im in images]
-
-    def proba_working(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """``uint8[H, W]`` images -> probabilities ``float32[N, S, S]`` at the working size."""
-        return self.proba_preprocessed([self.preprocessed(im) for im in images])
-
     def preprocessed(self, image: np.ndarray) -> list[np.ndarray]:
-        """``uint8[H, W]`` -> each network's input, ``uint8[S, S]`` after its preprocessing.
-
-        With :meth:`proba_preprocessed`, this is :meth:`proba_working` in two steps, so that a
-        pipeline can preprocess the next images while the model runs on the current ones.
-        """
+        """``uint8[H, W]`` -> each network's input, ``uint8[S, S]`` after its preprocessing."""
         return [preprocess(image, config) for _, config in self.networks]
 
     def proba_preprocessed(self, inputs: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
-        """:meth:`preprocessed` of N images -> probabilities ``float32[N, S, S]``."""
+        """:meth:`preprocessed` of N images -> probabilities ``float32[N, S, S]`` at the
+        working size (an ensemble's averaged)."""
         total = np.zeros((len(inputs), self.size, self.size), np.float32)
         for i, (network, config) in enumerate(self.networks):
             batch = np.stack([x[i] for x in inputs]).astype(np.float32)
@@ -185,16 +186,26 @@ class Segmenter:
             total += prob
         return total / len(self.networks)
 
+    def masks_from_proba(
+        self, prob: np.ndarray, shapes: Sequence[tuple[int, int]]
+    ) -> list[np.ndarray]:
+        """Working-size probabilities ``float32[N, S, S]`` -> postprocessed ``bool`` masks, each
+        resized to its image's ``(H, W)`` in ``shapes``."""
+        masks = postprocess_batch(prob, self.postprocess)
+        return [upscale_mask(m, shape) for m, shape in zip(masks, shapes, strict=True)]
+
     def predict_proba(self, image: ImageLike) -> np.ndarray:
         """``float32[H, W]`` lung probability at the image's own resolution."""
-        decoded = as_decoded(image)
-        prob = self.proba_working([decoded.pixels])[0]
-        return _resize_prob(prob, decoded.pixels.shape)
+        pixels = as_decoded(image).pixels
+        prob = self.proba_preprocessed([self.preprocessed(pixels)])[0]
+        return _resize_prob(prob, pixels.shape)
 
     def predict(self, image: ImageLike) -> np.ndarray:
-        """``bool[H, W]`` lung mask at the image's own resolution."""
-        decoded = as_decoded(image)
-        return self.predict_batch([decoded.pixels])[0]
+        """``bool[H, W]`` lung mask at the image's own resolution: the mask of
+        :func:`lungseg.inference.road.finish` without its measurements and encodings."""
+        pixels = as_decoded(image).pixels
+        prob = self.proba_preprocessed([self.preprocessed(pixels)])
+        return self.masks_from_proba(prob, [pixels.shape])[0]
 
     def with_tta(self, views: Sequence[View] = DEFAULT_VIEWS) -> Segmenter:
         """This model with test-time augmentation over ``views`` (see
@@ -207,19 +218,6 @@ class Segmenter:
         return dataclasses.replace(
             self, name=f"{self.name}+tta", networks=networks, info=info, identity=identity
         )
-
-    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Masks for several ``uint8[H, W]`` images (each at its own resolution)."""
-        prob = self.proba_working(images)
-        return self.masks_from_proba(prob, [im.shape for im in images])
-
-    def masks_from_proba(
-        self, prob: np.ndarray, shapes: Sequence[tuple[int, int]]
-    ) -> list[np.ndarray]:
-        """Working-size probabilities ``float32[N, S, S]`` -> postprocessed ``bool`` masks, each
-        resized to its image's ``(H, W)`` in ``shapes``."""
-        masks = postprocess_batch(prob, self.postprocess)
-        return [upscale_mask(m, shape) for m, shape in zip(masks, shapes, strict=True)]
 
 
 def upscale_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -296,18 +294,7 @@ def _load(
     if text == "ensemble":
         members = [_load(name, device, postprocess, threads, precision) for name in ENSEMBLE_MODELS]
         return ensemble(members)
-    if text in SHIPPED_MODELS:
-        path = shipped_weights(text)
-    else:
-        path = Path(text)
-        if path.is_dir():
-            path = path / "best.pt"
-        if not path.is_file():
-            raise LungsegError(
-                f"model not found; give a shipped model ({', '.join(SHIPPED_MODELS)}, ensemble), "
-                "a checkpoint file, a run directory or an .onnx file",
-                path,
-            )
+    (path,) = model_files(text)
     if path.suffix == ".onnx":
         network, meta = _load_onnx(path, threads)
     else:
@@ -318,16 +305,46 @@ def _load(
     pre = from_dict(PreprocessConfig, meta["preprocess"], f"{path}:preprocess")
     post = _postprocess_config(postprocess, meta.get("postprocess"), path)
     info = {k: v for k, v in meta.items() if k not in _HEAVY_KEYS}
-    # A shipped variant keeps its own name (unet-fast is a "unet" architecture).
-    name = text if text in SHIPPED_MODELS else meta["model"]["name"]
+    # An ONNX export records the identity of the checkpoint it came from: the same weights,
+    # the same identity. A shipped variant keeps its own name (unet-fast is a "unet").
+    recorded = meta.get("identity") or {}
+    shipped = shipped_name(path) or ""
+    name = shipped or recorded.get("name") or meta["model"]["name"]
     identity = ModelIdentity(
         name=name,
         architecture=meta["model"]["name"],
-        # An ONNX export names the checkpoint it came from: the same weights, the same identity.
-        digest=meta.get("weights_sha256") or file_digest(path),
-        convention=meta.get("convention") or SHIPPED_CONVENTIONS.get(text, "unknown"),
+        digest=recorded.get("weights_sha256") or file_digest(path),
+        convention=(
+            recorded.get("convention")
+            or meta.get("convention")
+            or SHIPPED_CONVENTIONS.get(shipped, "unknown")
+        ),
     )
     return Segmenter(name, pre, post, [(network, pre)], str(path), info, identity)
+
+
+def model_files(model: str | Path) -> list[Path]:
+    """The weights file(s) behind a model name or path, found without loading them: the one
+    place that turns what a user typed into files.
+
+    Raises:
+        LungsegError: nothing there, named on one line with what is accepted.
+    """
+    text = str(model)
+    if text == "ensemble":
+        return [shipped_weights(name) for name in ENSEMBLE_MODELS]
+    if text in SHIPPED_MODELS:
+        return [shipped_weights(text)]
+    path = Path(text)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise LungsegError(
+            f"model not found; give a shipped model ({', '.join(SHIPPED_MODELS)}, ensemble), "
+            "a checkpoint file, a run directory or an .onnx file",
+            path,
+        )
+    return [path]
 
 
 _HEAVY_KEYS = frozenset({"state_dict", "optimizer", "scheduler", "rng"})

@@ -45,6 +45,15 @@ def shipped_weights(name: str) -> Path:
     return path
 
 
+def shipped_name(path: str | Path) -> str | None:
+    """The shipped model whose weights file ``path`` is, or None: a shipped model loaded by its
+    path (an ONNX export of it, a server's cached export) keeps its name and convention."""
+    path = Path(path)
+    if path.parent.resolve() != weights_dir().resolve() or path.suffix != ".pt":
+        return None
+    return path.stem if path.stem in SHIPPED_MODELS else None
+
+
 def weights_dir() -> Path:
     """Folder of the shipped weights and their MODEL_CARD.md inside the installed package."""
     return Path(str(resources.files("lungseg") / "weights"))

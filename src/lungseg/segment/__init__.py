@@ -28,7 +28,6 @@ it goes), :mod:`~lungseg.segment.ledger` (the record that makes runs resumable a
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 from collections.abc import Sequence
@@ -76,7 +75,7 @@ __all__ = [
 ]
 
 #: Bumped when the outputs of the same model and settings change (their format or content).
-OUTPUTS_VERSION = 1
+OUTPUTS_VERSION = 2
 
 
 class SegmentInterrupted(LungsegError):
@@ -117,26 +116,18 @@ class SegmentResult:
 def run_settings(segmenter: Segmenter, overlays: bool, dicom_seg: bool) -> dict[str, Any]:
     """What the outputs depend on, recorded in ``segment.json``: a run with other settings into
     the same output is refused (batch size, device and workers do not change the outputs)."""
-    info = segmenter.info or {}
-    sources = info.get("members") or [segmenter.source]
+    identity = segmenter.identity
     return {
-        "model": segmenter.name,
-        "weights": [_fingerprint(s) for s in sources],
+        "model": identity.name,
+        "weights_sha256": identity.digest,
+        "convention": identity.convention,
         "preprocess": [to_dict(config) for _, config in segmenter.networks],
         "postprocess": to_dict(segmenter.postprocess),
-        "tta": info.get("tta"),
+        "tta": (segmenter.info or {}).get("tta"),
         "overlays": overlays,
         "dicom_seg": dicom_seg,
         "outputs": OUTPUTS_VERSION,
     }
-
-
-def _fingerprint(source: str) -> str:
-    path = Path(source)
-    if not path.is_file():
-        return source
-    with open(path, "rb") as fh:
-        return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def default_workers(remote: bool = False) -> int:
@@ -218,7 +209,7 @@ def segment_files(
         ledger = Ledger(sink, sid, shard, ledger_rows, ledger_seconds)
         ledger.reopen()
         pipeline = Pipeline(
-            segmenter, source, sink, ledger, sid, overlays=overlays, dicom_seg=dicom_seg,
+            segmenter, source, sink, ledger, overlays=overlays, dicom_seg=dicom_seg,
             batch_size=batch_size, workers=workers, progress=progress,
         )  # fmt: skip
         counts = pipeline.counts

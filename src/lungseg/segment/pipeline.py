@@ -25,12 +25,8 @@ from typing import Any
 import numpy as np
 
 from lungseg.core.errors import LungsegError
-from lungseg.data.io import decode_image, sniff_format
-from lungseg.inference.encode import mask_png, overlay_jpeg
-from lungseg.inference.measure import measure
-from lungseg.inference.quality import uncertain_fraction
+from lungseg.inference import road
 from lungseg.inference.segmenter import Segmenter
-from lungseg.segment.dicom_seg import dicom_seg_bytes, read_header
 from lungseg.segment.inputs import Inputs, Item
 from lungseg.segment.ledger import Ledger, now, output_names
 from lungseg.storage.sink import Sink
@@ -41,16 +37,11 @@ LOG_EVERY_S = 60.0
 
 @dataclass
 class Loaded:
-    """An image read and preprocessed, waiting for the model."""
+    """An image read and prepared (:func:`lungseg.inference.road.prepare`), waiting for the
+    model."""
 
     item: Item
-    shape: tuple[int, int]
-    spacing: tuple[float, float] | None
-    inputs: list[np.ndarray]
-    #: The decoded X-ray, kept only for overlays.
-    pixels: np.ndarray | None
-    #: The DICOM header, kept only for --dicom-seg.
-    header: Any | None
+    prepared: road.Prepared
 
 
 @dataclass
@@ -78,7 +69,6 @@ class Pipeline:
     source: Inputs
     sink: Sink
     ledger: Ledger
-    settings_id: str
     overlays: bool = False
     dicom_seg: bool = False
     batch_size: int = 8
@@ -87,6 +77,9 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.counts = RunCounts()
+        #: What :func:`lungseg.inference.road.finish` encodes for each image.
+        self.outputs = ["mask", *(["overlay"] if self.overlays else []),
+                        *(["dicom_seg"] if self.dicom_seg else [])]  # fmt: skip
 
     def run(self, items: Iterator[Item]) -> RunCounts:
         """Segment ``items`` (already filtered to this shard and to what is not done).
@@ -170,11 +163,7 @@ class Pipeline:
             self.ledger.flush()
 
     def _forward(self, batch: list[Loaded]) -> np.ndarray:
-        inputs = [one.inputs for one in batch]
-        # Every forward pass has the same batch shape, so an image's mask cannot depend on how
-        # many images shared its batch (a resumed run batches them differently).
-        inputs += [inputs[-1]] * (self.batch_size - len(inputs))
-        return self.segmenter.proba_preprocessed(inputs)[: len(batch)]
+        return road.forward(self.segmenter, [one.prepared for one in batch], self.batch_size)
 
     def _load(self, item: Item) -> Loaded | dict[str, Any]:
         try:
@@ -183,38 +172,24 @@ class Pipeline:
             return _error(item, f"cannot read file ({exc.strerror or exc})")
         try:
             output_names(item.key)
-            decoded = decode_image(data, item.name)
-            header = None
-            if self.dicom_seg and sniff_format(data) == "dicom":
-                header = read_header(data, item.name)
-            inputs = self.segmenter.preprocessed(decoded.pixels)
+            prepared = road.prepare(data, item.name, self.segmenter, self.outputs)
         except LungsegError as exc:
             return _error(item, exc.problem)
-        except Exception as exc:  # a decoder's own failure on a hostile file
-            return _error(item, f"cannot read image ({exc})")
-        pixels = decoded.pixels if self.overlays else None
-        return Loaded(item, decoded.pixels.shape, decoded.spacing, inputs, pixels, header)
+        return Loaded(item, prepared)
 
     def _finish(self, loaded: Loaded, prob: np.ndarray) -> dict[str, Any]:
         item = loaded.item
+        outputs = [k for k in self.outputs if k != "dicom_seg" or loaded.prepared.header]
         try:
-            mask = self.segmenter.masks_from_proba(prob[None], [loaded.shape])[0]
-            unsure = float(uncertain_fraction(prob))
-            row = measure(item.key, item.name, mask, loaded.spacing, unsure)
-            files = {"mask": mask_png(mask, item.name)}
-            if loaded.pixels is not None:
-                files["overlay"] = overlay_jpeg(loaded.pixels, mask, item.name)
-            if loaded.header is not None:
-                files["dicom_seg"] = dicom_seg_bytes(
-                    loaded.header, mask, model=self.segmenter.name,
-                    settings_id=self.settings_id, name=item.name,
-                )  # fmt: skip
+            result = road.finish(loaded.prepared, prob, self.segmenter, key=item.key,
+                                 outputs=outputs)  # fmt: skip
         except LungsegError as exc:  # this image's problem: the archive goes on
             return _error(item, exc.problem)
         except Exception as exc:
             return _error(item, f"cannot segment image ({type(exc).__name__}: {exc})")
+        row = result.measurements
         names = output_names(item.key)
-        for kind, data in files.items():  # a storage failure here stops the run
+        for kind, data in result.files.items():  # a storage failure here stops the run
             self.sink.put(names[kind], data)
             row[kind] = names[kind]
         row.update(version=item.version, status="ok", done_at=now(), problem="")

@@ -33,7 +33,7 @@ from lungseg.inference.quality import REVIEW_THRESHOLD, UNCERTAIN_HIGH, UNCERTAI
 from lungseg.serve import schemas
 from lungseg.serve.batcher import MicroBatcher
 from lungseg.serve.loading import ServedModel, load_models
-from lungseg.serve.pipeline import ServeError, dicom_seg, segment_upload
+from lungseg.serve.pipeline import ServeError, segment_upload
 from lungseg.serve.security import PAGE_POLICY, AccessLog, api_key_matches, log_failure
 from lungseg.serve.settings import ENV_API_KEY, ServeConfig
 from lungseg.serve.upload import read_upload
@@ -255,13 +255,13 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             raise ServeError(503, "too many requests in progress; retry shortly")
         service.pending += 1
         try:
-            data, result = await asyncio.wait_for(
-                _segment(request, service, chosen, batcher, tta, image and not wants_png),
+            result = await asyncio.wait_for(
+                _segment(
+                    request, service, chosen, batcher, tta, image and not wants_png,
+                    format == "dicom-seg",
+                ),
                 config.timeout_s,
-            )
-            if format == "dicom-seg":
-                loop = asyncio.get_running_loop()
-                seg = await loop.run_in_executor(service.pool, dicom_seg, data, result)
+            )  # fmt: skip
         except TimeoutError:
             raise ServeError(504, f"not answered within {config.timeout_s:g} s") from None
         except ServeError:
@@ -273,7 +273,9 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             service.pending -= 1
         headers = {"Cache-Control": "no-store"}
         if format == "dicom-seg":
-            return Response(seg, media_type="application/dicom", headers=headers)
+            return Response(
+                result.result.files["dicom_seg"], media_type="application/dicom", headers=headers
+            )
         if not wants_png:
             return JSONResponse(result.to_json(), headers=headers)
         rows = result.measurements
@@ -289,9 +291,13 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         return Response(result.mask_png, media_type="image/png", headers=headers)
 
 
-async def _segment(request, service: Service, model, batcher, tta: bool, with_image: bool):
+async def _segment(
+    request, service: Service, model, batcher, tta: bool, with_image: bool, dicom_seg: bool
+):
     data = await read_upload(request, service.config.max_upload_bytes)
-    return data, await segment_upload(data, model, batcher, service.pool, tta, with_image)
+    return await segment_upload(
+        data, model, batcher, service.pool, tta, with_image, dicom_seg=dicom_seg
+    )
 
 
 def _has_highdicom() -> bool:

@@ -12,7 +12,6 @@ installed. An ``.onnx`` file given as the model runs on ONNX Runtime as it is.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import logging
 import os
@@ -26,8 +25,9 @@ import numpy as np
 from lungseg._version import __version__
 from lungseg.core.errors import LungsegError
 from lungseg.core.io_utils import user_cache
-from lungseg.inference.segmenter import Segmenter, ensemble, load_model
-from lungseg.models.shipped import ENSEMBLE_MODELS, MODEL_NAMES, SHIPPED_MODELS, shipped_weights
+from lungseg.inference.segmenter import Segmenter, ensemble, load_model, model_files
+from lungseg.models.identity import ModelIdentity, file_digest
+from lungseg.models.shipped import MODEL_NAMES
 from lungseg.serve.settings import ServeConfig
 
 logger = logging.getLogger("lungseg.serve")
@@ -44,14 +44,22 @@ class ServedModel:
         segmenter: the model with its preprocessing and postprocessing.
         augmented: the same networks with test-time augmentation (``?tta=true``).
         backend: ``onnxruntime`` or ``pytorch``.
-        version: the lungseg version and the digest of the weights it runs.
     """
 
     name: str
     segmenter: Segmenter
     augmented: Segmenter
     backend: str
-    version: str
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """The model's one identity (the same as ``lungseg segment`` records for it)."""
+        return self.segmenter.identity
+
+    @property
+    def version(self) -> str:
+        """The lungseg version and the first digits of the weights' digest."""
+        return f"{self.identity.version}+{self.identity.short_digest}"
 
     def describe(self, default: bool) -> dict[str, Any]:
         """The model's entry in ``GET /v1/models``: no path of this machine is shown."""
@@ -82,11 +90,9 @@ def load_models(config: ServeConfig) -> dict[str, ServedModel]:
     served: dict[str, ServedModel] = {}
     for spec in config.models:
         name = _api_name(spec, served)
-        segmenter, backend, digest = _load(spec, config, use_onnx)
+        segmenter, backend = _load(spec, config, use_onnx)
         segmenter = dataclasses.replace(segmenter, name=name)
-        model = ServedModel(
-            name, segmenter, segmenter.with_tta(), backend, f"{__version__}+{digest[:12]}"
-        )
+        model = ServedModel(name, segmenter, segmenter.with_tta(), backend)
         # A forward pass of one image and of the largest batch before the first request: the
         # runtime's buffers reach their full size at start, not under the first busy minute.
         inputs = segmenter.preprocessed(np.zeros((segmenter.size, segmenter.size), np.uint8))
@@ -124,54 +130,26 @@ def _api_name(spec: str, taken: dict[str, ServedModel]) -> str:
     return name
 
 
-def _load(spec: str, config: ServeConfig, use_onnx: bool) -> tuple[Segmenter, str, str]:
-    """``(segmenter, backend, digest of its weights)`` for a model name or path."""
+def _load(spec: str, config: ServeConfig, use_onnx: bool) -> tuple[Segmenter, str]:
+    """``(segmenter, backend)`` for a model name or path; on ONNX Runtime, a checkpoint runs as
+    its cached export and keeps the checkpoint's identity."""
     if spec.endswith(".onnx"):
-        segmenter = load_model(spec, threads=config.threads)
-        return segmenter, "onnxruntime", _digest(Path(segmenter.source))
+        return load_model(spec, threads=config.threads), "onnxruntime"
     if not use_onnx:
-        segmenter = load_model(spec, device=config.device)
-        sources = (segmenter.info or {}).get("members") or [segmenter.source]
-        return segmenter, "pytorch", _combined([_digest(Path(s)) for s in sources])
-    checkpoints = _checkpoints(spec)
-    digests = [_digest(path) for path in checkpoints]
-    members = [
-        dataclasses.replace(
-            load_model(onnx_twin(path, d), threads=config.threads), source=str(path)
-        )
-        for path, d in zip(checkpoints, digests, strict=True)
-    ]
-    return (
-        (members[0] if len(members) == 1 else ensemble(members)),
-        "onnxruntime",
-        _combined(digests),
-    )
-
-
-def _checkpoints(spec: str) -> list[Path]:
-    """The checkpoint file(s) behind a model name or path, found without loading them."""
-    if spec == "ensemble":
-        return [shipped_weights(name) for name in ENSEMBLE_MODELS]
-    if spec in SHIPPED_MODELS:
-        return [shipped_weights(spec)]
-    path = Path(spec)
-    path = path / "best.pt" if path.is_dir() else path
-    if not path.is_file():
-        load_model(spec, device="cpu")  # raises the error every command gives for it
-    return [path]
-
-
-def _combined(digests: list[str]) -> str:
-    if len(digests) == 1:
-        return digests[0]
-    return hashlib.sha256("".join(digests).encode()).hexdigest()
+        return load_model(spec, device=config.device), "pytorch"
+    members = []
+    for path in model_files(spec):
+        member = load_model(onnx_twin(path, file_digest(path)), threads=config.threads)
+        members.append(dataclasses.replace(member, source=str(path)))
+    return (members[0] if len(members) == 1 else ensemble(members)), "onnxruntime"
 
 
 def onnx_twin(checkpoint: Path, digest: str) -> Path:
     """The ONNX export of ``checkpoint`` (whose SHA-256 is ``digest``) in the cache, made on
     first use, atomically: workers starting together never read a half-written file."""
     folder = onnx_cache_dir()
-    target = folder / f"{digest[:24]}-lungseg{__version__}-opset{ONNX_OPSET}.onnx"
+    # "id": exports that record their checkpoint's identity (older cached ones do not).
+    target = folder / f"{digest[:24]}-lungseg{__version__}-opset{ONNX_OPSET}-id.onnx"
     if target.is_file():
         return target
     from lungseg.inference.export import export_onnx
@@ -197,11 +175,3 @@ def onnx_twin(checkpoint: Path, digest: str) -> Path:
 def onnx_cache_dir() -> Path:
     """``$LUNGSEG_CACHE_DIR/onnx``, default ``~/.cache/lungseg/onnx``."""
     return user_cache("onnx")
-
-
-def _digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()

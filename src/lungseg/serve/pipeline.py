@@ -1,11 +1,9 @@
-"""One request's work, the same road as ``lungseg segment``: decode, preprocess, one forward pass
-(shared with other requests, :mod:`lungseg.serve.batcher`), postprocess, measure, encode.
+"""One request's work on the road every image takes (:mod:`lungseg.inference.road`): prepare,
+one forward pass (shared with other requests, :mod:`lungseg.serve.batcher`), finish.
 
-The mask comes from :meth:`~lungseg.inference.segmenter.Segmenter.masks_from_proba` and the figures
-from
-:func:`lungseg.inference.measure` on the same probabilities, so they are identical to what
-``lungseg segment`` writes for the same file and model. Decoding and encoding run on a thread
-pool, never on the event loop; a bad file raises :class:`ServeError` with the one-line reason
+So the mask, measurements and DICOM SEG are those ``lungseg segment`` writes for the same file
+and model (the same bytes on the same backend). Preparing and finishing run on a thread pool,
+never on the event loop; a bad file raises :class:`ServeError` with the one-line reason
 ``lungseg segment`` gives, without a file name.
 """
 
@@ -14,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Collection
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 from lungseg.core.errors import LungsegError
-from lungseg.data.io import Decoded, decode_image, sniff_format
-from lungseg.inference.quality import REVIEW_THRESHOLD, uncertain_fraction
-from lungseg.segment import measure
+from lungseg.data.io import sniff_format
+from lungseg.inference import road
+from lungseg.inference.quality import REVIEW_THRESHOLD
 from lungseg.serve.batcher import MicroBatcher
 from lungseg.serve.loading import ServedModel
 
@@ -43,26 +41,37 @@ class ServeError(Exception):
 
 @dataclass
 class Segmented:
-    """What a request gets back."""
+    """What a request gets back: the road's :class:`~lungseg.inference.road.Result` and how the
+    service made it."""
 
     model: ServedModel
     tta: bool
-    decoded: Decoded
-    mask_png: bytes
-    measurements: dict[str, Any]
-    uncertainty: float
-    image_png: bytes | None
+    result: road.Result
     timings_ms: dict[str, float]
     batch_size: int
 
     @property
+    def measurements(self) -> dict[str, Any]:
+        return self.result.measurements
+
+    @property
+    def uncertainty(self) -> float:
+        return self.result.uncertainty
+
+    @property
+    def mask_png(self) -> bytes:
+        """The mask as ``lungseg segment`` writes it: a 1-bit PNG."""
+        return self.result.files["mask"]
+
+    @property
     def review(self) -> bool:
         """Flagged for review: the rule of ``lungseg segment``'s ``review`` column."""
-        return bool(self.measurements["review"])
+        return bool(self.result.review)
 
     def to_json(self, *, mask: bool = True) -> dict[str, Any]:
         """The JSON body of ``POST /v1/segment`` (see ``SegmentResponse`` in the API)."""
         rows = self.measurements
+        spacing = self.result.prepared.decoded.spacing
         body: dict[str, Any] = {
             "model": {
                 "name": self.model.name,
@@ -73,8 +82,8 @@ class Segmented:
             "image": {
                 "height": rows["height"],
                 "width": rows["width"],
-                "mode": self.decoded.mode,
-                "spacing_mm": list(self.decoded.spacing) if self.decoded.spacing else None,
+                "mode": self.result.prepared.decoded.mode,
+                "spacing_mm": list(spacing) if spacing else None,
             },
             "measurements": {
                 key: (None if rows[key] == "" else rows[key])
@@ -96,8 +105,8 @@ class Segmented:
         }
         if mask:
             body["mask_png"] = base64.b64encode(self.mask_png).decode("ascii")
-        if self.image_png is not None:
-            body["image_png"] = base64.b64encode(self.image_png).decode("ascii")
+        if "image" in self.result.files:
+            body["image_png"] = base64.b64encode(self.result.files["image"]).decode("ascii")
         return body
 
 
@@ -108,38 +117,39 @@ async def segment_upload(
     pool: Executor,
     tta: bool = False,
     with_image: bool = False,
+    dicom_seg: bool = False,
 ) -> Segmented:
-    """Segment one uploaded file (its bytes) with ``model`` through ``batcher``."""
+    """Segment one uploaded file (its bytes) with ``model`` through ``batcher``; with
+    ``dicom_seg``, also its DICOM SEG (``result.files["dicom_seg"]``)."""
     loop = asyncio.get_running_loop()
     segmenter = model.augmented if tta else model.segmenter
+    outputs = ["mask", *(["image"] if with_image else []), *(["dicom_seg"] if dicom_seg else [])]
     if batcher.idle:
         with batcher.alone():
-            return await loop.run_in_executor(pool, _whole, data, model, segmenter, tta, with_image)
+            return await loop.run_in_executor(pool, _whole, data, model, segmenter, tta, outputs)
     start = time.perf_counter()
     with batcher.expect():
-        decoded, inputs = await loop.run_in_executor(pool, _prepare, data, segmenter)
+        prepared = await loop.run_in_executor(pool, _prepare, data, segmenter, outputs)
     decoded_at = time.perf_counter()
-    done = await batcher.submit(inputs)
+    done = await batcher.submit(prepared.inputs)
     inferred_at = time.perf_counter()
-    mask_png, rows, unsure, image_png = await loop.run_in_executor(
-        pool, _finish, decoded, done.value, segmenter, with_image
-    )
+    result = await loop.run_in_executor(pool, _finish, prepared, done.value, segmenter, outputs)
     timings = _timings(start, decoded_at, done.queued_ms, done.forward_ms, inferred_at)
-    return Segmented(
-        model, tta, decoded, mask_png, rows, unsure, image_png, timings, done.batch_size
-    )
+    return Segmented(model, tta, result, timings, done.batch_size)
 
 
-def _whole(data: bytes, model: ServedModel, segmenter, tta: bool, with_image: bool) -> Segmented:
+def _whole(
+    data: bytes, model: ServedModel, segmenter, tta: bool, outputs: Collection[str]
+) -> Segmented:
     """A request's whole work on one thread, when there is no one to batch it with."""
     start = time.perf_counter()
-    decoded, inputs = _prepare(data, segmenter)
+    prepared = _prepare(data, segmenter, outputs)
     decoded_at = time.perf_counter()
-    prob = segmenter.proba_preprocessed([inputs])[0]
+    prob = road.forward(segmenter, [prepared])[0]
     inferred_at = time.perf_counter()
-    mask_png, rows, unsure, image_png = _finish(decoded, prob, segmenter, with_image)
+    result = _finish(prepared, prob, segmenter, outputs)
     timings = _timings(start, decoded_at, 0.0, (inferred_at - decoded_at) * 1000, inferred_at)
-    return Segmented(model, tta, decoded, mask_png, rows, unsure, image_png, timings, 1)
+    return Segmented(model, tta, result, timings, 1)
 
 
 def _timings(
@@ -156,56 +166,24 @@ def _timings(
     }
 
 
-def _prepare(data: bytes, segmenter) -> tuple[Decoded, list[np.ndarray]]:
-    decoded = decode(data)
-    return decoded, segmenter.preprocessed(decoded.pixels)
-
-
-def decode(data: bytes) -> Decoded:
-    """The upload's pixels, or :class:`ServeError`: 415 for what is not an image file at all,
-    422 for an image that is empty, truncated, corrupt or too large to decode."""
+def _prepare(data: bytes, segmenter, outputs: Collection[str]) -> road.Prepared:
+    """:func:`lungseg.inference.road.prepare`, or :class:`ServeError`: 415 for what is not an
+    image file at all, 422 for an image that is empty, truncated, corrupt or too large."""
     try:
-        return decode_image(data, UPLOAD)
+        return road.prepare(data, UPLOAD, segmenter, outputs)
     except LungsegError as exc:
         status = 415 if data and sniff_format(data) is None else 422
         raise ServeError(status, exc.problem) from None
-    except Exception as exc:  # a decoder's own error: its type, never its text (may hold tags)
-        raise ServeError(422, f"cannot read image ({type(exc).__name__})") from None
 
 
 def _finish(
-    decoded: Decoded, prob: np.ndarray, segmenter, with_image: bool
-) -> tuple[bytes, dict[str, Any], float, bytes | None]:
-    """Working-size probabilities -> (mask PNG, measurements row, uncertain_fraction, X-ray PNG)."""
-    prob = prob[None]
-    mask = segmenter.masks_from_proba(prob, [decoded.pixels.shape])[0]
-    unsure = float(uncertain_fraction(prob)[0])
-    rows = measure(UPLOAD, UPLOAD, mask, decoded.spacing, unsure)
-    image_png = encode_png(decoded.pixels) if with_image else None
-    return encode_png(mask.astype(np.uint8) * 255), rows, unsure, image_png
-
-
-def encode_png(array: np.ndarray) -> bytes:
-    """``uint8`` array -> PNG bytes, encoded as ``lungseg segment`` writes its masks."""
-    ok, buf = cv2.imencode(".png", array)
-    if not ok:
-        raise ServeError(500, "could not encode PNG")
-    return buf.tobytes()
-
-
-def dicom_seg(data: bytes, result: Segmented) -> bytes:
-    """The DICOM SEG of ``result``'s mask over the uploaded DICOM X-ray ``data`` (the
-    ``?format=dicom-seg`` answer), as ``lungseg segment --dicom-seg`` writes it."""
-    import cv2
-
-    from lungseg.segment.dicom_seg import dicom_seg_bytes
-
-    if result.decoded.mode != "DICOM":
+    prepared: road.Prepared, prob: np.ndarray, segmenter, outputs: Collection[str]
+) -> road.Result:
+    """:func:`lungseg.inference.road.finish`, or :class:`ServeError`: 415 for a DICOM SEG of an
+    upload that is not DICOM, 422 for one that cannot be referenced."""
+    if "dicom_seg" in outputs and prepared.header is None:
         raise ServeError(415, "a DICOM SEG needs a DICOM X-ray; this upload is not one")
-    mask = cv2.imdecode(np.frombuffer(result.mask_png, np.uint8), cv2.IMREAD_GRAYSCALE) > 0
     try:
-        return dicom_seg_bytes(
-            data, mask, model=result.model.name, settings_id=result.model.version, name="upload"
-        )
+        return road.finish(prepared, prob, segmenter, key=UPLOAD, outputs=outputs)
     except LungsegError as exc:
         raise ServeError(422, exc.problem) from None
