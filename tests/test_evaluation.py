@@ -86,7 +86,7 @@ def test_checkpoint_on_source_folder_uses_its_preprocessing(
     assert code == 0, stderr
     metrics = json.loads((out / "metrics.json").read_text())
     recorded = load_checkpoint(tiny_run.checkpoint)["preprocess"]
-    (cache,) = (out / ".cache").glob("prepared-*")
+    (cache,) = (out / ".cache").glob("examples-*")
     prepared = load_cache(cache)
     assert vars(prepared.config.preprocess) == recorded
     assert metrics["preprocess"] == recorded and metrics["n_images"] == 12

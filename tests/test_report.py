@@ -343,3 +343,33 @@ def test_sample_grid_shows_the_stored_xray_when_it_is_on_disk(tiny_run, tmp_path
     gone = dataclasses.replace(data, source=str(tmp_path / "moved"))
     image, original = report._shown_image(gone, 0)
     assert not original and np.array_equal(image, np.asarray(data.images[0]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preprocess", ["preset: clahe", "blur: true\n    gradient: false"])
+def test_compare_keeps_every_preprocessing_setting_of_the_config(
+    preprocess: str, examples_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """A YAML's parameters (blur_ksize 7, CLAHE limit 3.0) reach the cache and the run, and a
+    YAML of switches only (no preset) is accepted as ``train`` accepts it."""
+    from lungseg.data.cache import load_cache
+    from lungseg.models.checkpoint import load_checkpoint
+
+    config = tmp_path / "study.yaml"
+    config.write_text(
+        f"prepare:\n  preprocess:\n    {preprocess}\n    blur_ksize: 7\n"
+        "    clahe_clip_limit: 3.0\n    size: 64\n"
+        "train:\n  epochs: 1\n  n_filters: 4\n  batch_size: 4\n"
+    )
+    out = tmp_path / "cmp"
+    argv = ["compare", "--data", examples_dir, "--out", out, "--models", "unet",
+            "--val", 0.25, "--test", 0.25, "--device", "cpu", "--config", config]  # fmt: skip
+    code, _, stderr = lungseg(argv, capsys)
+    assert code == 0, stderr
+    (cache,) = [p for p in out.iterdir() if p.name.startswith("examples-64-")]
+    (run,) = (out / "runs").iterdir()
+    for pre in (
+        vars(load_cache(cache).config.preprocess),
+        load_checkpoint(run / "best.pt")["preprocess"],
+    ):
+        assert (pre["blur_ksize"], pre["clahe_clip_limit"], pre["size"]) == (7, 3.0, 64)

@@ -153,6 +153,18 @@ def _worker_init() -> None:
     quiet_third_party()
 
 
+def cache_name(data: str | Path, config: PrepareConfig) -> str:
+    """The one name of a cache of ``data`` prepared with ``config``:
+    ``<source name>-<size>-<preset>-<hash of the source and every setting>``, so two caches with
+    any setting apart never share a folder, and people can tell them apart by eye."""
+    text = str(data).rstrip("/")
+    name = text.rsplit("/", 1)[-1] or "data"
+    pre = config.preprocess
+    where = os.path.abspath(text) if "://" not in text else text
+    digest = sha256_json({"data": where, "config": to_dict(config)})[:8]
+    return f"{name}-{pre.size}-{pre.preset}-{digest}"
+
+
 def fingerprint(source: DataSource, records: list[Record], config: PrepareConfig) -> str:
     """Hash of the settings and of every file's key, size and version tag."""
     files = []

@@ -15,7 +15,7 @@ line can show the presets and defaults in its help without loading them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from lungseg.core.errors import LungsegError
@@ -68,6 +68,11 @@ class PreprocessConfig:
         """The settings of preset ``name`` (see :data:`PRESETS`), at ``size`` (default 256)."""
         given = {} if size is None else {"size": size}
         return cls(**cls.expand_input({"preset": name, **given}))
+
+    def with_preset(self, name: str) -> PreprocessConfig:
+        """These settings with the steps of preset ``name`` switched on or off; every parameter
+        (size, kernel sizes, CLAHE limit...) stays as it is."""
+        return replace(self, **self.expand_input({"preset": name}))
 
     @classmethod
     def expand_input(cls, data: Mapping[str, Any], where: str = "preprocess") -> dict[str, Any]:

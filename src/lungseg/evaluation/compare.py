@@ -8,7 +8,7 @@ run and preset. Finished runs are reused, so an interrupted comparison continues
 
 Layout of ``OUT``::
 
-    cache-<preprocess>/                 prepared data, one per preprocessing preset
+    <data>-<size>-<preprocess>-<hash>/  prepared data, one per preprocessing (cache_name)
     runs/<model>-<preprocess>/          run directories (best.pt, history.csv, ...)
     runs/<model>-<preprocess>/eval-<postprocess>/   metrics.json, per_image.csv, masks/
     report.md, report.html, figures/, comparison.json
@@ -21,8 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from lungseg.core.errors import LungsegError
+from lungseg.data.cache import cache_name
 from lungseg.data.cache import prepare as prepare_data
-from lungseg.data.preprocessing import PreprocessConfig
 from lungseg.data.settings import PrepareConfig
 from lungseg.evaluation.evaluate import evaluate
 from lungseg.evaluation.report import Entry, build_report, load_checkpoint_entry, load_entry
@@ -57,7 +57,9 @@ def compare(
         train_config: a :class:`~lungseg.training.TrainConfig` with the shared training settings;
             its ``model`` is set per run.
         models: registered model names (default: the study's three).
-        preprocess: preprocessing presets, one cache each (default: ``prepare``'s).
+        preprocess: preprocessing presets, one cache each: each switches the steps of
+            ``prepare``'s preprocessing, whose parameters stay (default: ``prepare``'s
+            preprocessing as it is, named by its preset or ``custom``).
         postprocess: postprocessing presets, one evaluation each (default: ``train_config``'s).
         prepare: working size and split settings (default: lungseg's); with ``preprocess``,
             each preset replaces its preprocessing.
@@ -77,14 +79,15 @@ def compare(
         raise LungsegError("--models is empty; name at least one model")
     out = Path(out)
     prepare = prepare or PrepareConfig()
-    size = prepare.preprocess.size
     presets = list(preprocess or [prepare.preprocess.preset])
     posts = list(postprocess or [train_config.postprocess])
     entries: list[Entry] = []
     for pre in presets:
-        settings = replace(prepare, preprocess=PreprocessConfig.from_preset(pre, size))
+        settings = prepare
+        if preprocess:
+            settings = replace(prepare, preprocess=prepare.preprocess.with_preset(pre))
         prepared = prepare_data(
-            data, out / f"cache-{pre}", settings, workers=train_config.workers,
+            data, out / cache_name(data, settings), settings, workers=train_config.workers,
             skip_bad=skip_bad, progress=progress,
         )  # fmt: skip
         for model in models:

@@ -38,8 +38,8 @@ import numpy as np
 
 from lungseg.core.config import to_dict
 from lungseg.core.errors import LungsegError
-from lungseg.core.io_utils import atomic_write_bytes, atomic_write_text, csv_text, sha256_json
-from lungseg.data.cache import PreparedData, is_cache, load_cache, prepare
+from lungseg.core.io_utils import atomic_write_bytes, atomic_write_text, csv_text
+from lungseg.data.cache import PreparedData, cache_name, is_cache, load_cache, prepare
 from lungseg.data.preprocessing import PreprocessConfig
 from lungseg.data.settings import PrepareConfig
 from lungseg.evaluation.metrics import MetricAccumulator
@@ -109,8 +109,9 @@ def _dataset_for(
         )
 
     _require_masks(data)
-    key = sha256_json({"data": str(data), "config": to_dict(want)})[:12]
-    return prepare(data, cache_root / f"prepared-{key}", want, skip_bad=skip_bad, progress=False)
+    return prepare(
+        data, cache_root / cache_name(data, want), want, skip_bad=skip_bad, progress=False
+    )
 
 
 def _require_masks(data: str | Path) -> None:
@@ -238,6 +239,7 @@ def evaluate(
         "checkpoint": segmenter.source,
         "checkpoints": [m for m in (segmenter.info or {}).get("members", [])] or [segmenter.source],
         "data": str(data),
+        "scored_cache": str(reference.path),
         "split": split,
         **summary,
         "postprocess": main_name,

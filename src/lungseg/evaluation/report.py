@@ -231,17 +231,14 @@ def _shown_image(data, i: int) -> tuple[np.ndarray, bool]:
 
 def _eval_cache(entry: Entry) -> Path:
     """The prepared data an evaluation scored against (the one at its scoring size)."""
-    from lungseg.data.cache import is_cache, load_cache
+    from lungseg.data.cache import is_cache
 
-    data = entry.metrics.get("data", "")
-    size = entry.metrics.get("size")
-    given = [Path(data)] if data and is_cache(data) else []
-    prepared = sorted((entry.eval_dir / ".cache").glob("prepared-*"))
-    matching = [p for p in given + prepared if size is None or load_cache(p).size == size]
-    candidates = matching or prepared + given
-    if not candidates:
-        raise LungsegError("cannot find the prepared data this evaluation used", entry.eval_dir)
-    return candidates[0]
+    scored = entry.metrics.get("scored_cache")
+    if scored and is_cache(scored):
+        return Path(scored)
+    raise LungsegError(
+        "the prepared data this evaluation scored against is gone; evaluate again", entry.eval_dir
+    )
 
 
 def software_versions() -> dict[str, str]:

@@ -9,15 +9,14 @@ given. Under ``torchrun`` the first process on each machine prepares; the others
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lungseg.core.config import resolve, to_dict
+from lungseg.core.config import resolve
 from lungseg.core.errors import LungsegError
 from lungseg.core.io_utils import sha256_json
-from lungseg.data.cache import PreparedData, is_cache, load_cache, prepare
+from lungseg.data.cache import PreparedData, cache_name, is_cache, load_cache, prepare
 from lungseg.data.settings import PrepareConfig
 from lungseg.training.distributed import DistContext, barrier
 
@@ -66,17 +65,8 @@ def training_data(
 
 
 def default_cache(data: str | Path, out: Path, config: PrepareConfig) -> Path:
-    """``OUT/../.cache/<name>-<size>-<preset>-<hash of source and settings>``."""
-    text = str(data).rstrip("/")
-    name = text.rsplit("/", 1)[-1] or "data"
-    pre = config.preprocess
-    digest = sha256_json(
-        {
-            "data": os.path.abspath(text) if "://" not in text else text,
-            "config": to_dict(config),
-        }
-    )[:8]
-    return out.absolute().parent / ".cache" / f"{name}-{pre.size}-{pre.preset}-{digest}"
+    """``OUT/../.cache/<cache_name>`` (:func:`~lungseg.data.cache.cache_name`)."""
+    return out.absolute().parent / ".cache" / cache_name(data, config)
 
 
 def check_splits(prepared: PreparedData) -> tuple[Any, Any]:
