@@ -119,6 +119,7 @@ def run(ctx: Context) -> Section:
             "MiB",
             "ru_maxrss of the command",
         )
+    api_against_cli(ctx, section, data)
     _goals(ctx, section, rates, peaks, plan)
     section.notes += [
         f"Input: {label}, replicated by symbolic links to {plan.images} images, each segmented "
@@ -159,11 +160,46 @@ _PEAK = re.compile(r"^peak_rss_kib (\d+)$", re.M)
 _RATE = re.compile(r"^segment: (\d+) images in ([\d.]+)s \([^)]*\)(?:;.*)?$", re.M)
 
 
-def _command(ctx: Context, data: Path, procs: int, overlays: bool, tag: str) -> CommandRun:
+#: ``segment_files(load_model(...))`` as a Python user calls it (argv: input, output, model).
+_API = (
+    "import sys\n"
+    "from lungseg.inference.segmenter import load_model\n"
+    "from lungseg.segment import segment_files\n"
+    "segment_files(load_model(sys.argv[3], device='cpu'), sys.argv[1], sys.argv[2])\n"
+)
+
+
+def api_against_cli(ctx: Context, section: Section, data: Path) -> None:
+    """The Python API and the command on the same images in the same run, quiet and with one
+    core kept busy by another process: the library applies the command's thread policy."""
+    for loaded in (False,) if ctx.quick else (False, True):
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if loaded else None
+        try:
+            cli = _command(ctx, data, 1, False, f"cli-{loaded}")
+            api = _command(ctx, data, 1, False, f"api-{loaded}", api=True)
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+        when = "one core busy with another process" if loaded else "quiet"
+        section.add(
+            f"Python API segment_files(load_model(...)), {when}: images/s",
+            [api.rate],
+            "images/s",
+            f"lungseg segment in the same run: {cli.rate:.1f} images/s; API / command "
+            f"{api.rate / cli.rate:.2f}",
+        )
+
+
+def _command(
+    ctx: Context, data: Path, procs: int, overlays: bool, tag: str, api: bool = False
+) -> CommandRun:
     out = ctx.tmp / f"segment-out-{tag}"
     args = ["segment", str(data), "--out", str(out), "--model", MODEL, "--device", "cpu"]
     args += ["--overlays"] if overlays else []
-    if procs == 1:
+    if api:
+        command = [sys.executable, "-c", _API, str(data), str(out), MODEL]
+    elif procs == 1:
         command = [sys.executable, "-m", "lungseg", *args]
     else:
         command = [

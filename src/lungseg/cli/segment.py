@@ -74,6 +74,7 @@ def segment_command(
 ) -> None:
     """Segment chest X-rays, from a few files to an archive: masks at the original resolution,
     lung areas, QC; resumable (run it again to continue) and shardable."""
+    from lungseg.core.devices import pipeline_threads
     from lungseg.core.errors import LungsegError
     from lungseg.inference.segmenter import load_model
     from lungseg.segment import SegmentInterrupted, segment_files
@@ -84,10 +85,10 @@ def segment_command(
     the_shard = resolve_shard(shard)
     segmenter = load_model(
         onnx or weights or model,
-        device=_process_device(device),
+        device=device,
         postprocess=postprocess,
         tta=tta,
-        threads=_model_threads(),
+        threads=pipeline_threads(),
     )
     try:
         result = segment_files(
@@ -155,36 +156,6 @@ def _report_merge(merged, out: str) -> None:
     if merged.n_segmented > 1:
         shown = ", ".join(f"{key} ({u:.3f})" for u, key, _ in merged.most_uncertain[:3])
         typer.echo(f"review first (highest uncertain_fraction; more in qc.json): {shown}")
-
-
-def _process_device(device: str) -> str:
-    """``auto`` in one of several processes of a machine (torchrun) takes the GPU of its local
-    rank."""
-    import os
-
-    local_rank = os.environ.get("LOCAL_RANK")
-    if device != "auto" or local_rank is None:
-        return device
-    import torch
-
-    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-
-
-def _model_threads() -> int:
-    """Model threads per process: a third of the cores it shares with the other processes of
-    this machine, at least one. The model is about 40 % of the work per image; the rest runs
-    in the pipeline's threads on every core, and OpenMP threads that wait for a busy core stall
-    (on 2 loaded cores, 2 model threads halved the images/s of 1)."""
-    import os
-
-    import torch
-
-    from lungseg.core.devices import physical_cores
-
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    threads = max(1, physical_cores() // local // 3)
-    torch.set_num_threads(threads)
-    return threads
 
 
 @app.command("export")

@@ -166,6 +166,12 @@ class Segmenter:
         return str(getattr(self.networks[0][0], "device", "cpu")).startswith("cuda")
 
     @property
+    def torch_on_cpu(self) -> bool:
+        """Whether a network runs on PyTorch on the CPU (whose thread count is a policy)."""
+        nets = [getattr(net, "network", net) for net, _ in self.networks]  # under TTA too
+        return any(isinstance(net, TorchNetwork) and not net.cuda for net in nets)
+
+    @property
     def batch_size(self) -> int:
         """Images per forward pass that keep the device busy: 64 on a GPU, 16 elsewhere."""
         return 64 if self.on_gpu else 16

@@ -31,11 +31,13 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lungseg.core.config import to_dict
+from lungseg.core.devices import pipeline_threads, torch_threads
 from lungseg.core.errors import LungsegError
 from lungseg.inference.encode import mask_png, overlay, overlay_jpeg
 from lungseg.inference.measure import lung_areas, lung_sides, measure
@@ -223,8 +225,11 @@ def segment_files(
                     continue
                 yield item
 
+        # The CLI's thread policy, for Python callers too: a third of the cores for the model.
+        threads = torch_threads(pipeline_threads()) if segmenter.torch_on_cpu else nullcontext()
         try:
-            pipeline.run(todo())
+            with threads:
+                pipeline.run(todo())
         except KeyboardInterrupt:
             merged = merge(sink, shards=1) if shard.count == 1 else None
             in_all = f" ({merged.n_images} in all)" if merged is not None else ""
