@@ -1,8 +1,11 @@
-"""The shape of ``src/lungseg``: no import cycles, and nothing outside the CLI imports the CLI.
+"""The shape of ``src/lungseg``: the stages import downwards only, no import cycles, and nothing
+outside the CLI imports the CLI.
 
 Imports are read with ``ast`` from the source, so an import inside a function counts as much as
-one at the top of a module (it runs too, only later). Imports under ``if TYPE_CHECKING:`` do not
-count: they never run. Importing a module does not count as importing its parent packages.
+one at the top of a module (it runs too, only later), and so does ``importlib.import_module`` of
+a constant name (an f-string counts as importing the package its constant start names). Imports
+under ``if TYPE_CHECKING:`` do not count: they never run. Importing a module does not count as
+importing its parent packages.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ def import_graph(src: Path = SRC) -> dict[str, set[str]]:
         for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 targets.update(owner(alias.name) for alias in node.names)
+            elif (dynamic := _import_module_target(node)) is not None:
+                targets.add(owner(dynamic))
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
@@ -66,6 +71,25 @@ def import_graph(src: Path = SRC) -> dict[str, set[str]]:
                 targets.update(owner(f"{base}.{alias.name}") for alias in node.names)
         graph[name] = {t for t in targets if t and t != name}
     return graph
+
+
+def _import_module_target(node: ast.AST) -> str | None:
+    """``importlib.import_module("lungseg.x")`` -> ``lungseg.x``; with an f-string, the package
+    its constant start names (``f"lungseg.models.{name}"`` -> ``lungseg.models``)."""
+    if not (
+        isinstance(node, ast.Call)
+        and ast.unparse(node.func) in ("importlib.import_module", "import_module")
+        and node.args
+    ):
+        return None
+    arg = node.args[0]
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        name = arg.value
+    elif isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+        name = str(arg.values[0].value).rstrip(".")
+    else:
+        return None
+    return name if name.startswith("lungseg") else None
 
 
 def cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
@@ -107,6 +131,63 @@ def test_graph_sees_function_level_imports():
     graph = import_graph()
     assert "lungseg.storage.azure" in graph["lungseg.storage.sources"]  # inside open_source
     assert "lungseg.storage.local" in graph["lungseg.storage.azure.upload"]
+
+
+#: The stages, lowest first: a module may import its own stage and those below it, never one
+#: above (``cli -> jobs -> inference -> models, data -> storage -> core``).
+STAGES = {
+    "core": 0, "_version": 0,
+    "storage": 1,
+    "data": 2, "models": 2,
+    "inference": 3, "dicom": 3,
+    "training": 4, "evaluation": 4, "segment": 4, "serve": 4, "node": 4,
+    "cli": 5,
+}  # fmt: skip
+#: Jobs that stay apart although they share a stage.
+FORBIDDEN = {("serve", "segment"), ("node", "segment"), ("inference", "training")}
+
+
+def _stage(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_package_has_a_stage():
+    unplaced = {_stage(m) for m in modules() if _stage(m) and _stage(m) not in STAGES}
+    unplaced -= {"__main__"}  # the entry point: python -m lungseg
+    assert not unplaced, f"packages without a stage in STAGES: {sorted(unplaced)}"
+
+
+def test_stages_import_downwards_only():
+    upward = sorted(
+        f"{name} -> {target}"
+        for name, targets in import_graph().items()
+        for target in targets
+        if _stage(name) in STAGES
+        and _stage(target) in STAGES
+        and (
+            STAGES[_stage(target)] > STAGES[_stage(name)]
+            or (_stage(name), _stage(target)) in FORBIDDEN
+        )
+    )
+    assert not upward, f"imports against the direction of the stages: {upward}"
+
+
+def test_the_graph_sees_importlib_imports(tmp_path: Path):
+    """An upward import made through importlib is an edge of the graph like any other."""
+    package = tmp_path / "lungseg"
+    (package / "core").mkdir(parents=True)
+    (package / "cli").mkdir()
+    for init in (package, package / "core", package / "cli"):
+        (init / "__init__.py").write_text("")
+    (package / "cli" / "main.py").write_text("")
+    (package / "core" / "a.py").write_text(
+        "import importlib\ndef f(n):\n    importlib.import_module('lungseg.cli.main')\n"
+        "    importlib.import_module(f'lungseg.cli.{n}')\n"
+    )
+    graph = import_graph(tmp_path)
+    assert graph["lungseg.core.a"] == {"lungseg.cli.main", "lungseg.cli"}
+    assert "lungseg.models" in import_graph()["lungseg.models._registry"]
 
 
 def test_no_import_cycles():

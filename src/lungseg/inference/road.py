@@ -98,7 +98,7 @@ def prepare(
         decoded = decode_image(data, name)
         header = None
         if DICOM_OUTPUTS.intersection(outputs) and sniff_format(data) == "dicom":
-            from lungseg.segment.dicom_seg import read_header
+            from lungseg.dicom.seg import read_header
 
             header = read_header(data, name)
         inputs = segmenter.preprocessed(decoded.pixels)
@@ -186,7 +186,7 @@ def _encode(kind: str, result: Result, segmenter: Segmenter) -> bytes:
         return image_png(prepared.decoded.pixels, prepared.name)
     if prepared.header is None:
         raise LungsegError("a DICOM SEG needs a DICOM X-ray; this file is not one", prepared.name)
-    from lungseg.segment.dicom_seg import dicom_seg_bytes
+    from lungseg.dicom.seg import dicom_seg_bytes
 
     return dicom_seg_bytes(
         prepared.header, result.mask, model=segmenter.identity.name,

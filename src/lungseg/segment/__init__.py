@@ -8,7 +8,7 @@ local folder or ``az://CONTAINER/PREFIX``, in the layout described in
   input, extension included, so two inputs never share an output);
 * ``overlays/<key>.jpg`` (``overlays=True``) - the X-ray with the lungs tinted and outlined;
 * ``dicom-seg/<key>.dcm`` (``dicom_seg=True``, DICOM inputs) - a DICOM Segmentation
-  (:mod:`lungseg.segment.dicom_seg`);
+  (:mod:`lungseg.dicom.seg`);
 * a row of ``measurements.csv`` - the image's key and file, its outputs, lung area in pixels and
   as a share of the image, right and left lung separately (the patient's right lung is on the
   image's left, as radiographs are viewed), areas in cm² when the file states its pixel spacing
@@ -23,7 +23,7 @@ machines (:mod:`lungseg.segment.shard`), and stream their input (:mod:`lungseg.s
 Modules: :mod:`~lungseg.segment.inputs` (what is read), :mod:`~lungseg.storage.sink` (where
 it goes), :mod:`~lungseg.segment.ledger` (the record that makes runs resumable and mergeable),
 :mod:`~lungseg.segment.shard`, :mod:`~lungseg.segment.pipeline`, :mod:`~lungseg.inference.measure`,
-:mod:`~lungseg.inference.encode` (mask PNG, overlay JPEG), :mod:`~lungseg.segment.dicom_seg`.
+:mod:`~lungseg.inference.encode` (mask PNG, overlay JPEG), :mod:`~lungseg.dicom.seg`.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ from typing import Any
 from lungseg.core.config import to_dict
 from lungseg.core.devices import pipeline_threads, torch_threads
 from lungseg.core.errors import LungsegError
+from lungseg.dicom.seg import dicom_seg_bytes
 from lungseg.inference.encode import mask_png, overlay, overlay_jpeg
 from lungseg.inference.measure import lung_areas, lung_sides, measure
 from lungseg.inference.segmenter import Segmenter
-from lungseg.segment.dicom_seg import dicom_seg_bytes
 from lungseg.segment.inputs import AzureInputs, find_images, no_images, open_inputs
 from lungseg.segment.ledger import (
     LEDGER_ROWS,

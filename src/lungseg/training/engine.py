@@ -49,7 +49,6 @@ from lungseg.core.progress import StepBar
 from lungseg.data.cache import PreparedData
 from lungseg.data.settings import PrepareConfig
 from lungseg.models.blocks import count_parameters
-from lungseg.models.checkpoint import training_checkpoint
 from lungseg.training.augment import augment_batch
 from lungseg.training.config import TrainConfig, check_run_directory
 from lungseg.training.data import check_splits, split_digest, training_data
@@ -63,7 +62,13 @@ from lungseg.training.distributed import (
 )
 from lungseg.training.losses import make_loss
 from lungseg.training.optim import make_optimizer, make_scheduler
-from lungseg.training.rundir import RunResult, checkpoint_to_resume, write_start, write_summary
+from lungseg.training.rundir import (
+    RunResult,
+    checkpoint_to_resume,
+    training_checkpoint,
+    write_start,
+    write_summary,
+)
 from lungseg.training.seeding import AUGMENT, SHUFFLE, derive_seed, seed_epoch
 from lungseg.training.step import TrainStep, epoch_batches, validate
 from lungseg.training.writer import RunWriter, host_copy

@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from lungseg._version import __version__
 from lungseg.core.config import save_yaml
 from lungseg.core.errors import LungsegError
 from lungseg.core.io_utils import atomic_write_text
-from lungseg.models.checkpoint import load_checkpoint
+from lungseg.models.checkpoint import load_checkpoint, plain_state_dict
 from lungseg.training.config import TrainConfig, check_resumable
 
 
@@ -122,3 +123,54 @@ def write_summary(out: Path, summary: dict[str, Any]) -> None:
         out / "summary.json",
         json.dumps({**summary, "lungseg_version": __version__}, indent=2) + "\n",
     )
+
+
+def training_checkpoint(
+    *,
+    config: Any,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    prepared: Any,
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+    split: str,
+    n_train: int,
+    n_val: int,
+) -> dict[str, Any]:
+    """The checkpoint of a training run after its latest epoch (see the module docstring).
+
+    Args:
+        config: the run's :class:`~lungseg.training.config.TrainConfig`.
+        model: the plain model (not DDP- or compile-wrapped).
+        optimizer, scheduler: their state is kept for ``--resume`` (``scheduler`` may be None).
+        prepared: the :class:`~lungseg.data.cache.PreparedData` trained on.
+        history: one row per finished epoch.
+        best: ``{"epoch", "name", "value"}`` of the best epoch so far.
+        split: :func:`~lungseg.training.data.split_digest` of the training/validation split.
+        n_train, n_val: training and validation images.
+    """
+    from lungseg.core.config import to_dict
+    from lungseg.inference.postprocessing import PostprocessConfig
+
+    return {
+        "model": {"name": config.model, "kwargs": to_dict(model.init_kwargs)},
+        "size": prepared.size,
+        "preprocess": to_dict(prepared.config.preprocess),
+        "postprocess": to_dict(PostprocessConfig.preset(config.postprocess)),
+        "epoch": history[-1]["epoch"],
+        "best_epoch": best["epoch"],
+        "best_metric": {"name": best["name"], "value": best["value"]},
+        "metrics": dict(history[-1]),
+        "history": [dict(row) for row in history],
+        "state_dict": plain_state_dict(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "train_config": to_dict(config),
+        "data": {
+            "cache": str(prepared.path.absolute()),
+            "split": split,
+            "n_train": n_train,
+            "n_val": n_val,
+        },
+    }
