@@ -164,7 +164,7 @@ def export_command(
     model: Annotated[
         str, typer.Option(help="Shipped model name, checkpoint or run directory.")
     ] = "unet",
-    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset [default: 17].")] = None,
     int8: Annotated[
         bool,
         typer.Option(help="Quantise to int8 (static, ONNX Runtime); needs --calibrate."),
@@ -192,6 +192,7 @@ def export_command(
         images = evenly_spread(find_images(calibrate), calibrate_max)
     elif calibrate:
         raise LungsegError("--calibrate is only used with --int8")
-    path = export_onnx(model, onnx, opset=opset, int8_calibration=images)
+    kwargs = {} if opset is None else {"opset": opset}
+    path = export_onnx(model, onnx, int8_calibration=images, **kwargs)
     kind = f"int8, calibrated on {len(images)} images" if images else "float32"
     typer.echo(f"exported {model} to {path} ({kind})")

@@ -29,11 +29,14 @@ from lungseg.inference.segmenter import (
     load_model,
 )
 
+#: The ONNX opset exports use unless told otherwise (``lungseg export --opset``, a server's cache).
+ONNX_OPSET = 17
+
 
 def export_onnx(
     model: str | Path,
     out: str | Path,
-    opset: int = 17,
+    opset: int = ONNX_OPSET,
     int8_calibration: Sequence[ImageLike] | None = None,
 ) -> Path:
     """Export a checkpoint or shipped model to ONNX with a dynamic batch axis.

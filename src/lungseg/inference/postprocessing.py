@@ -25,6 +25,7 @@ import numpy as np
 
 from lungseg.core.config import from_dict
 from lungseg.core.errors import LungsegError
+from lungseg.inference import DEFAULT_POSTPROCESS
 
 GLOBAL_METHODS = ("otsu", "fixed")
 LOCAL_METHODS = ("gaussian", "mean")
@@ -380,7 +381,9 @@ def _postprocess(prob: np.ndarray, config: PostprocessConfig) -> np.ndarray:
     return mask
 
 
-def postprocess(prob: np.ndarray, config: PostprocessConfig | str = "seed") -> np.ndarray:
+def postprocess(
+    prob: np.ndarray, config: PostprocessConfig | str = DEFAULT_POSTPROCESS
+) -> np.ndarray:
     """Turn one probability map into a lung mask.
 
     Args:
@@ -398,7 +401,9 @@ def postprocess(prob: np.ndarray, config: PostprocessConfig | str = "seed") -> n
     return _postprocess(_check_prob(prob, 2), config)
 
 
-def postprocess_batch(probs: np.ndarray, config: PostprocessConfig | str = "seed") -> np.ndarray:
+def postprocess_batch(
+    probs: np.ndarray, config: PostprocessConfig | str = DEFAULT_POSTPROCESS
+) -> np.ndarray:
     """:func:`postprocess` over a batch: ``float[N,H,W] in [0,1] -> bool[N,H,W]``."""
     if isinstance(config, str):
         config = PostprocessConfig.preset(config)

@@ -189,7 +189,7 @@ def segment_files(
             output and shard, or a storage failure (the images done stay recorded).
     """
     if batch_size is None:
-        batch_size = segmenter.batch_size if segmenter.on_gpu else 8
+        batch_size = segmenter.batch_size
     if batch_size < 1:
         raise LungsegError(f"--batch-size must be at least 1, got {batch_size}")
     shard = shard if isinstance(shard, Shard) else resolve_shard(shard)

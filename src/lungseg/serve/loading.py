@@ -25,14 +25,13 @@ import numpy as np
 from lungseg._version import __version__
 from lungseg.core.errors import LungsegError
 from lungseg.core.io_utils import user_cache
+from lungseg.inference.export import ONNX_OPSET
 from lungseg.inference.segmenter import Segmenter, ensemble, load_model, model_files
 from lungseg.models.identity import ModelIdentity, file_digest
 from lungseg.models.shipped import MODEL_NAMES
 from lungseg.serve.settings import ServeConfig
 
 logger = logging.getLogger("lungseg.serve")
-
-ONNX_OPSET = 17
 
 
 @dataclass
@@ -152,7 +151,6 @@ def onnx_twin(checkpoint: Path, digest: str) -> Path:
     target = folder / f"{digest[:24]}-lungseg{__version__}-opset{ONNX_OPSET}-id.onnx"
     if target.is_file():
         return target
-    from lungseg.inference.export import export_onnx
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -165,6 +163,8 @@ def onnx_twin(checkpoint: Path, digest: str) -> Path:
         handle, tmp = tempfile.mkstemp(dir=folder, prefix=".export-", suffix=".onnx")
     os.close(handle)
     try:
+        from lungseg.inference.export import export_onnx
+
         export_onnx(checkpoint, tmp, opset=ONNX_OPSET)
         os.replace(tmp, target)
     finally:

@@ -18,6 +18,7 @@ import yaml
 from lungseg.core.config import Layer, load_yaml, read_section, resolve, to_dict
 from lungseg.core.errors import LungsegError
 from lungseg.data.settings import asked, prepare_layers
+from lungseg.inference import DEFAULT_POSTPROCESS
 
 LOSSES = ("bce", "bce_dice")
 SCHEDULES = ("none", "cosine", "onecycle")
@@ -113,7 +114,7 @@ class TrainConfig:
     compile: bool = False
     threads: int | None = None
     workers: int | None = None
-    postprocess: str = "seed"
+    postprocess: str = DEFAULT_POSTPROCESS
 
     def __post_init__(self) -> None:
         from lungseg.models import list_models

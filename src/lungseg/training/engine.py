@@ -34,6 +34,7 @@ import math
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ from lungseg.training.rundir import (
     write_summary,
 )
 from lungseg.training.seeding import AUGMENT, SHUFFLE, derive_seed, seed_epoch
-from lungseg.training.step import TrainStep, epoch_batches, validate
+from lungseg.training.step import TRAIN_SUMS, TrainStep, epoch_batches, epoch_row, validate
 from lungseg.training.writer import RunWriter, host_copy
 
 
@@ -136,6 +137,19 @@ def train(
 
 #: torch.compile's backend (tests count recompiles with a cheaper one).
 COMPILE_BACKEND = "inductor"
+
+
+@dataclass
+class _Loop:
+    """What every epoch of a run uses: the step, its schedule, the plain model, the training and
+    validation ``(images, masks)`` on the device, and the writer (main process only)."""
+
+    step: TrainStep
+    scheduler: Any
+    model: nn.Module
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    writer: RunWriter | None
 
 
 class _Run:
@@ -234,38 +248,29 @@ class _Run:
             )
         self.setup_seconds = time.perf_counter() - t_setup
         writer = RunWriter(self.out, self._title()) if ctx.is_main else None
+        loop = _Loop(step, scheduler, model, (images, masks), (val_images, val_masks), writer)
         try:
             for epoch in range(start, cfg.epochs + 1):
-                self._epoch(epoch, step, scheduler, model, images, masks, val_images, val_masks,
-                            writer)  # fmt: skip
+                self._epoch(epoch, loop)
         finally:
             if writer is not None:
                 writer.close()
         return self._finish(model)
 
-    def _epoch(self, epoch, step, scheduler, model, images, masks, val_images, val_masks, writer):
+    def _epoch(self, epoch: int, loop: _Loop) -> None:
         cfg, ctx = self.config, self.ctx
+        step, scheduler, model, writer = loop.step, loop.scheduler, loop.model, loop.writer
         t0 = time.perf_counter()
         seed_epoch(cfg.seed, epoch, ctx.rank)
         lr = step.optimizer.param_groups[0]["lr"]
-        train_sums, n_images = self._train_epoch(epoch, step, scheduler, images, masks)
+        train_sums, n_images = self._train_epoch(epoch, step, scheduler, *loop.train)
         train_time = time.perf_counter() - t0
         sync_buffers(model, ctx)
         # Validation runs the plain model eagerly: the compiled graph is for training shapes.
-        val_sums = validate(model, step.loss_fn, self._val_batches(val_images, val_masks),
-                            self.device)  # fmt: skip
+        val_sums = validate(model, step.loss_fn, self._val_batches(*loop.val), self.device)
         # The epoch's one copy from the device.
         sums = all_reduce_sum(torch.cat([train_sums, val_sums]), ctx).cpu().tolist()
-        row = {
-            "epoch": epoch,
-            "train_loss": sums[0] / n_images,
-            "val_loss": sums[3] / sums[7],
-            "train_acc": sums[1] / sums[2],
-            "val_acc": sums[4] / sums[5],
-            "val_dice": sums[6] / sums[7],
-            "lr": float(lr),
-            "seconds": 0.0,
-        }
+        row = {"epoch": epoch, **epoch_row(sums, n_images), "lr": float(lr), "seconds": 0.0}
         if not math.isfinite(row["train_loss"]):
             raise LungsegError(
                 f"training diverged at epoch {epoch} (train loss {row['train_loss']}); lower --lr"
@@ -301,7 +306,7 @@ class _Run:
         aug_gen = torch.Generator(device=device).manual_seed(
             derive_seed(cfg.seed, epoch, ctx.rank, AUGMENT)
         )
-        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        sums = torch.zeros(len(TRAIN_SUMS), dtype=torch.float64, device=device)
         step.net.train()
         with StepBar(f"epoch {epoch}/{cfg.epochs}", len(batches), self.progress) as bar:
             for idx in batches:

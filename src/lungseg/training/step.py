@@ -18,7 +18,7 @@ caller copies them to the host once per epoch.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -140,6 +140,25 @@ def _restore_in_place(optimizer: torch.optim.Optimizer, saved: dict[int, dict]) 
         optimizer.state.pop(param, None)  # state created only by the warm-up steps
 
 
+#: What the device sums of an epoch hold, in order: :meth:`TrainStep`'s training sums (loss x
+#: images, correct pixels, pixels) then :func:`validate`'s. The one place that knows the order.
+TRAIN_SUMS = ("train_loss_sum", "train_correct", "train_pixels")
+VAL_SUMS = ("val_loss_sum", "val_correct", "val_pixels", "val_dice_sum", "val_images")
+
+
+def epoch_row(sums: Sequence[float], n_images: int) -> dict[str, float]:
+    """The epoch's metrics from its sums (:data:`TRAIN_SUMS` + :data:`VAL_SUMS`, in order) and
+    its number of training images."""
+    named = dict(zip(TRAIN_SUMS + VAL_SUMS, sums, strict=True))
+    return {
+        "train_loss": named["train_loss_sum"] / n_images,
+        "val_loss": named["val_loss_sum"] / named["val_images"],
+        "train_acc": named["train_correct"] / named["train_pixels"],
+        "val_acc": named["val_correct"] / named["val_pixels"],
+        "val_dice": named["val_dice_sum"] / named["val_images"],
+    }
+
+
 @torch.no_grad()
 def validate(
     net: nn.Module,
@@ -147,14 +166,15 @@ def validate(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
 ) -> torch.Tensor:
-    """Validation sums on the device: ``float64[5]`` = loss x images, correct pixels, pixels,
-    sum of per-image Dice (``sigmoid(logits) > 0.5``; both masks empty: 1) and images.
+    """Validation sums on the device, ``float64[5]`` in the order of :data:`VAL_SUMS`: loss x
+    images, correct pixels, pixels, sum of per-image Dice (``sigmoid(logits) > 0.5``; both masks
+    empty: 1) and images.
 
     Runs in float32 even where training uses autocast, as inference does: the Dice that picks
     the best epoch is what the saved weights give.
     """
     net.eval()
-    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    sums = torch.zeros(len(VAL_SUMS), dtype=torch.float64, device=device)
     for x, y in batches:
         n = x.shape[0]
         logits = net(x).float()
