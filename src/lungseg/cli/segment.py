@@ -26,13 +26,17 @@ def segment_command(
         str,
         typer.Option(help="Folder or az://CONTAINER/PREFIX for masks/, measurements.csv, ..."),
     ],
-    model: Annotated[str, typer.Option(help=f"Shipped model: {', '.join(MODEL_NAMES)}.")] = "unet",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help=f"The model: shipped ({', '.join(MODEL_NAMES)}), a checkpoint, a run directory "
+            "or an exported .onnx file (ONNX Runtime).  [default: unet]"
+        ),
+    ] = None,
     weights: Annotated[
-        Path | None, typer.Option(help="A checkpoint or run directory instead of a shipped model.")
+        Path | None, typer.Option(hidden=True, help="Older name of --model.")
     ] = None,
-    onnx: Annotated[
-        Path | None, typer.Option(help="An exported .onnx model (ONNX Runtime).")
-    ] = None,
+    onnx: Annotated[Path | None, typer.Option(hidden=True, help="Older name of --model.")] = None,
     postprocess: Annotated[
         str | None, typer.Option(help="Override the postprocessing preset.")
     ] = None,
@@ -80,11 +84,15 @@ def segment_command(
     from lungseg.segment import SegmentInterrupted, segment_files
     from lungseg.segment.shard import resolve_shard
 
-    if weights is not None and onnx is not None:
-        raise LungsegError("give --weights or --onnx, not both")
+    given = [str(v) for v in (model, weights, onnx) if v is not None]
+    if len(given) > 1:
+        # One thing under one name: --weights and --onnx are older names of --model.
+        raise LungsegError(
+            f"--model, --weights and --onnx all name the model; give one, not {given}"
+        )
     the_shard = resolve_shard(shard)
     segmenter = load_model(
-        onnx or weights or model,
+        given[0] if given else "unet",
         device=device,
         postprocess=postprocess,
         tta=tta,

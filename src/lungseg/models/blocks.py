@@ -221,10 +221,11 @@ class SegmentationModel(nn.Module):
     """Base class of every registered model: input checks and the shared constructor arguments.
 
     Subclasses set :attr:`input_divisor` (the product of their down-sampling factors; an instance
-    may raise it when a constructor argument adds down-sampling) and call
-    :meth:`check_input` at the top of ``forward``. :attr:`name` is set by ``register_model``;
-    ``create_model`` sets ``init_kwargs`` (all constructor arguments) on the instance, which with
-    :attr:`name` is what a checkpoint needs to rebuild the model.
+    may raise it when a constructor argument adds down-sampling) and implement :meth:`logits`;
+    ``forward`` checks the input, then calls it, so no architecture repeats the check.
+    :attr:`name` is set by ``register_model``; ``create_model`` sets ``init_kwargs`` (all
+    constructor arguments) on the instance, which with :attr:`name` is what a checkpoint needs
+    to rebuild the model.
 
     Args:
         in_channels: image channels (1 for grayscale X-rays).
@@ -247,6 +248,16 @@ class SegmentationModel(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise LungsegError(f"{self.name}: dropout must be in [0, 1), got {dropout}")
         self.in_channels = in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, in_channels, H, W)`` -> logits ``(B, 1, H, W)``, after
+        :meth:`check_input`."""
+        self.check_input(x)
+        return self.logits(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The architecture's own forward pass, on an input :meth:`check_input` accepted."""
+        raise NotImplementedError
 
     def check_input(self, x: torch.Tensor) -> None:
         """Refuse an input the model cannot map to a same-size output, saying what would work.

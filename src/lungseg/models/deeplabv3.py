@@ -90,7 +90,7 @@ class DeepLabV3(SegmentationModel):
         self.skip4 = nn.Conv2d(2 * n, 4 * n, 1) if skips else None
         init_weights(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Segment a batch.
 
         Args:
@@ -99,7 +99,6 @@ class DeepLabV3(SegmentationModel):
         Returns:
             Logits ``(B, 1, H, W)``.
         """
-        self.check_input(x)
         if self.skip2 is None or self.skip4 is None:
             return self.head(self.decoder(self.aspp(self.encoder(x))))
         # encoder: [block, pool, dropout] x 3; decoder: three UpConvs, H/8 -> H/4 -> H/2 -> H.

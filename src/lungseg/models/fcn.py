@@ -100,7 +100,7 @@ class FCN(SegmentationModel):
         self.skips = skips
         init_weights(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Segment a batch.
 
         Args:
@@ -109,7 +109,6 @@ class FCN(SegmentationModel):
         Returns:
             Logits ``(B, 1, H, W)``.
         """
-        self.check_input(x)
         blocks = [getattr(self, f"block{i}") for i in range(1, 2 * self.depth + 2)]
         pooled = []
         for block in blocks[: self.depth]:

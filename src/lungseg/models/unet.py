@@ -71,7 +71,7 @@ class UNet(SegmentationModel):
         self.head = SegmentationHead(n_filters)
         init_weights(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Segment a batch.
 
         Args:
@@ -80,7 +80,6 @@ class UNet(SegmentationModel):
         Returns:
             Logits ``(B, 1, H, W)``.
         """
-        self.check_input(x)
         if self.downsample > 1:
             x = F.avg_pool2d(x, self.downsample)
         skips = []
