@@ -8,7 +8,9 @@ local folder or ``az://CONTAINER/PREFIX``, in the layout described in
   input, extension included, so two inputs never share an output);
 * ``overlays/<key>.jpg`` (``overlays=True``) - the X-ray with the lungs tinted and outlined;
 * ``dicom-seg/<key>.dcm`` (``dicom_seg=True``, DICOM inputs) - a DICOM Segmentation
-  (:mod:`lungseg.segment.dicom_seg`);
+  (:mod:`lungseg.dicom.seg`);
+* ``dicom-sr/<key>.dcm`` (``dicom_sr=True``, DICOM inputs) - a DICOM SR measurement report
+  (TID 1500) of the lung areas, referencing the SEG (:mod:`lungseg.dicom.sr`);
 * a row of ``measurements.csv`` - the image's key and file, its outputs, lung area in pixels and
   as a share of the image, right and left lung separately (the patient's right lung is on the
   image's left, as radiographs are viewed), areas in cm² when the file states its pixel spacing
@@ -23,7 +25,7 @@ machines (:mod:`lungseg.segment.shard`), and stream their input (:mod:`lungseg.s
 Modules: :mod:`~lungseg.segment.inputs` (what is read), :mod:`~lungseg.segment.outputs` (where
 it goes), :mod:`~lungseg.segment.ledger` (the record that makes runs resumable and mergeable),
 :mod:`~lungseg.segment.shard`, :mod:`~lungseg.segment.pipeline`, :mod:`~lungseg.segment.measure`,
-:mod:`~lungseg.segment.render` (mask PNG, overlay JPEG), :mod:`~lungseg.segment.dicom_seg`.
+:mod:`~lungseg.segment.render` (mask PNG, overlay JPEG); DICOM outputs: :mod:`lungseg.dicom`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from typing import Any
 from lungseg.config import to_dict
 from lungseg.errors import LungsegError
 from lungseg.inference import Segmenter
-from lungseg.segment.dicom_seg import dicom_seg_bytes
 from lungseg.segment.inputs import AzureInputs, find_images, no_images, open_inputs
 from lungseg.segment.ledger import (
     LEDGER_ROWS,
@@ -62,7 +63,6 @@ __all__ = [
     "MEASUREMENT_COLUMNS",
     "SegmentInterrupted",
     "SegmentResult",
-    "dicom_seg_bytes",
     "find_images",
     "lung_areas",
     "lung_sides",
