@@ -76,7 +76,7 @@ __all__ = [
 ]
 
 #: Bumped when the outputs of the same model and settings change (their format or content).
-OUTPUTS_VERSION = 1
+OUTPUTS_VERSION = 2
 
 
 class SegmentInterrupted(LungsegError):
@@ -114,7 +114,9 @@ class SegmentResult:
         return self.merged.most_uncertain if self.merged is not None else []
 
 
-def run_settings(segmenter: Segmenter, overlays: bool, dicom_seg: bool) -> dict[str, Any]:
+def run_settings(
+    segmenter: Segmenter, overlays: bool, dicom_seg: bool, dicom_sr: bool = False
+) -> dict[str, Any]:
     """What the outputs depend on, recorded in ``segment.json``: a run with other settings into
     the same output is refused (batch size, device and workers do not change the outputs)."""
     info = segmenter.info or {}
@@ -127,6 +129,7 @@ def run_settings(segmenter: Segmenter, overlays: bool, dicom_seg: bool) -> dict[
         "tta": info.get("tta"),
         "overlays": overlays,
         "dicom_seg": dicom_seg,
+        "dicom_sr": dicom_sr,
         "outputs": OUTPUTS_VERSION,
     }
 
@@ -158,6 +161,7 @@ def segment_files(
     *,
     overlays: bool = False,
     dicom_seg: bool = False,
+    dicom_sr: bool = False,
     shard: Shard | str | None = None,
     overwrite: bool = False,
     batch_size: int | None = None,
@@ -174,6 +178,7 @@ def segment_files(
         out: a local folder or ``az://CONTAINER/PREFIX``.
         overlays: also write ``overlays/<key>.jpg``.
         dicom_seg: also write ``dicom-seg/<key>.dcm`` for DICOM inputs (``lungseg[dicom]``).
+        dicom_sr: also write ``dicom-sr/<key>.dcm``, the lung areas as a TID 1500 report.
         shard: ``"K/N"`` or a :class:`Shard`; default: from the scheduler's environment
             (:func:`~lungseg.segment.shard.resolve_shard`).
         overwrite: redo every image (see :func:`~lungseg.segment.ledger.open_run`); needed to
@@ -211,7 +216,7 @@ def segment_files(
         if isinstance(source, AzureInputs):
             raise LungsegError(f"no images: {source.nothing_found()}", source.description)
         raise LungsegError(no_images(source.description))
-    settings = run_settings(segmenter, overlays, dicom_seg)
+    settings = run_settings(segmenter, overlays, dicom_seg, dicom_sr)
     with sink.lock(f"{LOCKS}/{shard.name}", "segment"):
         sid = open_run(sink, settings, shard, overwrite)
         done = done_set(sink, sid, shard)
@@ -219,7 +224,7 @@ def segment_files(
         ledger.reopen()
         pipeline = Pipeline(
             segmenter, source, sink, ledger, sid, overlays=overlays, dicom_seg=dicom_seg,
-            batch_size=batch_size, workers=workers, progress=progress,
+            dicom_sr=dicom_sr, batch_size=batch_size, workers=workers, progress=progress,
         )  # fmt: skip
         counts = pipeline.counts
 
