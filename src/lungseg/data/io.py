@@ -369,7 +369,8 @@ def _pixel_array(ds, name: str) -> np.ndarray:
     compression, and what to install), never a decoder's multi-line message."""
     from pydicom.pixels.decoders.base import get_decoder
 
-    syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in ds else None
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     label = f"{syntax.name} ({syntax})" if syntax is not None else "an unknown transfer syntax"
     try:
         decoder = get_decoder(syntax) if syntax is not None else None

@@ -153,7 +153,8 @@ def segmentation(
         source: the X-ray's header as a ``pydicom.Dataset`` (pixel data not needed), or its
             file's bytes.
         mask: at the X-ray's resolution, ``bool[H, W]`` lungs (split into the patient's right
-            and left by :func:`~lungseg.segment.measure.lung_sides` in the orientation the header states), or
+            and left by :func:`~lungseg.segment.measure.lung_sides` in the orientation the
+            header states), or
             ``uint8[H, W]`` sides already (0 background, 1 right lung, 2 left).
         identity: the model (``segmenter.identity``).
         settings: what else the mask depends on (:func:`output_settings`); with the source's

@@ -169,7 +169,8 @@ def measure(
         "key": key, "file": file, "height": h, "width": w, "lung_px": total,
         "lung_fraction": round(total / (h * w), 6), "right_lung_px": right, "left_lung_px": left,
         "orientation": orientation.source,
-        "spacing_mm": "", "spacing_source": "", "lung_cm2": "", "right_lung_cm2": "", "left_lung_cm2": "",
+        "spacing_mm": "", "spacing_source": "", "lung_cm2": "", "right_lung_cm2": "",
+        "left_lung_cm2": "",
         "uncertain_fraction": "" if uncertainty is None else round(float(uncertainty), 6),
         "review": review_reason(mask, uncertainty),
     }  # fmt: skip

@@ -226,7 +226,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         responses={
             200: {
                 "content": {"image/png": {}, "application/dicom": {}},
-                "description": "JSON, the mask PNG, a DICOM SEG (format=dicom-seg) or SR (dicom-sr)",
+                "description": "JSON, the mask PNG, a DICOM SEG (dicom-seg) or SR (dicom-sr)",
             },
             **problems,
         },
