@@ -385,8 +385,11 @@ def _pixel_array(ds, name: str) -> np.ndarray:
     try:
         return ds.pixel_array
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LungsegError(f"cannot decode DICOM pixel data in {label} ({first})", name) from None
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        # pydicom's "exceptions were raised by all available plugins" lists each plugin's own
+        # failure below it, which for a damaged stream says nothing to a reader.
+        why = "corrupt or truncated" if "all available plugins" in lines[0] else lines[0]
+        raise LungsegError(f"cannot decode DICOM pixel data in {label} ({why})", name) from None
 
 
 def _decode_dicom(data: bytes, name: str) -> Decoded:
