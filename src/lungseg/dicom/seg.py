@@ -11,7 +11,8 @@ model, the SHA-256 of its weights and whether TTA was used (:class:`ModelIdentit
 
 What readers need and highdicom leaves out for an image without a Frame of Reference (every
 projection radiograph) is added: the pixel measures (the spacing at the patient that the
-measurements used), a plane orientation, the source's ``PatientOrientation``.
+measurements used), a nominal plane orientation and position, the source's
+``PatientOrientation``.
 
 The object keeps the source's patient and study and references its instance. Every UID, date
 and time is derived from the source and the model (:meth:`ModelIdentity.seed`), none from the
@@ -235,6 +236,12 @@ def segmentation(
     plane = Dataset()
     plane.ImageOrientationPatient = list(NOMINAL_ORIENTATION)
     groups.PlaneOrientationSequence = Sequence([plane])
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        # Nominal as well, and the same for both segments (one plane): dcmqi stacks frames by
+        # their position and crashes on a SEG without one.
+        position = Dataset()
+        position.ImagePositionPatient = [0, 0, 0]
+        frame.PlanePositionSequence = Sequence([position])
     for keyword in _COPIED:
         if keyword in source:
             setattr(seg, keyword, source[keyword].value)
