@@ -13,16 +13,11 @@ from films import FILMS, films
 pydicom = pytest.importorskip("pydicom")
 
 
-@pytest.fixture(scope="module")
-def catalogue():
-    return films()
-
-
 @pytest.mark.skipif(
     shutil.which("dciodvfy") is None, reason="dciodvfy not found (apt-get install dicom3tools)"
 )
-def test_dciodvfy_reports_no_error_or_warning_on_any_film(catalogue, tmp_path):
-    for name, film in catalogue.items():
+def test_dciodvfy_reports_no_error_or_warning_on_any_film(film_catalogue, tmp_path):
+    for name, film in film_catalogue.items():
         path = film.write(tmp_path)
         report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
         problems = [
@@ -32,10 +27,10 @@ def test_dciodvfy_reports_no_error_or_warning_on_any_film(catalogue, tmp_path):
         assert problems == [], f"{name}: {problems}"
 
 
-def test_films_cover_what_hospitals_send(catalogue):
+def test_films_cover_what_hospitals_send(film_catalogue):
     import io
 
-    read = {name: pydicom.dcmread(io.BytesIO(f.data)) for name, f in catalogue.items()}
+    read = {name: pydicom.dcmread(io.BytesIO(f.data)) for name, f in film_catalogue.items()}
     kinds = {(ds.SOPClassUID, ds.PhotometricInterpretation, ds.BitsStored) for ds in read.values()}
     assert {k[0] for k in kinds} == {"1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1"}
     assert {k[1] for k in kinds} == {"MONOCHROME1", "MONOCHROME2"}
@@ -52,10 +47,10 @@ def test_films_cover_what_hospitals_send(catalogue):
 
 
 @pytest.mark.parametrize("name", sorted(FILMS))
-def test_stored_pixels_show_the_xray_as_the_header_says(catalogue, name):
+def test_stored_pixels_show_the_xray_as_the_header_says(film_catalogue, name):
     import io
 
-    film = catalogue[name]
+    film = film_catalogue[name]
     ds = pydicom.dcmread(io.BytesIO(film.data))
     stored = ds.pixel_array.astype(np.float64)
     assert stored.shape == film.image.shape == film.mask.shape
