@@ -146,7 +146,9 @@ def _lazy_exports(package: str) -> list[str]:
         return []
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "_EXPORTS":
-            return sorted({v.value for v in node.value.values if isinstance(v, ast.Constant)})
+            values = {v.value for v in node.value.values if isinstance(v, ast.Constant)}
+            # A table may name its modules relative to the package (models: "unet").
+            return sorted(v if v.startswith("lungseg.") else f"{package}.{v}" for v in values)
     return []
 
 

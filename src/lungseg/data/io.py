@@ -40,6 +40,10 @@ import cv2
 import numpy as np
 
 from lungseg.core.errors import LungsegError
+from lungseg.data.dicom_decode import checked_size, pixel_array
+from lungseg.data.dicom_header import DISPLAY, Orientation
+from lungseg.data.dicom_header import orientation as dicom_orientation
+from lungseg.data.dicom_header import spacing as dicom_spacing_source
 
 #: Largest image we agree to decode, in pixels (a decompression-bomb guard). The biggest real
 #: chest X-rays are about 4300x3500 = 15 MP; 100 MP leaves room for any detector.
@@ -66,13 +70,20 @@ class Decoded:
 
     Attributes:
         pixels: ``uint8[H, W]`` grayscale.
-        spacing: pixel spacing ``(row_mm, col_mm)`` when the file states it (DICOM), else None.
+        spacing: pixel spacing ``(row_mm, col_mm)`` at the patient where the file states it
+            (DICOM; :func:`lungseg.data.dicom_header.spacing`), else None.
         mode: the colour mode found in the file (``L``, ``RGB``, ``RGBA``, ``I;16``, ``DICOM``...).
+        spacing_source: which attribute ``spacing`` comes from and what it means
+            (``PixelSpacing``, ``ImagerPixelSpacing at detector``...); empty without a spacing.
+        orientation: how the pixels map onto the conventional display, from the DICOM header's
+            ``PatientOrientation``, else assumed (:mod:`lungseg.data.dicom_header`).
     """
 
     pixels: np.ndarray
     spacing: tuple[float, float] | None = None
     mode: str = "L"
+    spacing_source: str = ""
+    orientation: Orientation = DISPLAY
 
 
 def read_file(path: str | Path, name: str) -> bytes:
@@ -112,7 +123,7 @@ def check_header(data: bytes, name: str) -> tuple[int, int]:
         )
     if fmt == "dicom":
         ds = _read_dicom(data, name, pixels=False)
-        height, width = int(ds.Rows), int(ds.Columns)
+        height, width = checked_size(ds, name, MAX_PIXELS)
     else:
         from PIL import Image, UnidentifiedImageError
 
@@ -329,15 +340,13 @@ def _read_dicom(data: bytes, name: str, pixels: bool = True):
 
 def _decode_dicom(data: bytes, name: str) -> Decoded:
     ds = _read_dicom(data, name)
-    try:
-        raw = ds.pixel_array
-    except Exception as exc:
-        raise LungsegError(f"cannot decode DICOM pixel data ({exc})", name) from None
-    if raw.ndim == 3 and int(getattr(ds, "SamplesPerPixel", 1)) == 1:
-        raw = raw[0]  # a multi-frame file: radiographs have one frame that matters
+    checked_size(ds, name, MAX_PIXELS)
+    raw = pixel_array(ds, name)
+    spacing, source = dicom_spacing_source(ds)
+    meaning = {"spacing": spacing, "spacing_source": source, "orientation": dicom_orientation(ds)}
     if raw.ndim == 3:  # RGB DICOM (secondary captures)
         bgr = np.ascontiguousarray(raw[..., ::-1])
-        return Decoded(to_gray8(bgr, name).pixels, spacing=dicom_spacing(ds), mode="DICOM")
+        return Decoded(to_gray8(bgr, name).pixels, mode="DICOM", **meaning)
     if np.issubdtype(raw.dtype, np.floating):
         require_finite(raw, name)
     try:
@@ -346,7 +355,7 @@ def _decode_dicom(data: bytes, name: str) -> Decoded:
         raise LungsegError(f"cannot apply the DICOM grey-level transforms ({exc})", name) from None
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         pixels = 255 - pixels
-    return Decoded(pixels, spacing=dicom_spacing(ds), mode="DICOM")
+    return Decoded(pixels, mode="DICOM", **meaning)
 
 
 def _dicom_grey(raw: np.ndarray, ds) -> np.ndarray:
@@ -378,17 +387,6 @@ def _voi_output_range(ds) -> tuple[float, float]:
         slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
         low, high = low * slope + intercept, high * slope + intercept
     return low, high
-
-
-def dicom_spacing(ds) -> tuple[float, float] | None:
-    """Pixel spacing in mm, from PixelSpacing or (for projection radiographs) ImagerPixelSpacing."""
-    for key in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(key)
-        if value is not None and len(value) == 2:
-            row, col = float(value[0]), float(value[1])
-            if row > 0 and col > 0:
-                return row, col
-    return None
 
 
 #: A mask may hold at most this many distinct grey levels outside the two extremes as a share of

@@ -1,3 +1,7 @@
-"""DICOM results a PACS files and a viewer shows: the Segmentation object of an image's lungs
-(:mod:`~lungseg.dicom.seg`), made on the road every image takes (:mod:`lungseg.inference.road`).
+"""DICOM in and out: what an X-ray's header means for measuring it
+(:mod:`~lungseg.data.dicom_header`), and the objects lungseg writes beside a DICOM X-ray for a PACS
+- a Segmentation (:mod:`~lungseg.dicom.seg`) and a TID 1500 measurement report
+(:mod:`~lungseg.dicom.sr`).
+
+Writing needs ``lungseg[dicom]`` (highdicom); importing this package needs nothing.
 """

@@ -18,14 +18,12 @@ same" gets a parameter here, not a copy.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from lungseg.core.config import to_dict
 from lungseg.core.errors import LungsegError
 from lungseg.data.io import Decoded, decode_image, sniff_format
 from lungseg.inference.encode import image_png, mask_png, overlay_jpeg
@@ -34,10 +32,11 @@ from lungseg.inference.quality import uncertain_fraction
 from lungseg.inference.segmenter import Segmenter
 
 #: What :func:`finish` can encode: the mask (1-bit PNG), an overlay (JPEG), the decoded X-ray
-#: (8-bit PNG, for display) and a DICOM Segmentation (DICOM inputs only).
-OUTPUTS = ("mask", "overlay", "image", "dicom_seg")
+#: (8-bit PNG, for display), a DICOM Segmentation and a DICOM SR of the lung areas (TID 1500;
+#: DICOM inputs only).
+OUTPUTS = ("mask", "overlay", "image", "dicom_seg", "dicom_sr")
 #: Outputs that need the source's DICOM header.
-DICOM_OUTPUTS = frozenset({"dicom_seg"})
+DICOM_OUTPUTS = frozenset({"dicom_seg", "dicom_sr"})
 
 
 @dataclass
@@ -153,10 +152,17 @@ def finish(
     mask = segmenter.masks_from_proba(probabilities[None], [decoded.pixels.shape])[0]
     unsure = float(uncertain_fraction(probabilities[None])[0])
     name = prepared.name
-    row = measure(name if key is None else key, name, mask, decoded.spacing, unsure)
+    row = measure(
+        name if key is None else key, name, mask, decoded.spacing, unsure,
+        spacing_source=decoded.spacing_source, orientation=decoded.orientation,
+    )  # fmt: skip
     result = Result(prepared, probabilities, mask, unsure, row)
     for kind in outputs:
-        result.files[kind] = _encode(kind, result, segmenter)
+        if kind not in DICOM_OUTPUTS:
+            result.files[kind] = _encode(kind, result)
+    dicom = DICOM_OUTPUTS.intersection(outputs)
+    if dicom:
+        result.files.update(_dicom(result, segmenter, dicom))
     return result
 
 
@@ -168,27 +174,26 @@ def segment_bytes(
     return finish(prepared, forward(segmenter, [prepared])[0], segmenter, outputs=outputs)
 
 
-def seg_settings(segmenter: Segmenter) -> str:
-    """What a DICOM SEG's UIDs derive from besides the source: the model's identity and the
-    postprocessing, so the same image and model give the same UIDs from every command: the
-    SHA-256 (hex) of :meth:`~lungseg.models.identity.ModelIdentity.seed`."""
-    seed = segmenter.identity.seed(to_dict(segmenter.postprocess))
-    return hashlib.sha256(seed.encode()).hexdigest()
-
-
-def _encode(kind: str, result: Result, segmenter: Segmenter) -> bytes:
+def _encode(kind: str, result: Result) -> bytes:
     prepared = result.prepared
     if kind == "mask":
         return mask_png(result.mask, prepared.name)
     if kind == "overlay":
         return overlay_jpeg(prepared.decoded.pixels, result.mask, prepared.name)
-    if kind == "image":
-        return image_png(prepared.decoded.pixels, prepared.name)
-    if prepared.header is None:
-        raise LungsegError("a DICOM SEG needs a DICOM X-ray; this file is not one", prepared.name)
-    from lungseg.dicom.seg import dicom_seg_bytes
+    return image_png(prepared.decoded.pixels, prepared.name)
 
-    return dicom_seg_bytes(
-        prepared.header, result.mask, model=segmenter.identity.name,
-        settings_id=seg_settings(segmenter), name=prepared.name,
+
+def _dicom(result: Result, segmenter: Segmenter, kinds: Collection[str]) -> dict[str, bytes]:
+    """The DICOM SEG and/or SR of the mask measured (the SR references the SEG, so both come
+    from one call)."""
+    prepared = result.prepared
+    if prepared.header is None:
+        raise LungsegError(
+            "a DICOM SEG or SR needs a DICOM X-ray; this file is not one", prepared.name
+        )
+    from lungseg.dicom.sr import dicom_outputs
+
+    return dicom_outputs(
+        prepared.header, result.mask, result.measurements, segmenter, name=prepared.name,
+        seg="dicom_seg" in kinds, sr="dicom_sr" in kinds,
     )  # fmt: skip

@@ -9,6 +9,8 @@ local folder or ``az://CONTAINER/PREFIX``, in the layout described in
 * ``overlays/<key>.jpg`` (``overlays=True``) - the X-ray with the lungs tinted and outlined;
 * ``dicom-seg/<key>.dcm`` (``dicom_seg=True``, DICOM inputs) - a DICOM Segmentation
   (:mod:`lungseg.dicom.seg`);
+* ``dicom-sr/<key>.dcm`` (``dicom_sr=True``, DICOM inputs) - a DICOM SR measurement report
+  (TID 1500) of the lung areas, referencing the SEG (:mod:`lungseg.dicom.sr`);
 * a row of ``measurements.csv`` - the image's key and file, its outputs, lung area in pixels and
   as a share of the image, right and left lung separately (the patient's right lung is on the
   image's left, as radiographs are viewed), areas in cm² when the file states its pixel spacing
@@ -22,8 +24,8 @@ machines (:mod:`lungseg.segment.shard`), and stream their input (:mod:`lungseg.s
 
 Modules: :mod:`~lungseg.segment.inputs` (what is read), :mod:`~lungseg.storage.sink` (where
 it goes), :mod:`~lungseg.segment.ledger` (the record that makes runs resumable and mergeable),
-:mod:`~lungseg.segment.shard`, :mod:`~lungseg.segment.pipeline`, :mod:`~lungseg.inference.measure`,
-:mod:`~lungseg.inference.encode` (mask PNG, overlay JPEG), :mod:`~lungseg.dicom.seg`.
+:mod:`~lungseg.segment.shard`, :mod:`~lungseg.segment.pipeline` (which sends each image down
+the one road, :mod:`lungseg.inference.road`); DICOM outputs: :mod:`lungseg.dicom`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from typing import Any
 from lungseg.core.config import to_dict
 from lungseg.core.devices import pipeline_threads, torch_threads
 from lungseg.core.errors import LungsegError
-from lungseg.dicom.seg import dicom_seg_bytes
 from lungseg.inference.encode import mask_png, overlay, overlay_jpeg
 from lungseg.inference.measure import lung_areas, lung_sides, measure
 from lungseg.inference.segmenter import Segmenter
@@ -63,7 +64,6 @@ __all__ = [
     "MEASUREMENT_COLUMNS",
     "SegmentInterrupted",
     "SegmentResult",
-    "dicom_seg_bytes",
     "find_images",
     "lung_areas",
     "lung_sides",
@@ -115,7 +115,9 @@ class SegmentResult:
         return self.merged.most_uncertain if self.merged is not None else []
 
 
-def run_settings(segmenter: Segmenter, overlays: bool, dicom_seg: bool) -> dict[str, Any]:
+def run_settings(
+    segmenter: Segmenter, overlays: bool, dicom_seg: bool, dicom_sr: bool = False
+) -> dict[str, Any]:
     """What the outputs depend on, recorded in ``segment.json``: a run with other settings into
     the same output is refused (batch size, device and workers do not change the outputs)."""
     identity = segmenter.identity
@@ -128,6 +130,7 @@ def run_settings(segmenter: Segmenter, overlays: bool, dicom_seg: bool) -> dict[
         "tta": (segmenter.info or {}).get("tta"),
         "overlays": overlays,
         "dicom_seg": dicom_seg,
+        "dicom_sr": dicom_sr,
         "outputs": OUTPUTS_VERSION,
     }
 
@@ -151,6 +154,7 @@ def segment_files(
     *,
     overlays: bool = False,
     dicom_seg: bool = False,
+    dicom_sr: bool = False,
     shard: Shard | str | None = None,
     overwrite: bool = False,
     batch_size: int | None = None,
@@ -167,6 +171,7 @@ def segment_files(
         out: a local folder or ``az://CONTAINER/PREFIX``.
         overlays: also write ``overlays/<key>.jpg``.
         dicom_seg: also write ``dicom-seg/<key>.dcm`` for DICOM inputs (``lungseg[dicom]``).
+        dicom_sr: also write ``dicom-sr/<key>.dcm``, the lung areas as a TID 1500 report.
         shard: ``"K/N"`` or a :class:`Shard`; default: from the scheduler's environment
             (:func:`~lungseg.segment.shard.resolve_shard`).
         overwrite: redo every image (see :func:`~lungseg.segment.ledger.open_run`); needed to
@@ -204,7 +209,7 @@ def segment_files(
         if isinstance(source, AzureInputs):
             raise LungsegError(f"no images: {source.nothing_found()}", source.description)
         raise LungsegError(no_images(source.description))
-    settings = run_settings(segmenter, overlays, dicom_seg)
+    settings = run_settings(segmenter, overlays, dicom_seg, dicom_sr)
     with sink.lock(f"{LOCKS}/{shard.name}", "segment"):
         sid = open_run(sink, settings, shard, overwrite)
         done = done_set(sink, sid, shard)
@@ -212,7 +217,7 @@ def segment_files(
         ledger.reopen()
         pipeline = Pipeline(
             segmenter, source, sink, ledger, overlays=overlays, dicom_seg=dicom_seg,
-            batch_size=batch_size, workers=workers, progress=progress,
+            dicom_sr=dicom_sr, batch_size=batch_size, workers=workers, progress=progress,
         )  # fmt: skip
         counts = pipeline.counts
 

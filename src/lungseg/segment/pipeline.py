@@ -71,6 +71,7 @@ class Pipeline:
     ledger: Ledger
     overlays: bool = False
     dicom_seg: bool = False
+    dicom_sr: bool = False
     batch_size: int = 8
     workers: int = 2
     progress: bool = True
@@ -79,7 +80,8 @@ class Pipeline:
         self.counts = RunCounts()
         #: What :func:`lungseg.inference.road.finish` encodes for each image.
         self.outputs = ["mask", *(["overlay"] if self.overlays else []),
-                        *(["dicom_seg"] if self.dicom_seg else [])]  # fmt: skip
+                        *(["dicom_seg"] if self.dicom_seg else []),
+                        *(["dicom_sr"] if self.dicom_sr else [])]  # fmt: skip
 
     def run(self, items: Iterator[Item]) -> RunCounts:
         """Segment ``items`` (already filtered to this shard and to what is not done).
@@ -179,7 +181,9 @@ class Pipeline:
 
     def _finish(self, loaded: Loaded, prob: np.ndarray) -> dict[str, Any]:
         item = loaded.item
-        outputs = [k for k in self.outputs if k != "dicom_seg" or loaded.prepared.header]
+        # Only DICOM inputs get DICOM outputs; the others are no error.
+        dicom = loaded.prepared.header is not None
+        outputs = [k for k in self.outputs if dicom or k not in road.DICOM_OUTPUTS]
         try:
             result = road.finish(loaded.prepared, prob, self.segmenter, key=item.key,
                                  outputs=outputs)  # fmt: skip

@@ -95,6 +95,8 @@ class Segmented:
                     "lung_cm2",
                     "right_lung_cm2",
                     "left_lung_cm2",
+                    "spacing_source",
+                    "orientation",
                 )
             },  # fmt: skip
             "uncertain_fraction": round(self.uncertainty, 6),
@@ -117,13 +119,14 @@ async def segment_upload(
     pool: Executor,
     tta: bool = False,
     with_image: bool = False,
-    dicom_seg: bool = False,
+    dicom: str | None = None,
 ) -> Segmented:
-    """Segment one uploaded file (its bytes) with ``model`` through ``batcher``; with
-    ``dicom_seg``, also its DICOM SEG (``result.files["dicom_seg"]``)."""
+    """Segment one uploaded file (its bytes) with ``model`` through ``batcher``; with ``dicom``
+    (``dicom_seg`` or ``dicom_sr``), also that DICOM object of the mask measured
+    (``result.files[dicom]``), made with the model that made the mask (TTA included)."""
     loop = asyncio.get_running_loop()
     segmenter = model.augmented if tta else model.segmenter
-    outputs = ["mask", *(["image"] if with_image else []), *(["dicom_seg"] if dicom_seg else [])]
+    outputs = ["mask", *(["image"] if with_image else []), *([dicom] if dicom else [])]
     if batcher.idle:
         with batcher.alone():
             return await loop.run_in_executor(pool, _whole, data, model, segmenter, tta, outputs)
@@ -179,10 +182,12 @@ def _prepare(data: bytes, segmenter, outputs: Collection[str]) -> road.Prepared:
 def _finish(
     prepared: road.Prepared, prob: np.ndarray, segmenter, outputs: Collection[str]
 ) -> road.Result:
-    """:func:`lungseg.inference.road.finish`, or :class:`ServeError`: 415 for a DICOM SEG of an
-    upload that is not DICOM, 422 for one that cannot be referenced."""
-    if "dicom_seg" in outputs and prepared.header is None:
-        raise ServeError(415, "a DICOM SEG needs a DICOM X-ray; this upload is not one")
+    """:func:`lungseg.inference.road.finish`, or :class:`ServeError`: 415 for a DICOM SEG or SR
+    of an upload that is not DICOM, 422 for one that cannot be referenced."""
+    for kind in road.DICOM_OUTPUTS.intersection(outputs):
+        if prepared.header is None:
+            what = "SEG" if kind == "dicom_seg" else "SR"
+            raise ServeError(415, f"a DICOM {what} needs a DICOM X-ray; this upload is not one")
     try:
         return road.finish(prepared, prob, segmenter, key=UPLOAD, outputs=outputs)
     except LungsegError as exc:

@@ -1,5 +1,7 @@
 """``lungseg segment --dicom-seg``: a DICOM SEG per DICOM X-ray, read back with highdicom and
-pydicom: geometry, references to the source, segment codes, and the mask of the PNG."""
+pydicom: geometry, references to the source, segment codes, what readers other than highdicom
+need (pixel measures, plane orientation, PatientOrientation, creator, colours), the model's
+identity, and the same bytes from a rerun and from ``lungseg serve``."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import numpy as np
 import pytest
 
 from dicom_files import dicom_bytes
-from lungseg.segment import dicom_seg_bytes
+from lungseg.dicom.seg import dicom_seg_bytes
+from lungseg.inference.segmenter import load_model
+from lungseg.models.identity import ModelIdentity
 from trained import assert_one_line_error, lungseg, read_gray
 
 hd = pytest.importorskip("highdicom")
@@ -32,6 +36,7 @@ def _xray(examples_dir: Path, folder: Path) -> dict[str, str]:
         "StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid(),
         "PatientID": "P-0042", "PatientName": "Doe^Jane", "StudyDate": "20240131",
         "StudyTime": "101500", "AccessionNumber": "ACC42", "SeriesNumber": 3,
+        "PatientOrientation": ["L", "F"], "BodyPartExamined": "CHEST",
     }  # fmt: skip
     (folder / "chest.dcm").write_bytes(dicom_bytes(raw, "MONOCHROME2", (0.15, 0.2), header=header))
     (folder / "minimal.dcm").write_bytes(dicom_bytes(raw, "MONOCHROME2"))
@@ -95,9 +100,33 @@ def test_dicom_seg_references_the_xray_and_holds_its_mask(tiny_run, examples_dir
     assert (right, left) == (int(row["right_lung_px"]), int(row["left_lung_px"]))
     assert pixels[:, :100, 0].sum() > pixels[:, :100, 1].sum()  # right lung: the image's left
 
+    # What readers other than highdicom need (OHIF, dcmqi, pydicom-seg, dciodvfy).
+    groups = seg.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in groups.PixelMeasuresSequence[0].PixelSpacing] == [0.15, 0.2]
+    assert [float(v) for v in groups.PlaneOrientationSequence[0].ImageOrientationPatient] == [
+        1,
+        0,
+        0,
+        0,
+        1,
+        0,
+    ]
+    assert list(seg.PatientOrientation) == ["L", "F"] and seg.BodyPartExamined == "CHEST"
+    assert str(seg.ContentCreatorName) == "lungseg^automatic"
+    assert all(len(s.RecommendedDisplayCIELabValue) == 3 for s in seg.SegmentSequence)
+    identity = load_model(tiny_run.run).identity
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmVersion == f"sha256:{identity.short_digest}"
+    assert f"weights_sha256={identity.digest}" in algorithm.AlgorithmParameters
+    assert "tta=no" in algorithm.AlgorithmParameters
+    assert identity.short_digest in seg.ManufacturerModelName
+    # Dates from the source, not the clock.
+    assert (seg.ContentDate, seg.SeriesDate, seg.InstanceCreationDate) == ("20240131",) * 3
+
     # The library function a web service calls: a DICOM file's bytes and a mask in, a SEG out.
-    direct = hd.seg.segread(io.BytesIO(dicom_seg_bytes((tmp_path / "in" / "chest.dcm")
-                                                       .read_bytes(), png)))  # fmt: skip
+    some_model = ModelIdentity("unet", "unet", "0" * 64)
+    chest = (tmp_path / "in" / "chest.dcm").read_bytes()
+    direct = hd.seg.segread(io.BytesIO(dicom_seg_bytes(chest, png, some_model)))
     np.testing.assert_array_equal(
         direct.get_pixels_by_source_instance(
             source_sop_instance_uids=[source.SOPInstanceUID], segment_numbers=[1, 2]
@@ -105,14 +134,11 @@ def test_dicom_seg_references_the_xray_and_holds_its_mask(tiny_run, examples_dir
         pixels,
     )
 
-    # Segmenting again gives the same UIDs: a PACS replaces the object, it does not pile up.
+    # Segmenting again gives the same bytes: a PACS replaces the object, it does not pile up.
+    first = (out / row["dicom_seg"]).read_bytes()
     code, _, stderr = lungseg([*argv, "--overwrite"], capsys)
     assert code == 0, stderr
-    again = pydicom.dcmread(out / row["dicom_seg"])
-    assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (
-        seg.SOPInstanceUID,
-        seg.SeriesInstanceUID,
-    )
+    assert (out / row["dicom_seg"]).read_bytes() == first
 
 
 def test_dicom_seg_needs_its_setting_to_resume(tiny_run, examples_dir, tmp_path, capsys):
