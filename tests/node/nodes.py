@@ -96,6 +96,11 @@ class NodeProcess:
     def status(self) -> dict:
         return json.loads((self.spool / "status.json").read_text())
 
+    def spool_counts(self) -> dict[str, int]:
+        """Files in each state of the spool."""
+        return {state: len(list((self.spool / state).iterdir()))
+                for state in ("received", "segmented", "failed")}  # fmt: skip
+
     def log(self) -> str:
         return (self.root / "node.log").read_text(errors="replace")
 

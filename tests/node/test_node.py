@@ -122,11 +122,11 @@ def test_kill_9_while_50_instances_arrive_loses_and_duplicates_nothing(
     thread = threading.Thread(target=sender, daemon=True)
     thread.start()
     rng = random.Random(21)
-    kills = 0
-    while not done.is_set() or kills < 3:
-        time.sleep(rng.uniform(0.2, 1.5))
+    states = []
+    for _ in range(3):  # while receiving, loading the model, segmenting, sending
+        time.sleep(rng.uniform(0.3, 2.5))
         node.kill()
-        kills += 1
+        states.append(node.spool_counts())
         node.start()
     thread.join(timeout=120)
     assert done.is_set()
@@ -135,7 +135,7 @@ def test_kill_9_while_50_instances_arrive_loses_and_duplicates_nothing(
     assert sorted(refs) == sorted(uids(films))
     assert all(len(segs) == 1 for segs in refs.values()), "an instance has several SEGs"
     wait_for(lambda: node.status()["queued"] == 0, 20, "an empty spool", node)
-    assert kills >= 3
+    assert any(s["received"] or s["segmented"] for s in states), states  # killed mid-work
 
 
 def test_results_wait_for_a_destination_that_is_down(orthanc, node_factory, examples_dir):

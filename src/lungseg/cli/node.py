@@ -50,10 +50,14 @@ def dicom_node_command(
     import logging
 
     from lungseg.errors import LungsegError
-    from lungseg.inference import load_model
     from lungseg.node.scp import Peer
     from lungseg.node.send import CStoreDestination, StowDestination
     from lungseg.node.service import Node, NodeSettings
+
+    def load():
+        from lungseg.inference import load_model
+
+        return load_model(weights or model, device=device)
 
     if (send_to is None) == (stow is None):
         raise LungsegError("give one destination: --send-to AE@host:port or --stow URL")
@@ -67,12 +71,11 @@ def dicom_node_command(
     # pynetdicom logs every association and the datasets' summaries at INFO: not patient data
     # the node's log should hold.
     logging.getLogger("pynetdicom").setLevel(logging.ERROR)
-    segmenter = load_model(weights or model, device=device)
     settings = NodeSettings(
         str(spool), ae_title=ae_title, host=host, port=port, allow=peers,
         batch_size=batch_size, max_backoff_s=max_backoff,
     )  # fmt: skip
-    node = Node(segmenter, settings, destination)
+    node = Node(load, settings, destination)
     node.start()
     try:
         node.wait()

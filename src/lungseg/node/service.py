@@ -1,5 +1,8 @@
 """The running node: the SCP's threads spool, one worker segments, one sender delivers.
 
+The node listens before the model is loaded (seconds on a busy machine): a restarted node takes
+studies at once, and what it spooled meanwhile waits for the model.
+
 Counts (since start) and the queues are written to ``<spool>/status.json`` whenever they
 change (at most every half second) and every few seconds otherwise, so a monitor sees a node
 that hangs as a file that stops changing. Logs name instances by a digest of their UID only.
@@ -11,15 +14,18 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from lungseg.inference import Segmenter
 from lungseg.io_utils import atomic_write_text
 from lungseg.node.scp import Peer, instance_ref, storage_ae
 from lungseg.node.send import Undelivered
 from lungseg.node.spool import Spool
-from lungseg.node.work import segment_instances, settings_id
+
+if TYPE_CHECKING:
+    from lungseg.inference import Segmenter
 
 log = logging.getLogger("lungseg.node")
 
@@ -55,17 +61,21 @@ class Node:
     """A DICOM node; :meth:`start` returns once it listens, :meth:`stop` ends it.
 
     Args:
-        segmenter: the model.
+        load: loads the model (called once, in the worker, after the node listens).
         settings: where to listen, whom to trust, the spool.
         destination: a :mod:`~lungseg.node.send` destination (``send(files)``).
     """
 
-    def __init__(self, segmenter: Segmenter, settings: NodeSettings, destination) -> None:
-        self.segmenter, self.settings, self.destination = segmenter, settings, destination
+    def __init__(self, load: Callable[[], Segmenter], settings: NodeSettings, destination) -> None:
+        self.settings, self.destination = settings, destination
+        self._load = load
+        self.segmenter: Segmenter | None = None
+        #: Why the node stopped on its own (the model could not be loaded), else None.
+        self.error: BaseException | None = None
         self.spool = Spool(settings.spool)
         self.counts = NodeCounts()
         self.destination_up = True
-        self._sid = settings_id(segmenter)
+        self._sid = ""
         self._wake_worker = threading.Condition()
         self._wake_sender = threading.Event()
         self._stopping = threading.Event()
@@ -105,9 +115,11 @@ class Node:
         self.write_status(force=True)
 
     def wait(self) -> None:
-        """Block until :meth:`stop` (or Ctrl-C)."""
+        """Block until :meth:`stop` (or Ctrl-C); raise what stopped the node on its own."""
         while not self._stopping.wait(1.0):
             pass
+        if self.error is not None:
+            raise self.error
 
     # The SCP's threads
     def _store(self, uid: str, data: bytes) -> None:
@@ -124,6 +136,17 @@ class Node:
 
     # The worker
     def _work_loop(self) -> None:
+        try:
+            from lungseg.node.work import settings_id
+
+            self.segmenter = self._load()
+        except BaseException as exc:  # reported by wait(), in the main thread
+            self.error = exc
+            self._stopping.set()
+            return
+        self._sid = settings_id(self.segmenter)
+        log.info("model %s loaded", self.segmenter.name)
+        self.write_status(force=True)
         size = self.settings.batch_size
         while not self._stopping.is_set():
             waiting = self.spool.received()
@@ -141,6 +164,8 @@ class Node:
             self._segment(waiting[:size])
 
     def _segment(self, uids: list[str]) -> None:
+        from lungseg.node.work import segment_instances
+
         instances = []
         for uid in uids:
             try:
@@ -199,6 +224,7 @@ class Node:
         queued = self.spool.counts()
         return {
             "ae_title": self.settings.ae_title,
+            "model": self.segmenter.name if self.segmenter is not None else "loading",
             "port": self.settings.port,
             "destination": str(self.destination),
             "destination_up": self.destination_up,
