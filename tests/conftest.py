@@ -68,3 +68,18 @@ def covid_subset30(covid_cxr: Path, tmp_path_factory: pytest.TempPathFactory) ->
         for kind in ("images", "masks"):
             shutil.copy(covid_cxr / "COVID" / kind / image.name, root / "COVID" / kind / image.name)
     return root
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory):
+    """A real Orthanc PACS with DICOMweb on 127.0.0.1 for the session (``tests/orthanc.py``);
+    skips where Debian's ``orthanc`` and ``orthanc-dicomweb`` are not installed. Shared: a test
+    stores instances of its own UIDs (or calls ``clear()``), and one that stops it starts its own
+    (``orthanc.start(folder)``) instead."""
+    from orthanc import orthanc_missing, start
+
+    missing = orthanc_missing()
+    if missing:
+        pytest.skip(missing)
+    with start(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server

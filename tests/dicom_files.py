@@ -26,7 +26,7 @@ def dicom_bytes(
         window: ``(center, width)`` of the VOI window.
         rows_cols: declared size, when it should differ from ``raw`` (a forged header).
         header: more attributes by keyword (patient, study and series), as an archive's files
-            have them.
+            have them; they may replace the defaults (SOPClassUID, BitsStored, HighBit...).
     """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -57,6 +57,10 @@ def dicom_bytes(
         ds.PixelSpacing = list(spacing)
     for keyword, value in (header or {}).items():
         setattr(ds, keyword, value)
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = (
+        ds.SOPClassUID,
+        ds.SOPInstanceUID,
+    )
     ds.PixelData = raw.astype("<u2").tobytes()
     buf = io.BytesIO()
     pydicom.dcmwrite(buf, ds, enforce_file_format=True)
