@@ -1,4 +1,4 @@
-"""Fixtures of the DICOM node's tests: a real Orthanc and the node as a process."""
+"""Fixtures of the DICOM node's tests: a PACS of their own and the node as a process."""
 
 from __future__ import annotations
 
@@ -6,25 +6,33 @@ from pathlib import Path
 
 import pytest
 from nodes import NodeProcess
-from pacs import Orthanc
 
 
 @pytest.fixture
-def orthanc(tmp_path: Path):
-    pacs = Orthanc(tmp_path / "orthanc")
-    yield pacs
-    pacs.stop()
+def pacs(tmp_path: Path):
+    """A real Orthanc of this test's own (``tests/orthanc.py``): the tests stop it, and count
+    every SEG and SR it holds."""
+    from orthanc import orthanc_missing, start
+
+    missing = orthanc_missing()
+    if missing:
+        pytest.skip(missing)
+    with start(tmp_path / "orthanc") as server:
+        yield server
 
 
 @pytest.fixture
-def node_factory(tmp_path: Path, tiny_run):
-    """``make(destination_args, allow)``: a started node process (stopped after the test)."""
+def node_factory(tmp_path: Path, tiny_run, pacs):
+    """``make(allow)``: a started node process that sends its results to ``pacs`` by C-STORE
+    (declared there as the modality ``lungseg``); stopped after the test."""
     started: list[NodeProcess] = []
 
-    def make(destination: list[str], allow: list[str]) -> NodeProcess:
+    def make(allow: list[str]) -> NodeProcess:
+        destination = [f"--send-to={pacs.aet}@127.0.0.1:{pacs.dicom_port}"]
         node = NodeProcess(tmp_path / f"node{len(started)}", tiny_run.run, destination, allow)
         node.root.mkdir()
         started.append(node)
+        pacs.add_modality("lungseg", "LUNGSEG", node.port)
         node.start()
         return node
 

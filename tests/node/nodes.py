@@ -14,14 +14,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pydicom
-from pacs import free_port
 
 from dicom_files import dicom_bytes
+from orthanc import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 #: The AE title the tests send from (trusted by the node).
 SENDER = "TESTSCU"
-SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 def chest_films(examples: Path, n: int, studies: int = 1, **header) -> list[bytes]:

@@ -13,25 +13,44 @@ import time
 
 import pydicom
 import pytest
-from nodes import SEG_CLASS, SENDER, c_store, chest_films, uids
+from nodes import SENDER, c_store, chest_films, uids
+
+from orthanc import value
 
 pytestmark = pytest.mark.slow
 
 
-def seg_references(orthanc) -> dict[str, list[str]]:
-    """Source SOP Instance UID -> the SOP Instance UIDs of the SEGs in Orthanc that reference
-    it (found by QIDO-RS, then read from each SEG's ReferencedSeriesSequence)."""
-    found: dict[str, list[str]] = {}
-    for match in orthanc.qido(f"SOPClassUID={SEG_CLASS}&limit=1000"):
-        study = match["0020000D"]["Value"][0]
-        series = match["0020000E"]["Value"][0]
-        sop = match["00080018"]["Value"][0]
-        seg = pydicom.dcmread(io.BytesIO(orthanc.wado(study, series, sop)))
-        assert seg.StudyInstanceUID == study  # the SEG is filed in its source's study
-        for ref_series in seg.ReferencedSeriesSequence:
-            for ref in ref_series.ReferencedInstanceSequence:
-                found.setdefault(str(ref.ReferencedSOPInstanceUID), []).append(sop)
+def results(pacs) -> dict[str, dict[str, list[str]]]:
+    """Source SOP Instance UID -> ``{"SEG": [...], "SR": [...]}``: the SOP Instance UIDs of the
+    SEGs and SRs in the PACS that reference it, found by QIDO-RS and read by WADO-RS (a SEG by
+    its ReferencedSeriesSequence, an SR by the evidence it lists, which also names its SEG)."""
+    objects: dict[str, dict[str, set[str]]] = {}
+    # SRs first: a node sends a SEG before the SR that names it, so every SR listed here has
+    # its SEG in the PACS when the SEGs are listed.
+    for modality in ("SR", "SEG"):
+        for match in pacs.qido("instances", Modality=modality, limit="1000"):
+            study, series, sop = (value(match, t) for t in ("0020000D", "0020000E", "00080018"))
+            ds = pydicom.dcmread(io.BytesIO(pacs.wado(study, series, sop)[0]))
+            assert ds.StudyInstanceUID == study  # filed in the study of its source
+            objects.setdefault(modality, {})[sop] = set(referenced(ds))
+    segs = set(objects.get("SEG", {}))
+    found: dict[str, dict[str, list[str]]] = {}
+    for modality, refs_of in objects.items():
+        for sop, refs in refs_of.items():
+            if modality == "SR":
+                assert refs & segs, "the SR names no SEG in the PACS"
+            for ref in refs - segs:
+                found.setdefault(ref, {"SEG": [], "SR": []})[modality].append(sop)
     return found
+
+
+def referenced(ds) -> list[str]:
+    """Every ReferencedSOPInstanceUID in a dataset, at any depth."""
+    uids = []
+    for element in ds.iterall():
+        if element.keyword == "ReferencedSOPInstanceUID":
+            uids.append(str(element.value))
+    return uids
 
 
 def wait_for(predicate, timeout: float, what: str, node=None):
@@ -45,26 +64,27 @@ def wait_for(predicate, timeout: float, what: str, node=None):
     raise AssertionError(f"timed out waiting for {what}\n{detail}")
 
 
-def segs_for(orthanc, n: int, node, timeout: float = 60) -> dict[str, list[str]]:
-    return wait_for(lambda: (r := seg_references(orthanc)) and len(r) >= n and r, timeout,
-                    f"{n} SEGs in Orthanc", node)  # fmt: skip
+def results_for(pacs, films: list[bytes], node, timeout: float = 60) -> None:
+    """Wait until every film has its SEG and SR in the PACS; assert exactly one of each."""
+
+    def complete():
+        found = results(pacs)
+        return found if all(len(found.get(u, {}).get("SR", [])) for u in uids(films)) else None
+
+    found = wait_for(complete, timeout, f"a SEG and an SR for each of {len(films)} films", node)
+    assert sorted(found) == sorted(uids(films))
+    for uid, objects in found.items():
+        assert len(objects["SEG"]) == 1 and len(objects["SR"]) == 1, (uid, objects)
 
 
-def to_orthanc(orthanc) -> list[str]:
-    return [f"--send-to={orthanc.AE}@127.0.0.1:{orthanc.dicom_port}"]
-
-
-def test_orthanc_routes_a_study_and_gets_the_segs_back(orthanc, node_factory, examples_dir):
-    node = node_factory(to_orthanc(orthanc), [f"{orthanc.AE}@127.0.0.1"])
-    orthanc.add_modality("lungseg", "LUNGSEG", node.port)
+def test_orthanc_routes_a_study_and_gets_seg_and_sr_back(pacs, node_factory, examples_dir):
+    node = node_factory([f"{pacs.aet}@127.0.0.1"])
     frontal = chest_films(examples_dir, 3)
     lateral = chest_films(examples_dir, 1, ViewPosition="LL")
-    ids = [orthanc.upload(f) for f in frontal + lateral]
-    orthanc.route("lungseg", ids)
+    ids = [pacs.upload(f)["ID"] for f in frontal + lateral]
+    pacs.store_to("lungseg", ids)  # what a routing rule does
 
-    refs = segs_for(orthanc, 3, node)
-    assert sorted(refs) == sorted(uids(frontal))  # the lateral view is skipped
-    assert all(len(segs) == 1 for segs in refs.values())
+    results_for(pacs, frontal, node)  # and none for the lateral view
     status = wait_for(lambda: (s := node.status())["done"] == 3 and s, 10, "status", node)
     counts = [status[k] for k in ("received", "skipped", "failed", "queued")]
     assert counts == [3, 1, 0, 0]
@@ -75,9 +95,9 @@ def test_orthanc_routes_a_study_and_gets_the_segs_back(orthanc, node_factory, ex
 
 @pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk not installed")
 def test_storescu_sends_echoscu_echoes_and_strangers_are_refused(
-    orthanc, node_factory, examples_dir, tmp_path
+    pacs, node_factory, examples_dir, tmp_path
 ):
-    node = node_factory(to_orthanc(orthanc), [f"{SENDER}@127.0.0.1", "OTHER@127.0.0.2"])
+    node = node_factory([f"{SENDER}@127.0.0.1", "OTHER@127.0.0.2"])
     films = chest_films(examples_dir, 2)
     paths = []
     for i, film in enumerate(films):
@@ -91,20 +111,21 @@ def test_storescu_sends_echoscu_echoes_and_strangers_are_refused(
     assert dcmtk("echoscu", SENDER).returncode == 0
     sent = dcmtk("storescu", SENDER, *paths)
     assert sent.returncode == 0, sent.stderr
-    assert sorted(segs_for(orthanc, 2, node)) == sorted(uids(films))
+    results_for(pacs, films, node)
 
     for stranger in ("STRANGER", "OTHER"):  # an unknown AE; a known AE from the wrong host
         refused = dcmtk("storescu", stranger, paths[0])
         assert refused.returncode != 0
         assert "Association Rejected" in refused.stderr + refused.stdout
+    assert dcmtk("echoscu", "STRANGER").returncode != 0
     assert node.status()["received"] == 2
     assert "refused association from STRANGER@127.0.0.1" in node.log()
 
 
 def test_kill_9_while_50_instances_arrive_loses_and_duplicates_nothing(
-    orthanc, node_factory, examples_dir
+    pacs, node_factory, examples_dir
 ):
-    node = node_factory(to_orthanc(orthanc), [f"{SENDER}@127.0.0.1"])
+    node = node_factory([f"{SENDER}@127.0.0.1"])
     films = chest_films(examples_dir, 50, studies=5)
     done = threading.Event()
 
@@ -131,24 +152,25 @@ def test_kill_9_while_50_instances_arrive_loses_and_duplicates_nothing(
     thread.join(timeout=120)
     assert done.is_set()
 
-    refs = segs_for(orthanc, 50, node, timeout=90)
-    assert sorted(refs) == sorted(uids(films))
-    assert all(len(segs) == 1 for segs in refs.values()), "an instance has several SEGs"
+    results_for(pacs, films, node, timeout=90)
+    assert len(pacs.qido("instances", Modality="SEG", limit="1000")) == 50
+    assert len(pacs.qido("instances", Modality="SR", limit="1000")) == 50
     wait_for(lambda: node.status()["queued"] == 0, 20, "an empty spool", node)
     assert any(s["received"] or s["segmented"] for s in states), states  # killed mid-work
 
 
-def test_results_wait_for_a_destination_that_is_down(orthanc, node_factory, examples_dir):
-    node = node_factory(to_orthanc(orthanc), [f"{SENDER}@127.0.0.1"])
-    orthanc.stop()
+def test_results_wait_for_a_destination_that_is_down(pacs, node_factory, examples_dir):
+    node = node_factory([f"{SENDER}@127.0.0.1"])
+    pacs.stop()
     films = chest_films(examples_dir, 4)
     assert all(c_store(node.port, films))
-    status = wait_for(lambda: (s := node.status())["to_send"] == 4 and s, 30, "queued", node)
-    assert status["destination_up"] is False
+    status = wait_for(lambda: (s := node.status())["destination_up"] is False and s, 30,
+                      "the node to see the destination down", node)  # fmt: skip
+    assert status["to_send"] + status["to_segment"] == 4
     time.sleep(3)  # several tries (backoff at most 1 s here), one log line
     assert node.log().count("result(s) queued") == 1
 
-    orthanc.start()
-    assert sorted(segs_for(orthanc, 4, node)) == sorted(uids(films))
+    pacs.start()
+    results_for(pacs, films, node)
     assert wait_for(lambda: node.status()["destination_up"], 10, "destination up", node)
     assert "is back" in node.log()

@@ -45,7 +45,7 @@ def dicom_node_command(
         float, typer.Option(help="Longest wait in seconds between tries of a destination down.")
     ] = 60.0,
 ) -> None:
-    """Receive chest X-rays by C-STORE, segment them and send a DICOM SEG of each back;
+    """Receive chest X-rays by C-STORE, segment them and send a DICOM SEG and SR of each back;
     nothing spooled is lost by a crash (restart it with the same --spool)."""
     import logging
 

@@ -53,6 +53,14 @@ def segment_command(
             "--dicom-seg", help="Also write a DICOM SEG per DICOM input (needs lungseg[dicom])."
         ),
     ] = False,
+    dicom_sr: Annotated[
+        bool,
+        typer.Option(
+            "--dicom-sr",
+            help="Also write a DICOM SR (TID 1500) of the lung areas per DICOM input, "
+            "referencing its SEG (needs lungseg[dicom]).",
+        ),
+    ] = False,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -91,7 +99,8 @@ def segment_command(
     )
     try:
         result = segment_files(
-            segmenter, inputs, out, overlays=overlays, dicom_seg=dicom_seg, shard=the_shard,
+            segmenter, inputs, out, overlays=overlays, dicom_seg=dicom_seg, dicom_sr=dicom_sr,
+            shard=the_shard,
             overwrite=overwrite, batch_size=batch_size, workers=workers,
         )  # fmt: skip
     except SegmentInterrupted as exc:

@@ -39,6 +39,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lungseg.dicom.header import DISPLAY, Orientation
+from lungseg.dicom.header import orientation as dicom_orientation
+from lungseg.dicom.header import spacing as dicom_spacing_source
 from lungseg.errors import LungsegError
 
 #: Largest image we agree to decode, in pixels (a decompression-bomb guard). The biggest real
@@ -66,13 +69,20 @@ class Decoded:
 
     Attributes:
         pixels: ``uint8[H, W]`` grayscale.
-        spacing: pixel spacing ``(row_mm, col_mm)`` when the file states it (DICOM), else None.
+        spacing: pixel spacing ``(row_mm, col_mm)`` at the patient where the file states it
+            (DICOM; :func:`lungseg.dicom.header.spacing`), else None.
         mode: the colour mode found in the file (``L``, ``RGB``, ``RGBA``, ``I;16``, ``DICOM``...).
+        spacing_source: which attribute ``spacing`` comes from and what it means
+            (``PixelSpacing``, ``ImagerPixelSpacing at detector``...); empty without a spacing.
+        orientation: how the pixels map onto the conventional display, from the DICOM header's
+            ``PatientOrientation``, else assumed (:mod:`lungseg.dicom.header`).
     """
 
     pixels: np.ndarray
     spacing: tuple[float, float] | None = None
     mode: str = "L"
+    spacing_source: str = ""
+    orientation: Orientation = DISPLAY
 
 
 def read_file(path: str | Path, name: str) -> bytes:
@@ -112,7 +122,7 @@ def check_header(data: bytes, name: str) -> tuple[int, int]:
         )
     if fmt == "dicom":
         ds = _read_dicom(data, name, pixels=False)
-        height, width = int(ds.Rows), int(ds.Columns)
+        height, width = _dicom_size(ds, name)
     else:
         from PIL import Image, UnidentifiedImageError
 
@@ -327,17 +337,66 @@ def _read_dicom(data: bytes, name: str, pixels: bool = True):
     return ds
 
 
+def _dicom_size(ds, name: str) -> tuple[int, int]:
+    """``(Rows, Columns)``, after refusing from the header alone what must not be decoded: more
+    pixels in all frames than :data:`MAX_PIXELS` (a file of thousands of frames would be
+    decoded whole), or several frames (which one is the radiograph is not ours to guess)."""
+    try:
+        height, width = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise LungsegError(
+            "DICOM file has an unreadable Rows, Columns or NumberOfFrames", name
+        ) from None
+    if height * width * max(frames, 1) > MAX_PIXELS:
+        raise LungsegError(
+            f"declared size {frames} frame(s) of {width}x{height} "
+            f"({height * width * frames / 1e6:.0f} MP) exceeds the {MAX_PIXELS / 1e6:.0f} MP "
+            "limit (possible decompression bomb)",
+            name,
+        )
+    if frames > 1:
+        raise LungsegError(
+            f"multi-frame DICOM ({frames} frames) is not supported; send the radiograph as a "
+            "single-frame file",
+            name,
+        )
+    return height, width
+
+
+def _pixel_array(ds, name: str) -> np.ndarray:
+    """The pixels of a single-frame file, or one line on why they cannot be decoded (which
+    compression, and what to install), never a decoder's multi-line message."""
+    from pydicom.pixels.decoders.base import get_decoder
+
+    syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in ds else None
+    label = f"{syntax.name} ({syntax})" if syntax is not None else "an unknown transfer syntax"
+    try:
+        decoder = get_decoder(syntax) if syntax is not None else None
+    except NotImplementedError:
+        raise LungsegError(f"DICOM pixel data in {label} is not supported", name) from None
+    if decoder is not None and not decoder.is_available:
+        raise LungsegError(
+            f"cannot decode DICOM pixel data in {label}: no decoder installed "
+            "(pip install 'lungseg[dicom]')",
+            name,
+        )
+    try:
+        return ds.pixel_array
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LungsegError(f"cannot decode DICOM pixel data in {label} ({first})", name) from None
+
+
 def _decode_dicom(data: bytes, name: str) -> Decoded:
     ds = _read_dicom(data, name)
-    try:
-        raw = ds.pixel_array
-    except Exception as exc:
-        raise LungsegError(f"cannot decode DICOM pixel data ({exc})", name) from None
-    if raw.ndim == 3 and int(getattr(ds, "SamplesPerPixel", 1)) == 1:
-        raw = raw[0]  # a multi-frame file: radiographs have one frame that matters
+    _dicom_size(ds, name)
+    raw = _pixel_array(ds, name)
+    spacing, source = dicom_spacing_source(ds)
+    meaning = {"spacing": spacing, "spacing_source": source, "orientation": dicom_orientation(ds)}
     if raw.ndim == 3:  # RGB DICOM (secondary captures)
         bgr = np.ascontiguousarray(raw[..., ::-1])
-        return Decoded(to_gray8(bgr, name).pixels, spacing=dicom_spacing(ds), mode="DICOM")
+        return Decoded(to_gray8(bgr, name).pixels, mode="DICOM", **meaning)
     if np.issubdtype(raw.dtype, np.floating):
         require_finite(raw, name)
     try:
@@ -346,7 +405,7 @@ def _decode_dicom(data: bytes, name: str) -> Decoded:
         raise LungsegError(f"cannot apply the DICOM grey-level transforms ({exc})", name) from None
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         pixels = 255 - pixels
-    return Decoded(pixels, spacing=dicom_spacing(ds), mode="DICOM")
+    return Decoded(pixels, mode="DICOM", **meaning)
 
 
 def _dicom_grey(raw: np.ndarray, ds) -> np.ndarray:
@@ -378,17 +437,6 @@ def _voi_output_range(ds) -> tuple[float, float]:
         slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
         low, high = low * slope + intercept, high * slope + intercept
     return low, high
-
-
-def dicom_spacing(ds) -> tuple[float, float] | None:
-    """Pixel spacing in mm, from PixelSpacing or (for projection radiographs) ImagerPixelSpacing."""
-    for key in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(key)
-        if value is not None and len(value) == 2:
-            row, col = float(value[0]), float(value[1])
-            if row > 0 and col > 0:
-                return row, col
-    return None
 
 
 #: A mask may hold at most this many distinct grey levels outside the two extremes as a share of

@@ -75,7 +75,6 @@ class Node:
         self.spool = Spool(settings.spool)
         self.counts = NodeCounts()
         self.destination_up = True
-        self._sid = ""
         self._wake_worker = threading.Condition()
         self._wake_sender = threading.Event()
         self._stopping = threading.Event()
@@ -137,14 +136,11 @@ class Node:
     # The worker
     def _work_loop(self) -> None:
         try:
-            from lungseg.node.work import settings_id
-
             self.segmenter = self._load()
         except BaseException as exc:  # reported by wait(), in the main thread
             self.error = exc
             self._stopping.set()
             return
-        self._sid = settings_id(self.segmenter)
         log.info("model %s loaded", self.segmenter.name)
         self.write_status(force=True)
         size = self.settings.batch_size
@@ -172,8 +168,7 @@ class Node:
                 instances.append((uid, self.spool.read(uid)))
             except FileNotFoundError:  # a resent instance already done by this batch's peer
                 continue
-        for outcome in segment_instances(self.segmenter, instances, self.settings.batch_size,
-                                         self._sid):  # fmt: skip
+        for outcome in segment_instances(self.segmenter, instances, self.settings.batch_size):
             if outcome.problem:
                 log.warning("instance %s failed: %s", instance_ref(outcome.uid), outcome.problem)
                 self.spool.failed(outcome.uid, outcome.problem)

@@ -8,7 +8,9 @@ local folder or ``az://CONTAINER/PREFIX``, in the layout described in
   input, extension included, so two inputs never share an output);
 * ``overlays/<key>.jpg`` (``overlays=True``) - the X-ray with the lungs tinted and outlined;
 * ``dicom-seg/<key>.dcm`` (``dicom_seg=True``, DICOM inputs) - a DICOM Segmentation
-  (:mod:`lungseg.segment.dicom_seg`);
+  (:mod:`lungseg.dicom.seg`);
+* ``dicom-sr/<key>.dcm`` (``dicom_sr=True``, DICOM inputs) - a DICOM SR measurement report
+  (TID 1500) of the lung areas, referencing the SEG (:mod:`lungseg.dicom.sr`);
 * a row of ``measurements.csv`` - the image's key and file, its outputs, lung area in pixels and
   as a share of the image, right and left lung separately (the patient's right lung is on the
   image's left, as radiographs are viewed), areas in cm² when the file states its pixel spacing
@@ -23,7 +25,7 @@ machines (:mod:`lungseg.segment.shard`), and stream their input (:mod:`lungseg.s
 Modules: :mod:`~lungseg.segment.inputs` (what is read), :mod:`~lungseg.segment.outputs` (where
 it goes), :mod:`~lungseg.segment.ledger` (the record that makes runs resumable and mergeable),
 :mod:`~lungseg.segment.shard`, :mod:`~lungseg.segment.pipeline`, :mod:`~lungseg.segment.measure`,
-:mod:`~lungseg.segment.render` (mask PNG, overlay JPEG), :mod:`~lungseg.segment.dicom_seg`.
+:mod:`~lungseg.segment.render` (mask PNG, overlay JPEG); DICOM outputs: :mod:`lungseg.dicom`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from typing import Any
 from lungseg.config import to_dict
 from lungseg.errors import LungsegError
 from lungseg.inference import Segmenter
-from lungseg.segment.dicom_seg import dicom_seg_bytes
 from lungseg.segment.inputs import AzureInputs, find_images, no_images, open_inputs
 from lungseg.segment.ledger import (
     LEDGER_ROWS,
@@ -62,7 +63,6 @@ __all__ = [
     "MEASUREMENT_COLUMNS",
     "SegmentInterrupted",
     "SegmentResult",
-    "dicom_seg_bytes",
     "find_images",
     "lung_areas",
     "lung_sides",
@@ -76,7 +76,7 @@ __all__ = [
 ]
 
 #: Bumped when the outputs of the same model and settings change (their format or content).
-OUTPUTS_VERSION = 1
+OUTPUTS_VERSION = 2
 
 
 class SegmentInterrupted(LungsegError):
@@ -114,7 +114,9 @@ class SegmentResult:
         return self.merged.most_uncertain if self.merged is not None else []
 
 
-def run_settings(segmenter: Segmenter, overlays: bool, dicom_seg: bool) -> dict[str, Any]:
+def run_settings(
+    segmenter: Segmenter, overlays: bool, dicom_seg: bool, dicom_sr: bool = False
+) -> dict[str, Any]:
     """What the outputs depend on, recorded in ``segment.json``: a run with other settings into
     the same output is refused (batch size, device and workers do not change the outputs)."""
     info = segmenter.info or {}
@@ -127,6 +129,7 @@ def run_settings(segmenter: Segmenter, overlays: bool, dicom_seg: bool) -> dict[
         "tta": info.get("tta"),
         "overlays": overlays,
         "dicom_seg": dicom_seg,
+        "dicom_sr": dicom_sr,
         "outputs": OUTPUTS_VERSION,
     }
 
@@ -158,6 +161,7 @@ def segment_files(
     *,
     overlays: bool = False,
     dicom_seg: bool = False,
+    dicom_sr: bool = False,
     shard: Shard | str | None = None,
     overwrite: bool = False,
     batch_size: int | None = None,
@@ -174,6 +178,7 @@ def segment_files(
         out: a local folder or ``az://CONTAINER/PREFIX``.
         overlays: also write ``overlays/<key>.jpg``.
         dicom_seg: also write ``dicom-seg/<key>.dcm`` for DICOM inputs (``lungseg[dicom]``).
+        dicom_sr: also write ``dicom-sr/<key>.dcm``, the lung areas as a TID 1500 report.
         shard: ``"K/N"`` or a :class:`Shard`; default: from the scheduler's environment
             (:func:`~lungseg.segment.shard.resolve_shard`).
         overwrite: redo every image (see :func:`~lungseg.segment.ledger.open_run`); needed to
@@ -211,7 +216,7 @@ def segment_files(
         if isinstance(source, AzureInputs):
             raise LungsegError(f"no images: {source.nothing_found()}", source.description)
         raise LungsegError(no_images(source.description))
-    settings = run_settings(segmenter, overlays, dicom_seg)
+    settings = run_settings(segmenter, overlays, dicom_seg, dicom_sr)
     with sink.lock(f"{LOCKS}/{shard.name}", "segment"):
         sid = open_run(sink, settings, shard, overwrite)
         done = done_set(sink, sid, shard)
@@ -219,7 +224,7 @@ def segment_files(
         ledger.reopen()
         pipeline = Pipeline(
             segmenter, source, sink, ledger, sid, overlays=overlays, dicom_seg=dicom_seg,
-            batch_size=batch_size, workers=workers, progress=progress,
+            dicom_sr=dicom_sr, batch_size=batch_size, workers=workers, progress=progress,
         )  # fmt: skip
         counts = pipeline.counts
 

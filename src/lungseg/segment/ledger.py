@@ -7,6 +7,7 @@ Layout of an output (a local folder or ``az://CONTAINER/PREFIX``, the same eithe
     masks/<key>.png                     1-bit mask at the image's resolution
     overlays/<key>.jpg                  with --overlays
     dicom-seg/<key>.dcm                 with --dicom-seg, for DICOM inputs
+    dicom-sr/<key>.dcm                  with --dicom-sr, for DICOM inputs (the TID 1500 report)
     parts/<settings id>/shard-K-of-N/   the ledger of shard K of N: 000000.csv, 000001.csv...
                                         one row per image done (or failed), and complete.json
                                         once the shard has done all its images
@@ -48,15 +49,16 @@ from lungseg.segment.shard import Shard
 
 FORMAT = "lungseg-segment/1"
 MANIFEST = "segment.json"
-MASKS, OVERLAYS, DICOM_SEG = "masks", "overlays", "dicom-seg"
+MASKS, OVERLAYS, DICOM_SEG, DICOM_SR = "masks", "overlays", "dicom-seg", "dicom-sr"
 PARTS, LOCKS = "parts", ".locks"
 MEASUREMENTS, ERRORS, QC = "measurements.csv", "errors.csv", "qc.json"
 COMPLETE = "complete.json"
 
 MEASUREMENT_COLUMNS = (
-    "key", "file", "mask", "overlay", "dicom_seg", "height", "width", "lung_px", "lung_fraction",
-    "right_lung_px", "left_lung_px", "spacing_mm", "lung_cm2", "right_lung_cm2",
-    "left_lung_cm2", "uncertain_fraction", "review",
+    "key", "file", "mask", "overlay", "dicom_seg", "dicom_sr", "height", "width", "lung_px",
+    "lung_fraction", "orientation", "right_lung_px", "left_lung_px", "spacing_mm",
+    "spacing_source", "lung_cm2", "right_lung_cm2", "left_lung_cm2", "uncertain_fraction",
+    "review",
 )  # fmt: skip
 ERROR_COLUMNS = ("key", "file", "problem")
 LEDGER_COLUMNS = ("key", "version", "status", "done_at", "problem", *MEASUREMENT_COLUMNS[1:])
@@ -83,6 +85,7 @@ def output_names(key: str) -> dict[str, str]:
         "mask": f"{MASKS}/{key}.png",
         "overlay": f"{OVERLAYS}/{key}.jpg",
         "dicom_seg": f"{DICOM_SEG}/{key}.dcm",
+        "dicom_sr": f"{DICOM_SR}/{key}.dcm",
     }
 
 
@@ -176,7 +179,7 @@ def _differences(found: dict[str, Any], settings: dict[str, Any]) -> str:
 
 def clear(sink: Sink) -> None:
     """Delete every file segment writes (not the locks)."""
-    for folder in (MASKS, OVERLAYS, DICOM_SEG, PARTS):
+    for folder in (MASKS, OVERLAYS, DICOM_SEG, DICOM_SR, PARTS):
         delete_folder(sink, folder)
     sink.delete([MEASUREMENTS, ERRORS, QC, MANIFEST])
 

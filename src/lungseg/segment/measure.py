@@ -4,6 +4,10 @@
 segmented image at full resolution (up to 15 MP), so it avoids whole-image passes where it can:
 the columns of the mask are counted once, and only a group of columns that crosses the midline
 needs connected components (on its own columns). The rule is the same either way.
+
+Right and left are the patient's: a DICOM film stored mirrored or rotated is measured in the
+conventional display its ``PatientOrientation`` gives (:class:`~lungseg.dicom.header.Orientation`);
+for other files that display is assumed, and the row's ``orientation`` says which.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from lungseg.dicom.header import DISPLAY, Orientation
 from lungseg.quality import review_reason
 
 #: Share of a component's pixels that must lie on each side of the midline for it to be taken
@@ -37,8 +42,10 @@ class _Part(NamedTuple):
     cut: int | None = None
 
 
-def lung_areas(mask: np.ndarray) -> tuple[int, int]:
+def lung_areas(mask: np.ndarray, orientation: Orientation = DISPLAY) -> tuple[int, int]:
     """``bool[H, W]`` -> (right lung px, left lung px) in the patient's frame.
+
+    The rule below is applied to the mask as :meth:`Orientation.to_display` shows it.
 
     Each connected component (8-connectivity) goes to the side of the image its centroid lies
     on; the image's left half holds the patient's right lung in a frontal radiograph. A
@@ -47,6 +54,7 @@ def lung_areas(mask: np.ndarray) -> tuple[int, int]:
     heart): it is cut at its narrowest column in the middle of the image, where the mediastinum
     is.
     """
+    mask = orientation.to_display(mask)
     sides = {RIGHT: 0, LEFT: 0}
     for part in _parts(mask):
         if part.cut is None:
@@ -58,9 +66,11 @@ def lung_areas(mask: np.ndarray) -> tuple[int, int]:
     return sides[RIGHT], sides[LEFT]
 
 
-def lung_sides(mask: np.ndarray) -> np.ndarray:
+def lung_sides(mask: np.ndarray, orientation: Orientation = DISPLAY) -> np.ndarray:
     """``bool[H, W]`` -> ``uint8[H, W]``: 0 background, :data:`RIGHT` (1) and :data:`LEFT` (2)
-    for the patient's right and left lung, split as :func:`lung_areas` counts them."""
+    for the patient's right and left lung, split as :func:`lung_areas` counts them, on the
+    stored grid of ``mask``."""
+    mask = orientation.to_display(mask)
     sides = np.zeros(mask.shape, np.uint8)
     for part in _parts(mask):
         view = sides[:, part.start : part.stop]
@@ -71,7 +81,7 @@ def lung_sides(mask: np.ndarray) -> np.ndarray:
             left_of_cut = (np.arange(part.start, part.stop) < part.cut)[None, :]
             view[pixels & left_of_cut] = RIGHT
             view[pixels & ~left_of_cut] = LEFT
-    return sides
+    return np.ascontiguousarray(orientation.from_display(sides))
 
 
 def _parts(mask: np.ndarray) -> list[_Part]:
@@ -143,18 +153,23 @@ def measure(
     mask: np.ndarray,
     spacing: tuple[float, float] | None,
     uncertainty: float | None = None,
+    *,
+    spacing_source: str = "",
+    orientation: Orientation = DISPLAY,
 ) -> dict:
     """The measurements of one mask at the image's resolution, as a row of
     ``measurements.csv`` (``uncertainty``: the image's
     :func:`~lungseg.quality.uncertain_fraction`, blank when not given; ``review``: why the mask
-    needs a look, :func:`~lungseg.quality.review_reason`)."""
+    needs a look, :func:`~lungseg.quality.review_reason`; ``spacing_source`` and
+    ``orientation``: as :class:`~lungseg.data.io.Decoded` has them)."""
     h, w = mask.shape
-    right, left = lung_areas(mask)
+    right, left = lung_areas(mask, orientation)
     total = right + left
     row = {
         "key": key, "file": file, "height": h, "width": w, "lung_px": total,
         "lung_fraction": round(total / (h * w), 6), "right_lung_px": right, "left_lung_px": left,
-        "spacing_mm": "", "lung_cm2": "", "right_lung_cm2": "", "left_lung_cm2": "",
+        "orientation": orientation.source,
+        "spacing_mm": "", "spacing_source": "", "lung_cm2": "", "right_lung_cm2": "", "left_lung_cm2": "",
         "uncertain_fraction": "" if uncertainty is None else round(float(uncertainty), 6),
         "review": review_reason(mask, uncertainty),
     }  # fmt: skip
@@ -162,6 +177,7 @@ def measure(
         cm2 = spacing[0] * spacing[1] / 100.0
         row.update(
             spacing_mm=f"{spacing[0]:.4f}x{spacing[1]:.4f}",
+            spacing_source=spacing_source,
             lung_cm2=round(total * cm2, 3),
             right_lung_cm2=round(right * cm2, 3),
             left_lung_cm2=round(left * cm2, 3),

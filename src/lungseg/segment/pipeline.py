@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from lungseg.data.io import decode_image, sniff_format
+from lungseg.dicom.header import Orientation
 from lungseg.errors import LungsegError
 from lungseg.inference import Segmenter
 from lungseg.quality import uncertain_fraction
-from lungseg.segment.dicom_seg import dicom_seg_bytes, read_header
 from lungseg.segment.inputs import Inputs, Item
 from lungseg.segment.ledger import Ledger, now, output_names
 from lungseg.segment.measure import measure
@@ -49,8 +49,10 @@ class Loaded:
     inputs: list[np.ndarray]
     #: The decoded X-ray, kept only for overlays.
     pixels: np.ndarray | None
-    #: The DICOM header, kept only for --dicom-seg.
+    #: The DICOM header, kept only for --dicom-seg and --dicom-sr.
     header: Any | None
+    spacing_source: str = ""
+    orientation: Orientation = Orientation()
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Pipeline:
     settings_id: str
     overlays: bool = False
     dicom_seg: bool = False
+    dicom_sr: bool = False
     batch_size: int = 8
     workers: int = 2
     progress: bool = True
@@ -185,7 +188,9 @@ class Pipeline:
             output_names(item.key)
             decoded = decode_image(data, item.name)
             header = None
-            if self.dicom_seg and sniff_format(data) == "dicom":
+            if (self.dicom_seg or self.dicom_sr) and sniff_format(data) == "dicom":
+                from lungseg.dicom.seg import read_header
+
                 header = read_header(data, item.name)
             inputs = self.segmenter.preprocessed(decoded.pixels)
         except LungsegError as exc:
@@ -193,21 +198,31 @@ class Pipeline:
         except Exception as exc:  # a decoder's own failure on a hostile file
             return _error(item, f"cannot read image ({exc})")
         pixels = decoded.pixels if self.overlays else None
-        return Loaded(item, decoded.pixels.shape, decoded.spacing, inputs, pixels, header)
+        return Loaded(
+            item, decoded.pixels.shape, decoded.spacing, inputs, pixels, header,
+            decoded.spacing_source, decoded.orientation,
+        )  # fmt: skip
 
     def _finish(self, loaded: Loaded, prob: np.ndarray) -> dict[str, Any]:
         item = loaded.item
         try:
             mask = self.segmenter.masks_from_proba(prob[None], [loaded.shape])[0]
             unsure = float(uncertain_fraction(prob))
-            row = measure(item.key, item.name, mask, loaded.spacing, unsure)
+            row = measure(
+                item.key, item.name, mask, loaded.spacing, unsure,
+                spacing_source=loaded.spacing_source, orientation=loaded.orientation,
+            )  # fmt: skip
             files = {"mask": mask_png(mask, item.name)}
             if loaded.pixels is not None:
                 files["overlay"] = overlay_jpeg(loaded.pixels, mask, item.name)
             if loaded.header is not None:
-                files["dicom_seg"] = dicom_seg_bytes(
-                    loaded.header, mask, model=self.segmenter.name,
-                    settings_id=self.settings_id, name=item.name,
+                from lungseg.dicom.sr import dicom_outputs
+
+                files.update(
+                    dicom_outputs(
+                        loaded.header, mask, row, self.segmenter, name=item.name,
+                        seg=self.dicom_seg, sr=self.dicom_sr,
+                    )
                 )  # fmt: skip
         except LungsegError as exc:  # this image's problem: the archive goes on
             return _error(item, exc.problem)

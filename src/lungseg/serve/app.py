@@ -39,8 +39,10 @@ from lungseg.serve.settings import ENV_API_KEY, ServeConfig
 from lungseg.serve.upload import read_upload
 
 STATIC = Path(__file__).parent / "static"
-#: Values of ``?format=``: ``dicom-seg`` where highdicom is installed (``lungseg[dicom]``).
-OUTPUTS = ("json", "png", "dicom-seg")
+#: Values of ``?format=``: ``dicom-seg`` and ``dicom-sr`` where highdicom is installed
+#: (``lungseg[dicom]``).
+OUTPUTS = ("json", "png", "dicom-seg", "dicom-sr")
+_DICOM_OUTPUTS = {"dicom-seg": "dicom_seg", "dicom-sr": "dicom_sr"}
 log = logging.getLogger("lungseg.serve")
 
 
@@ -211,7 +213,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         assert service.models is not None
         return {
             "models": [m.describe(m.name == default) for m in service.models.values()],
-            "outputs": [o for o in OUTPUTS if o != "dicom-seg" or _has_highdicom()],
+            "outputs": [o for o in OUTPUTS if o not in _DICOM_OUTPUTS or _has_highdicom()],
             "max_upload_mb": config.max_upload_mb,
             "review_threshold": REVIEW_THRESHOLD,
         }
@@ -224,7 +226,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         responses={
             200: {
                 "content": {"image/png": {}, "application/dicom": {}},
-                "description": "JSON, the mask PNG, or a DICOM SEG (format=dicom-seg)",
+                "description": "JSON, the mask PNG, a DICOM SEG (format=dicom-seg) or SR (dicom-sr)",
             },
             **problems,
         },
@@ -237,8 +239,9 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         format: Annotated[
             Literal[OUTPUTS] | None,  # type: ignore[valid-type]
             Query(
-                description="json, png or dicom-seg (a DICOM Segmentation object over a DICOM "
-                "upload); default json unless Accept asks for image/png."
+                description="json, png, dicom-seg (a DICOM Segmentation object over a DICOM "
+                "upload) or dicom-sr (its TID 1500 report of the lung areas); default json "
+                "unless Accept asks for image/png."
             ),
         ] = None,
         image: Annotated[
@@ -259,9 +262,11 @@ def _add_routes(app: FastAPI, service: Service) -> None:
                 _segment(request, service, chosen, batcher, tta, image and not wants_png),
                 config.timeout_s,
             )
-            if format == "dicom-seg":
+            if format in _DICOM_OUTPUTS:
                 loop = asyncio.get_running_loop()
-                seg = await loop.run_in_executor(service.pool, dicom_seg, data, result)
+                seg = await loop.run_in_executor(
+                    service.pool, dicom_seg, data, result, _DICOM_OUTPUTS[format]
+                )
         except TimeoutError:
             raise ServeError(504, f"not answered within {config.timeout_s:g} s") from None
         except ServeError:
@@ -272,7 +277,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         finally:
             service.pending -= 1
         headers = {"Cache-Control": "no-store"}
-        if format == "dicom-seg":
+        if format in _DICOM_OUTPUTS:
             return Response(seg, media_type="application/dicom", headers=headers)
         if not wants_png:
             return JSONResponse(result.to_json(), headers=headers)

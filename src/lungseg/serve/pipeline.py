@@ -85,6 +85,8 @@ class Segmented:
                     "lung_cm2",
                     "right_lung_cm2",
                     "left_lung_cm2",
+                    "spacing_source",
+                    "orientation",
                 )
             },  # fmt: skip
             "uncertain_fraction": round(self.uncertainty, 6),
@@ -179,7 +181,10 @@ def _finish(
     prob = prob[None]
     mask = segmenter.masks_from_proba(prob, [decoded.pixels.shape])[0]
     unsure = float(uncertain_fraction(prob)[0])
-    rows = measure(UPLOAD, UPLOAD, mask, decoded.spacing, unsure)
+    rows = measure(
+        UPLOAD, UPLOAD, mask, decoded.spacing, unsure,
+        spacing_source=decoded.spacing_source, orientation=decoded.orientation,
+    )  # fmt: skip
     image_png = encode_png(decoded.pixels) if with_image else None
     return encode_png(mask.astype(np.uint8) * 255), rows, unsure, image_png
 
@@ -192,19 +197,22 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def dicom_seg(data: bytes, result: Segmented) -> bytes:
-    """The DICOM SEG of ``result``'s mask over the uploaded DICOM X-ray ``data`` (the
-    ``?format=dicom-seg`` answer), as ``lungseg segment --dicom-seg`` writes it."""
-    import cv2
+def dicom_seg(data: bytes, result: Segmented, kind: str = "dicom_seg") -> bytes:
+    """The DICOM SEG (``kind="dicom_seg"``) or SR (``"dicom_sr"``) of ``result``'s mask over the
+    uploaded DICOM X-ray ``data`` (the ``?format=dicom-seg`` or ``dicom-sr`` answer): the bytes
+    ``lungseg segment --dicom-seg``/``--dicom-sr`` writes for the same file and model."""
+    from lungseg.dicom.sr import dicom_outputs
 
-    from lungseg.segment.dicom_seg import dicom_seg_bytes
-
-    if result.decoded.mode != "DICOM":
-        raise ServeError(415, "a DICOM SEG needs a DICOM X-ray; this upload is not one")
+    if result.decoded.mode != "DICOM" or sniff_format(data) != "dicom":
+        what = "SEG" if kind == "dicom_seg" else "SR"
+        raise ServeError(415, f"a DICOM {what} needs a DICOM X-ray; this upload is not one")
     mask = cv2.imdecode(np.frombuffer(result.mask_png, np.uint8), cv2.IMREAD_GRAYSCALE) > 0
+    segmenter = result.model.augmented if result.tta else result.model.segmenter
     try:
-        return dicom_seg_bytes(
-            data, mask, model=result.model.name, settings_id=result.model.version, name="upload"
-        )
+        files = dicom_outputs(
+            data, mask, result.measurements, segmenter, name=UPLOAD,
+            seg=kind == "dicom_seg", sr=kind == "dicom_sr",
+        )  # fmt: skip
     except LungsegError as exc:
         raise ServeError(422, exc.problem) from None
+    return files[kind]

@@ -45,6 +45,15 @@ class Measurements(BaseModel):
     lung_cm2: float | None = Field(description="Only when the pixel spacing is known.")
     right_lung_cm2: float | None
     left_lung_cm2: float | None
+    spacing_source: str | None = Field(
+        description="Which spacing the cm² use and what it means: PixelSpacing (at the patient, "
+        "with its calibration type), ImagerPixelSpacing / magnification N, or ImagerPixelSpacing "
+        "at detector (areas too large by the magnification squared)."
+    )
+    orientation: str = Field(
+        description="Where right and left come from: dicom (the header's PatientOrientation) "
+        "or assumed PA display (patient's right on the image's left)."
+    )
 
 
 class Timings(BaseModel):

@@ -178,14 +178,15 @@
     const pixels = r.image.height * r.image.width;
     const spacing = r.image.spacing_mm;
     $("detail-image").textContent = `${number(r.image.width)} × ${number(r.image.height)} px · ${r.image.mode}`
-      + (spacing ? ` · pixel spacing ${spacing[0].toFixed(3)} × ${spacing[1].toFixed(3)} mm`
-        : " · no pixel spacing in the file: areas in pixels only");
+      + (spacing ? ` · pixel spacing ${spacing[0].toFixed(3)} × ${spacing[1].toFixed(3)} mm (${m.spacing_source})`
+        : " · no pixel spacing in the file: areas in pixels only")
+      + ` · right and left: ${m.orientation === "dicom" ? "from the DICOM header" : "assumed PA display"}`;
     const fields = {
       right_lung_px: number(m.right_lung_px), left_lung_px: number(m.left_lung_px),
       lung_px: number(m.lung_px), right_lung_fraction: percent(m.right_lung_px / pixels),
       left_lung_fraction: percent(m.left_lung_px / pixels), lung_fraction: percent(m.lung_fraction),
       right_lung_cm2: area(m.right_lung_cm2), left_lung_cm2: area(m.left_lung_cm2),
-      lung_cm2: area(m.lung_cm2),
+      lung_cm2: area(m.lung_cm2) + (m.lung_cm2 === null ? "" : ` (${m.spacing_source})`),
       uncertain_fraction: `${r.uncertain_fraction.toFixed(3)} (review above ${REVIEW})`,
       model: `${r.model.name}${r.model.tta ? " with test-time augmentation" : ""} · ${r.model.backend} · ${r.model.version}`,
       time: `${Math.round(r.timings_ms.total)} ms${r.batch_size > 1 ? ` (in a batch of ${r.batch_size})` : ""}`,

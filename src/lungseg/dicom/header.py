@@ -1,0 +1,123 @@
+"""What a DICOM X-ray's header says about measuring it: the pixel spacing and what it means, and
+which way the patient lies in the stored pixels.
+
+Light to import (no pydicom at import time): :mod:`lungseg.data.io` reads every header through
+here, and :mod:`lungseg.segment.measure` takes the :class:`Orientation` it returns.
+
+**Spacing** (DICOM PS3.3 C.8.11.7 for DX, C.7.6.3.1.7 for the calibration attributes), first
+that applies:
+
+1. ``PixelSpacing`` - distances in the patient (the modality has calibrated them), named with
+   its ``PixelSpacingCalibrationType`` when given (``PixelSpacing (GEOMETRY)``). A
+   ``PixelSpacing`` equal to ``ImagerPixelSpacing`` without a calibration type is a copy of the
+   detector's spacing, not a calibration, and is taken as rules 2-3 take ``ImagerPixelSpacing``.
+2. ``ImagerPixelSpacing`` divided by ``EstimatedRadiographicMagnificationFactor``: the detector's
+   spacing brought back to the patient by the geometry's magnification.
+3. ``ImagerPixelSpacing`` alone: at the detector, so areas are too large by the square of the
+   (unknown, typically 1.05-1.15) magnification; said in ``spacing_source``.
+
+**Orientation**: ``PatientOrientation`` names the patient direction along a row (towards higher
+columns) and down a column. A frontal chest X-ray is displayed with the patient's right on the
+viewer's left and the head up: ``L\\F``. Any other pair with one left-right and one head-foot
+axis (``R\\F`` mirrored, ``F\\L`` rotated...) is mapped onto that display before right and left
+are told apart. Without it (every PNG or JPEG, a DICOM without the attribute, a lateral view)
+the display is assumed, and the outputs say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: ``orientation`` when the header stated it, and when it was assumed.
+FROM_HEADER, ASSUMED = "dicom", "assumed PA display"
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How the stored pixels map onto the conventional display of a frontal chest X-ray
+    (patient's right on the image's left, head up).
+
+    Attributes:
+        transpose: rows and columns swapped (a film stored rotated by 90 degrees).
+        flip_rows: after any transpose, upside down (head at the bottom).
+        flip_columns: after any transpose, mirrored (patient's right on the image's right).
+        source: :data:`FROM_HEADER` or :data:`ASSUMED`.
+    """
+
+    transpose: bool = False
+    flip_rows: bool = False
+    flip_columns: bool = False
+    source: str = ASSUMED
+
+    def to_display(self, array: np.ndarray) -> np.ndarray:
+        """``[H, W]`` stored -> the conventional display (a view where possible)."""
+        out = array.T if self.transpose else array
+        if self.flip_rows:
+            out = out[::-1]
+        if self.flip_columns:
+            out = out[:, ::-1]
+        return out
+
+    def from_display(self, array: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`to_display`."""
+        out = array[:, ::-1] if self.flip_columns else array
+        if self.flip_rows:
+            out = out[::-1]
+        return out.T if self.transpose else out
+
+
+#: The conventional display, assumed.
+DISPLAY = Orientation()
+
+
+def orientation(ds) -> Orientation:
+    """The :class:`Orientation` that a header's ``PatientOrientation`` states, else
+    :data:`DISPLAY` (assumed)."""
+    value = ds.get("PatientOrientation")
+    if value is None or isinstance(value, str) or len(value) != 2:
+        return DISPLAY
+    # The first letter is the main direction of an oblique one (``LF``: mostly left).
+    along_row, down_column = (str(v).strip().upper()[:1] for v in value)
+    if along_row in "LR" and down_column in "HF" and along_row and down_column:
+        lateral, vertical, transpose = along_row, down_column, False
+    elif along_row in "HF" and down_column in "LR" and along_row and down_column:
+        lateral, vertical, transpose = down_column, along_row, True
+    else:  # an anterior-posterior axis: a lateral view, which has no right and left side
+        return DISPLAY
+    return Orientation(transpose, vertical == "H", lateral == "R", FROM_HEADER)
+
+
+def spacing(ds) -> tuple[tuple[float, float] | None, str]:
+    """``((row_mm, col_mm), spacing_source)`` by the rules of this module's docstring, or
+    ``(None, "")`` when the header gives no usable spacing."""
+    pixel, imager = _pair(ds, "PixelSpacing"), _pair(ds, "ImagerPixelSpacing")
+    calibration = str(ds.get("PixelSpacingCalibrationType", "") or "").strip()
+    if pixel is not None and (calibration or pixel != imager):
+        return pixel, f"PixelSpacing ({calibration})" if calibration else "PixelSpacing"
+    if imager is None:
+        return None, ""
+    factor = _number(ds.get("EstimatedRadiographicMagnificationFactor"))
+    if factor is not None and factor > 0:
+        at_patient = (imager[0] / factor, imager[1] / factor)
+        return at_patient, f"ImagerPixelSpacing / magnification {factor:g}"
+    return imager, "ImagerPixelSpacing at detector"
+
+
+def _pair(ds, keyword: str) -> tuple[float, float] | None:
+    value = ds.get(keyword)
+    if value is None or isinstance(value, str) or len(value) != 2:
+        return None
+    row, col = (_number(v) for v in value)
+    if row is None or col is None or row <= 0 or col <= 0:
+        return None
+    return row, col
+
+
+def _number(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
