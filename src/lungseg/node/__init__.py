@@ -1,8 +1,8 @@
 """``lungseg dicom-node``: lungseg as a DICOM node in a hospital's network.
 
 A PACS, a router or a modality sends chest X-rays by C-STORE; the node spools each instance to
-disk before it answers, segments the spool in micro-batches and sends the results (a DICOM SEG and a
-TID 1500 SR per image) back by C-STORE or STOW-RS. The stages, one module each:
+disk before it answers, segments the spool in micro-batches and sends the results (a DICOM
+SEG and a TID 1500 SR per image) back by C-STORE or STOW-RS. The stages, one module each:
 
 - :mod:`~lungseg.node.spool`: the on-disk state machine ``received -> segmented -> sent``;
 - :mod:`~lungseg.node.scp`: the Storage SCP (who may send, what is accepted, what is skipped);

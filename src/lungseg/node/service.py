@@ -110,6 +110,8 @@ class Node:
         if self._server is not None:
             self._server.shutdown()
         for thread in self._threads:
+            if thread.name.endswith("_work_loop") and self.segmenter is None:
+                continue  # still loading the model: nothing of its own to finish
             thread.join(timeout=30)
         self.write_status(force=True)
 
