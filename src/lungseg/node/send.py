@@ -8,15 +8,10 @@ the same, and a PACS replaces an instance it already holds.
 from __future__ import annotations
 
 import io
-import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lungseg.errors import LungsegError
-
-#: The environment variable that holds a DICOMweb bearer token (never printed or logged).
-TOKEN_ENV = "LUNGSEG_DICOMWEB_TOKEN"
 
 
 class Undelivered(Exception):
@@ -71,7 +66,7 @@ class CStoreDestination:
 
 @dataclass(frozen=True)
 class StowDestination:
-    """A DICOMweb server's STOW-RS: ``POST {url}/studies``."""
+    """A DICOMweb server's STOW-RS (:class:`lungseg.data.dicomweb.DicomWebClient`)."""
 
     url: str
     timeout_s: float = 30.0
@@ -80,42 +75,9 @@ class StowDestination:
         return self.url
 
     def send(self, files: Sequence[bytes]) -> None:
-        stow(self.url, files, self.timeout_s)
+        from lungseg.data.dicomweb import DicomWebClient, DicomWebError, parse_url
 
-
-def stow(url: str, files: Sequence[bytes], timeout_s: float = 30.0) -> None:
-    """Store DICOM files by STOW-RS (PS3.18 10.5), one multipart request.
-
-    Raises:
-        Undelivered: the server is unreachable or did not store every instance.
-    """
-    import urllib.error
-    import urllib.request
-
-    boundary = uuid.uuid4().hex
-    body = io.BytesIO()
-    for data in files:
-        body.write(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
-        body.write(data)
-        body.write(b"\r\n")
-    body.write(f"--{boundary}--\r\n".encode())
-    headers = {
-        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-        "Accept": "application/dicom+json",
-    }
-    token = os.environ.get(TOKEN_ENV)
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(
-        url.rstrip("/") + "/studies", data=body.getvalue(), headers=headers, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            answer = response.read()
-    except urllib.error.HTTPError as exc:
-        raise Undelivered(f"STOW-RS answered HTTP {exc.code}") from None
-    except (OSError, ValueError) as exc:
-        raise Undelivered(f"STOW-RS unreachable ({getattr(exc, 'reason', exc)})") from None
-    # A 200 may still list instances the server refused (FailedSOPSequence, 00081198).
-    if b'"00081198"' in answer:
-        raise Undelivered("STOW-RS refused some instances (FailedSOPSequence)")
+        try:
+            DicomWebClient(parse_url(self.url)[0], self.timeout_s).store(files)
+        except DicomWebError as exc:
+            raise Undelivered(str(exc)) from None
