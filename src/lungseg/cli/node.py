@@ -55,9 +55,12 @@ def dicom_node_command(
     from lungseg.node.service import Node, NodeSettings
 
     def load():
+        from lungseg.cli.segment import _model_threads
         from lungseg.inference import load_model
 
-        return load_model(weights or model, device=device)
+        # The same share of the cores as segment's model: the rest receive, decode and send.
+        threads = _model_threads()
+        return load_model(weights or model, device=device, threads=threads)
 
     if (send_to is None) == (stow is None):
         raise LungsegError("give one destination: --send-to AE@host:port or --stow URL")
