@@ -20,16 +20,23 @@ def dicom_node_command(
     ],
     allow: Annotated[
         list[str],
-        typer.Option(help="A trusted sender, AE@host (repeat for each); others are refused."),
+        typer.Option(
+            help="A trusted sender, AE@host (repeat for each); others are refused.",
+            metavar="AE@HOST",
+        ),
     ],
     send_to: Annotated[
-        str | None, typer.Option(help="Destination of the results by C-STORE: AE@host:port.")
+        str | None,
+        typer.Option(
+            help="Destination of the results by C-STORE: AE@host:port.", metavar="AE@HOST:PORT"
+        ),
     ] = None,
     stow: Annotated[
         str | None,
         typer.Option(
             help="Destination by STOW-RS instead: the DICOMweb root URL (bearer token from "
-            "$LUNGSEG_DICOMWEB_TOKEN)."
+            "$LUNGSEG_DICOMWEB_TOKEN).",
+            metavar="URL",
         ),
     ] = None,
     ae_title: Annotated[str, typer.Option(help="This node's AE title.")] = "LUNGSEG",
@@ -50,6 +57,7 @@ def dicom_node_command(
     import logging
 
     from lungseg.errors import LungsegError
+    from lungseg.locking import exclusive
     from lungseg.node.scp import Peer
     from lungseg.node.send import CStoreDestination, StowDestination
     from lungseg.node.service import Node, NodeSettings
@@ -78,11 +86,13 @@ def dicom_node_command(
         str(spool), ae_title=ae_title, host=host, port=port, allow=peers,
         batch_size=batch_size, max_backoff_s=max_backoff,
     )  # fmt: skip
-    node = Node(load, settings, destination)
-    node.start()
-    try:
-        node.wait()
-    except KeyboardInterrupt:
-        typer.echo("stopping (what is spooled is finished on the next start)", err=True)
-    finally:
-        node.stop()
+    # Two nodes on one spool would segment and send the same instances twice.
+    with exclusive(spool, "dicom-node"):
+        node = Node(load, settings, destination)
+        node.start()
+        try:
+            node.wait()
+        except KeyboardInterrupt:
+            typer.echo("stopping (what is spooled is finished on the next start)", err=True)
+        finally:
+            node.stop()
