@@ -7,17 +7,28 @@ from pathlib import Path
 import pytest
 from nodes import NodeProcess
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_lua() -> str:
+    """The Orthanc routing script that README's "Connect to a PACS" gives administrators."""
+    text = README.read_text()
+    return text.split("```lua\n", 1)[1].split("```", 1)[0]
+
 
 @pytest.fixture
 def pacs(tmp_path: Path):
-    """A real Orthanc of this test's own (``tests/orthanc.py``): the tests stop it, and count
-    every SEG and SR it holds."""
+    """A real Orthanc of this test's own (``tests/orthanc.py``) that routes every stable CR/DX
+    study to the modality ``lungseg`` by README's Lua script; the tests stop it, and count every
+    SEG and SR it holds."""
     from orthanc import orthanc_missing, start
 
     missing = orthanc_missing()
     if missing:
         pytest.skip(missing)
-    with start(tmp_path / "orthanc") as server:
+    script = tmp_path / "route.lua"
+    script.write_text(readme_lua())
+    with start(tmp_path / "orthanc", {"LuaScripts": [str(script)]}) as server:
         yield server
 
 
