@@ -49,6 +49,8 @@ from lungseg.segment.inputs import (
     open_inputs,
 )
 from lungseg.segment.ledger import (
+    DICOM_SEG,
+    DICOM_SR,
     LEDGER_ROWS,
     LEDGER_SECONDS,
     LOCKS,
@@ -222,7 +224,7 @@ def segment_files(
     remote = stow is not None or any(str(p).startswith(urls) for p in [*paths, out])
     workers = workers or default_workers(remote)
     sink = open_sink(out, workers=workers)
-    writer = StowingSink(sink, stow) if stow is not None else sink
+    writer = StowingSink(sink, stow, (DICOM_SEG, DICOM_SR)) if stow is not None else sink
     source = open_inputs(paths, out=out, workers=workers)
     listing = iter(source.items())
     first = next(listing, None)

@@ -147,12 +147,14 @@ class StowingSink:
     Args:
         sink: the local (or ``az://``) output.
         url: the DICOMweb root (``http(s)://`` or ``dicomweb(s)://HOST:PORT/PATH``).
+        folders: the output folders whose files go to the PACS too (SEGs and SRs).
     """
 
-    def __init__(self, sink: Sink, url: str) -> None:
+    def __init__(self, sink: Sink, url: str, folders: tuple[str, ...]) -> None:
         from lungseg.data.dicomweb import DicomWebClient, parse_url
 
         self._sink = sink
+        self._prefixes = tuple(f"{folder}/" for folder in folders)
         self._client = DicomWebClient(parse_url(url)[0])
         self.name = sink.name
 
@@ -160,10 +162,9 @@ class StowingSink:
         import time
 
         from lungseg.data.dicomweb import DicomWebError
-        from lungseg.segment.ledger import DICOM_SEG, DICOM_SR
 
         self._sink.put(rel, data)
-        if not rel.startswith((f"{DICOM_SEG}/", f"{DICOM_SR}/")):
+        if not rel.startswith(self._prefixes):
             return
         for attempt in range(STOW_TRIES):
             try:
