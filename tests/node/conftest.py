@@ -34,12 +34,14 @@ def pacs(tmp_path: Path):
 
 @pytest.fixture
 def node_factory(tmp_path: Path, tiny_run, pacs):
-    """``make(allow)``: a started node process that sends its results to ``pacs`` by C-STORE
-    (declared there as the modality ``lungseg``); stopped after the test."""
+    """``make(allow, stow=False)``: a started node process that sends its results to ``pacs``
+    by C-STORE (declared there as the modality ``lungseg``) or STOW-RS; stopped after the
+    test."""
     started: list[NodeProcess] = []
 
-    def make(allow: list[str]) -> NodeProcess:
-        destination = [f"--send-to={pacs.aet}@127.0.0.1:{pacs.dicom_port}"]
+    def make(allow: list[str], stow: bool = False) -> NodeProcess:
+        destination = [f"--stow={pacs.dicomweb}" if stow else
+                       f"--send-to={pacs.aet}@127.0.0.1:{pacs.dicom_port}"]  # fmt: skip
         node = NodeProcess(tmp_path / f"node{len(started)}", tiny_run.run, destination, allow)
         node.root.mkdir()
         started.append(node)

@@ -160,7 +160,7 @@ def test_kill_9_while_50_instances_arrive_loses_and_duplicates_nothing(
 
 
 def test_results_wait_for_a_destination_that_is_down(pacs, node_factory, examples_dir):
-    node = node_factory([f"{SENDER}@127.0.0.1"])
+    node = node_factory([f"{SENDER}@127.0.0.1"], stow=True)  # results by STOW-RS
     pacs.stop()
     films = chest_films(examples_dir, 4)
     assert all(c_store(node.port, films))
