@@ -88,6 +88,7 @@ def test_orthanc_routes_a_study_and_gets_seg_and_sr_back(pacs, node_factory, exa
     status = wait_for(lambda: (s := node.status())["done"] == 3 and s, 10, "status", node)
     counts = [status[k] for k in ("received", "skipped", "failed", "queued")]
     assert counts == [3, 1, 0, 0]
+    assert node.stop() == 0  # Ctrl-C: a clean stop
     log = node.log()
     assert "view LL is not frontal" in log
     assert "Node^Test" not in log and "NODE-TEST" not in log  # no patient data in the log
