@@ -43,7 +43,7 @@ from benchmarks.common import (
 #: Benchmarks run by default on each device (preparation is CPU work: name it to run it on a
 #: GPU machine's host).
 DEFAULTS = {
-    "cpu": ("prepare", "train", "infer", "scaling", "segment", "serve", "cli"),
+    "cpu": ("prepare", "train", "infer", "scaling", "segment", "serve", "cli", "node"),
     "cuda": ("train", "infer", "scaling"),
 }
 

@@ -44,6 +44,7 @@ TITLES = {
     "segment": "5. Archive segmentation: lungseg segment end to end at full resolution",
     "serve": "6. lungseg serve under load, beside offline lungseg segment",
     "cli": "7. Command-line start-up",
+    "node": "8. lungseg dicom-node: C-STORE in, SEG + SR back, beside offline lungseg segment",
 }
 
 

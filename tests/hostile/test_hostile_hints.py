@@ -50,8 +50,13 @@ CANNOT_SHOW = {
     },
     ("compare", "--overwrite", "--overwrite"): "compare always redoes its own segment outputs",
     ("compare", "--shard", "--shard"): "compare segments in one process (shard 0/1)",
-    ("export", "--out", "give one az://CONTAINER/PREFIX as the input"):
+    ("export", "--out", "give one az://CONTAINER/PREFIX or dicomweb:// query as the input"):
         "export's --calibrate takes local files only (find_images)",
+    **{
+        ("compare", flag, "--stow stores DICOM SEGs and SRs"):
+            "compare segments without --stow"
+        for flag in ("--stow", "--dicom-seg", "--dicom-sr")
+    },
     **{
         ("segment-merge", flag, part): "open_run and resolve_shard run in 'lungseg segment' only"
         for flag, part in (

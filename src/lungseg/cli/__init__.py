@@ -39,6 +39,7 @@ def _register() -> None:
         "compare",
         "segment",
         "serve",
+        "node",
     ):
         importlib.import_module(f"lungseg.cli.{name}")
 

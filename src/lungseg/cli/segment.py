@@ -17,7 +17,8 @@ def segment_command(
     inputs: Annotated[
         list[str],
         typer.Argument(
-            help="Image files or folders (PNG/JPEG/TIFF/BMP/DICOM), or az://CONTAINER/PREFIX.",
+            help="Image files or folders (PNG/JPEG/TIFF/BMP/DICOM), az://CONTAINER/PREFIX, or "
+            "dicomweb://HOST:PORT/PATH?StudyDate=...&Modality=CR (a QIDO-RS query).",
             show_default=False,
             metavar="IMAGE",
         ),
@@ -65,6 +66,15 @@ def segment_command(
             "referencing its SEG (needs lungseg[dicom]).",
         ),
     ] = False,
+    stow: Annotated[
+        str | None,
+        typer.Option(
+            help="Also store each DICOM SEG/SR in a PACS by STOW-RS: its DICOMweb root "
+            "(http(s):// or dicomweb://HOST:PORT/PATH; bearer token from "
+            "$LUNGSEG_DICOMWEB_TOKEN). --out stays the local record.",
+            metavar="URL",
+        ),
+    ] = None,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -109,8 +119,7 @@ def segment_command(
     try:
         result = segment_files(
             segmenter, inputs, out, overlays=overlays, dicom_seg=dicom_seg, dicom_sr=dicom_sr,
-            shard=the_shard,
-            overwrite=overwrite, batch_size=batch_size, workers=workers,
+            shard=the_shard, overwrite=overwrite, batch_size=batch_size, workers=workers, stow=stow,
         )  # fmt: skip
     except SegmentInterrupted as exc:
         typer.echo(str(exc), err=True)

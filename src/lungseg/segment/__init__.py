@@ -44,8 +44,16 @@ from lungseg.core.errors import LungsegError
 from lungseg.inference.encode import mask_png, overlay, overlay_jpeg
 from lungseg.inference.measure import lung_areas, lung_sides, measure
 from lungseg.inference.segmenter import Segmenter
-from lungseg.segment.inputs import AzureInputs, find_images, no_images, open_inputs
+from lungseg.segment.inputs import (
+    AzureInputs,
+    DicomWebInputs,
+    find_images,
+    no_images,
+    open_inputs,
+)
 from lungseg.segment.ledger import (
+    DICOM_SEG,
+    DICOM_SR,
     LEDGER_ROWS,
     LEDGER_SECONDS,
     LOCKS,
@@ -58,7 +66,7 @@ from lungseg.segment.ledger import (
 from lungseg.segment.merge import MergeResult, completion, merge, merge_outputs
 from lungseg.segment.pipeline import Pipeline, RunCounts
 from lungseg.segment.shard import Shard, resolve_shard
-from lungseg.storage.sink import open_sink
+from lungseg.storage.sink import StowingSink, open_sink
 
 __all__ = [
     "MEASUREMENT_COLUMNS",
@@ -162,12 +170,14 @@ def segment_files(
     progress: bool = True,
     ledger_rows: int = LEDGER_ROWS,
     ledger_seconds: float = LEDGER_SECONDS,
+    stow: str | None = None,
 ) -> SegmentResult:
     """Segment every image of ``inputs`` not yet done into ``out`` (see the module docstring).
 
     Args:
         segmenter: the model (:func:`lungseg.inference.segmenter.load_model`).
-        inputs: local files and folders, or one ``az://CONTAINER/PREFIX``.
+        inputs: local files and folders, one ``az://CONTAINER/PREFIX``, or one
+            ``dicomweb://HOST:PORT/PATH?FILTERS`` (QIDO-RS query; WADO-RS retrieval).
         out: a local folder or ``az://CONTAINER/PREFIX``.
         overlays: also write ``overlays/<key>.jpg``.
         dicom_seg: also write ``dicom-seg/<key>.dcm`` for DICOM inputs (``lungseg[dicom]``).
@@ -182,6 +192,8 @@ def segment_files(
         progress: show progress on stderr.
         ledger_rows: record finished images after this many...
         ledger_seconds: ...or this many seconds.
+        stow: also store every SEG and SR in the PACS at this DICOMweb root by STOW-RS
+            (:class:`~lungseg.storage.sink.StowingSink`).
 
     Returns:
         What this run did, and the merged tables when it wrote them: after a run of one shard,
@@ -199,15 +211,21 @@ def segment_files(
         raise LungsegError(f"--batch-size must be at least 1, got {batch_size}")
     shard = shard if isinstance(shard, Shard) else resolve_shard(shard)
     paths = [inputs] if isinstance(inputs, str | Path) else list(inputs)
-    remote = any(str(p).startswith("az://") for p in [*paths, out])
+    if stow is not None and not (dicom_seg or dicom_sr):
+        raise LungsegError("--stow stores DICOM SEGs and SRs: give --dicom-seg and/or --dicom-sr")
+    urls = ("az://", "dicomweb://", "dicomwebs://")
+    remote = stow is not None or any(str(p).startswith(urls) for p in [*paths, out])
     workers = workers or default_workers(remote)
     sink = open_sink(out, workers=workers)
+    writer = StowingSink(sink, stow, (DICOM_SEG, DICOM_SR)) if stow is not None else sink
     source = open_inputs(paths, out=out, workers=workers)
     listing = iter(source.items())
     first = next(listing, None)
     if first is None:
         if isinstance(source, AzureInputs):
             raise LungsegError(f"no images: {source.nothing_found()}", source.description)
+        if isinstance(source, DicomWebInputs):
+            raise LungsegError("no instances match the query", source.description)
         raise LungsegError(no_images(source.description))
     settings = run_settings(segmenter, overlays, dicom_seg, dicom_sr)
     with sink.lock(f"{LOCKS}/{shard.name}", "segment"):
@@ -216,7 +234,7 @@ def segment_files(
         ledger = Ledger(sink, sid, shard, ledger_rows, ledger_seconds)
         ledger.reopen()
         pipeline = Pipeline(
-            segmenter, source, sink, ledger, overlays=overlays, dicom_seg=dicom_seg,
+            segmenter, source, writer, ledger, overlays=overlays, dicom_seg=dicom_seg,
             dicom_sr=dicom_sr, batch_size=batch_size, workers=workers, progress=progress,
         )  # fmt: skip
         counts = pipeline.counts

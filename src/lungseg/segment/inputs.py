@@ -1,4 +1,5 @@
-"""The X-rays ``segment`` reads: local files and folders, or ``az://CONTAINER/PREFIX``, listed
+"""The X-rays ``segment`` reads: local files and folders, ``az://CONTAINER/PREFIX``, or the
+instances a DICOMweb query finds (``dicomweb://HOST:PORT/PATH?FILTERS``), listed
 lazily (an archive's listing is never held in memory) in a stable order.
 
 Every image has a **key**: its path relative to the input (``COVID/images/x.png``; with
@@ -162,10 +163,52 @@ class AzureInputs:
         return self._source._nothing_found()
 
 
+class DicomWebInputs:
+    """The instances that a QIDO-RS query finds, fetched by WADO-RS
+    (:mod:`lungseg.storage.dicomweb`).
+
+    An instance's key is ``STUDY/SERIES/SOP.dcm`` (its UIDs: unique, and never changed by a
+    PACS), so its outputs are ``masks/STUDY/SERIES/SOP.dcm.png``...; its version is constant,
+    since a DICOM instance with a given UID does not change.
+
+    Args:
+        url: ``dicomweb://HOST:PORT/PATH?FILTERS`` or ``dicomwebs://...``.
+    """
+
+    def __init__(self, url: str) -> None:
+        from lungseg.storage.dicomweb import DicomWebClient, parse_url
+
+        root, self._filters = parse_url(url)
+        self._client = DicomWebClient(root)
+        self.description = url
+
+    def items(self) -> Iterator[Item]:
+        from lungseg.storage.dicomweb import DicomWebError
+
+        try:
+            for ref in self._client.instances(self._filters):
+                key = f"{ref.study}/{ref.series}/{ref.sop}.dcm"
+                where = (
+                    f"{self._client}/studies/{ref.study}/series/{ref.series}/instances/{ref.sop}"
+                )
+                yield Item(key, where, "dicom", ref)
+        except DicomWebError as exc:
+            raise LungsegError(f"QIDO-RS failed: {exc}", self.description) from None
+
+    def read(self, item: Item) -> bytes:
+        from lungseg.storage.dicomweb import DicomWebError
+
+        try:
+            return self._client.retrieve(item.ref)
+        except DicomWebError as exc:  # the run stops; what is done stays recorded
+            raise LungsegError(f"WADO-RS failed: {exc}", item.name) from None
+
+
 def open_inputs(
     inputs: Sequence[str | Path], out: str | Path | None = None, workers: int = 8
 ) -> Inputs:
-    """Local files and folders, or one ``az://CONTAINER/PREFIX``; ``out`` is never listed."""
+    """Local files and folders, one ``az://CONTAINER/PREFIX`` or one ``dicomweb://`` query;
+    ``out`` is never listed."""
     texts = [str(i) for i in inputs]
     remote = [t for t in texts if "://" in t]
     if not remote:
@@ -173,12 +216,16 @@ def open_inputs(
         return LocalInputs(inputs, exclude=exclude)
     if len(texts) > 1:
         raise LungsegError(
-            "give one az://CONTAINER/PREFIX as the input, or local files and folders, not both "
+            "give one az://CONTAINER/PREFIX or dicomweb:// query as the input, or local files and "
+            "folders, not both "
             "(segment several prefixes one after the other into the same --out)"
         )
+    if remote[0].startswith(("dicomweb://", "dicomwebs://")):
+        return DicomWebInputs(remote[0])
     if not remote[0].startswith("az://"):
         raise LungsegError(
-            "unsupported input URL; use local files and folders or az://CONTAINER/PREFIX",
+            "unsupported input URL; use local files and folders, az://CONTAINER/PREFIX or "
+            "dicomweb://HOST:PORT/PATH?FILTERS",
             remote[0],
         )
     exclude = None

@@ -135,6 +135,51 @@ class LocalSink:
         return exclusive(self.root / rel, command)
 
 
+class StowingSink:
+    """What the pipeline writes to a sink, and every DICOM SEG and SR of it also stored in a
+    PACS by STOW-RS (``segment --stow URL``).
+
+    The PACS gets an object after the local copy is written and before the image is recorded
+    as done, so a run stopped in between redoes the image and stores it again, which replaces
+    it (the same UIDs). A PACS that stays unreachable after :data:`STOW_TRIES` tries stops the
+    run like any storage failure; the images done stay recorded.
+
+    Args:
+        sink: the local (or ``az://``) output.
+        url: the DICOMweb root (``http(s)://`` or ``dicomweb(s)://HOST:PORT/PATH``).
+        folders: the output folders whose files go to the PACS too (SEGs and SRs).
+    """
+
+    def __init__(self, sink: Sink, url: str, folders: tuple[str, ...]) -> None:
+        from lungseg.storage.dicomweb import DicomWebClient, parse_url
+
+        self._sink = sink
+        self._prefixes = tuple(f"{folder}/" for folder in folders)
+        self._client = DicomWebClient(parse_url(url)[0])
+        self.name = sink.name
+
+    def put(self, rel: str, data: bytes) -> None:
+        import time
+
+        from lungseg.storage.dicomweb import DicomWebError
+
+        self._sink.put(rel, data)
+        if not rel.startswith(self._prefixes):
+            return
+        for attempt in range(STOW_TRIES):
+            try:
+                self._client.store([data])
+                return
+            except DicomWebError as exc:
+                if attempt == STOW_TRIES - 1:
+                    raise LungsegError(f"STOW-RS failed: {exc}", rel) from None
+                time.sleep(2**attempt)
+
+
+#: Tries of one STOW-RS request (1, 2, 4 s apart) before the run stops.
+STOW_TRIES = 4
+
+
 def open_sink(out: str | Path, workers: int = 8) -> Sink:
     """``--out``: a local folder, or ``az://CONTAINER/PREFIX`` (``lungseg[azure]``)."""
     text = str(out)
