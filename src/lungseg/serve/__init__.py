@@ -39,8 +39,11 @@ def run(config: ServeConfig) -> None:
 
         raise LungsegError("lungseg serve needs its extra: pip install 'lungseg[serve]'") from None
     from lungseg.serve.app import create_app
+    from lungseg.serve.connections import BACKLOG, GuardedH11
     from lungseg.serve.loading import load_models
+    from lungseg.serve.settings import api_key
 
+    api_key()  # an empty key stops here, before the models load
     models = load_models(config)
     options = dict(
         host=config.host,
@@ -49,6 +52,11 @@ def run(config: ServeConfig) -> None:
         server_header=False,
         log_config=_logging(),
         timeout_graceful_shutdown=5,
+        http=GuardedH11,
+        backlog=BACKLOG,
+        timeout_keep_alive=5,
+        ssl_certfile=config.ssl_certfile,
+        ssl_keyfile=config.ssl_keyfile,
     )
     if config.workers == 1:
         uvicorn.run(create_app(config, models), **options)
@@ -78,4 +86,9 @@ def _logging() -> dict:
         "level": "INFO",
         "propagate": False,
     }
+    # asyncio's own errors (a refused accept, with its traceback) go through the same filter.
+    config["root"] = {"handlers": ["lungseg"], "level": "WARNING"}
+    config["filters"] = {"repeated": {"()": "lungseg.serve.connections.RepeatedLines"}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["repeated"]
     return config

@@ -13,6 +13,7 @@ size and time only; uploads stay in memory (:mod:`lungseg.serve.upload`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -22,10 +23,11 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from lungseg._version import __version__
 from lungseg.errors import LungsegError
@@ -33,9 +35,19 @@ from lungseg.quality import REVIEW_THRESHOLD, UNCERTAIN_HIGH, UNCERTAIN_LOW
 from lungseg.serve import schemas
 from lungseg.serve.batcher import MicroBatcher
 from lungseg.serve.loading import ServedModel, load_models
+from lungseg.serve.metrics import Metrics
+from lungseg.serve.negotiation import BODY_TYPES, MEDIA_TYPES, body_type_allowed, choose_output
 from lungseg.serve.pipeline import ServeError, dicom_seg, segment_upload
-from lungseg.serve.security import PAGE_POLICY, AccessLog, api_key_matches, log_failure
-from lungseg.serve.settings import ENV_API_KEY, ServeConfig
+from lungseg.serve.security import (
+    PAGE_POLICY,
+    AccessLog,
+    Guard,
+    KeyFailures,
+    allowed_hosts,
+    api_key_matches,
+    log_failure,
+)
+from lungseg.serve.settings import ServeConfig, api_key
 from lungseg.serve.upload import read_upload
 
 STATIC = Path(__file__).parent / "static"
@@ -54,7 +66,9 @@ class Service:
         self.pool = ThreadPoolExecutor(min(8, (os.cpu_count() or 2) + 2), "lungseg-io")
         self.pending = 0
         self.failure: str | None = None
-        self.api_key = os.environ.get(ENV_API_KEY) or None
+        self.api_key = api_key()
+        self.metrics = Metrics()
+        self.key_failures = KeyFailures()
 
     @property
     def ready(self) -> bool:
@@ -70,7 +84,11 @@ class Service:
             for tta, segmenter in ((False, model.segmenter), (True, model.augmented)):
                 forward = lambda items, s=segmenter: list(s.proba_preprocessed(items))  # noqa: E731
                 self.batchers[name, tta] = MicroBatcher(
-                    forward, self.config.max_batch, wait, name=f"{name}{'+tta' if tta else ''}"
+                    forward,
+                    self.config.max_batch,
+                    wait,
+                    name=f"{name}{'+tta' if tta else ''}",
+                    observe=self.metrics.batch,
                 )
 
     async def _load_in_background(self) -> None:
@@ -85,10 +103,21 @@ class Service:
             await batcher.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
+    def gauges(self) -> dict[str, list[tuple[str, float]]]:
+        """What ``/metrics`` reads at the moment it is asked."""
+        return {
+            "lungseg_requests_in_progress": [("", self.pending)],
+            "lungseg_batch_queue_depth": [
+                (f'model="{name}",tta="{str(tta).lower()}"', batcher.queued)
+                for (name, tta), batcher in self.batchers.items()
+            ],
+            "lungseg_ready": [("", float(self.ready))],
+        }
+
     def model(self, name: str | None) -> ServedModel:
         if not self.ready or self.models is None:
             raise ServeError(503, self.failure or "models are still loading; retry shortly")
-        if name is None:
+        if not name:  # ``?model=`` empty, as a form sends an unset choice: the default
             return next(iter(self.models.values()))
         if name not in self.models:
             raise ServeError(422, f"unknown model {name!r}; loaded: {', '.join(self.models)}")
@@ -100,7 +129,10 @@ def create_app(config: ServeConfig, models: dict[str, ServedModel] | None = None
     to load them in the background once it starts."""
     from fastapi_offline import FastAPIOffline
 
+    from lungseg.serve.connections import configure
+
     service = Service(config, models)
+    configure(config.max_connections, config.header_timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -118,7 +150,7 @@ def create_app(config: ServeConfig, models: dict[str, ServedModel] | None = None
         redoc_url=None,
     )
     app.state.service = service
-    app.add_middleware(AccessLog)
+    # Added innermost first: the access log sees every answer, the guard's refusals too.
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -127,7 +159,13 @@ def create_app(config: ServeConfig, models: dict[str, ServedModel] | None = None
             allow_origins=list(config.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Accept"],
+            expose_headers=EXPOSED_HEADERS,
+            # Chrome asks before a public page may call a service on this machine or network.
+            allow_private_network=True,
         )
+    hosts = allowed_hosts(config.allowed_hosts, config.host)
+    app.add_middleware(Guard, hosts=hosts, origins=config.cors_origins)
+    app.add_middleware(AccessLog, metrics=service.metrics)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _add_error_handlers(app)
     _add_routes(app, service)
@@ -170,24 +208,33 @@ def _add_routes(app: FastAPI, service: Service) -> None:
     }
 
     def authorized(
+        request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
         if service.api_key is None:
             return
         given = credentials.credentials if credentials is not None else ""
+        client = request.client.host if request.client else "-"
+        wait = service.key_failures.retry_after(client)
+        if wait:
+            raise ServeError(429, f"too many wrong API keys; retry in {wait} s", wait)
         if not api_key_matches(given, service.api_key):
+            service.metrics.wrong_keys += 1
+            service.key_failures.failed(client)
             raise ServeError(401, "missing or wrong API key (Authorization: Bearer <key>)")
 
     html = _page(service)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_POLICY})
 
-    @app.get("/healthz", response_model=schemas.Health, tags=["health"])
+    @app.api_route(
+        "/healthz", methods=["GET", "HEAD"], response_model=schemas.Health, tags=["health"]
+    )
     async def healthz() -> dict:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+        """Liveness: the process answers; which lungseg it runs."""
+        return {"status": "ok", "version": __version__}
 
     @app.get(
         "/readyz", response_model=schemas.Health, tags=["health"], responses={503: problems[503]}
@@ -197,6 +244,20 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         if not service.ready:
             raise ServeError(503, service.failure or "models are still loading")
         return {"status": "ready"}
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        dependencies=[Depends(authorized)],
+        response_class=PlainTextResponse,
+        responses={401: problems[401]},
+    )
+    async def metrics() -> PlainTextResponse:
+        """Prometheus metrics: requests by route and status, latency, batch sizes, queue depth,
+        review flags (text exposition format 0.0.4)."""
+        return PlainTextResponse(
+            service.metrics.render(service.gauges), media_type="text/plain; version=0.0.4"
+        )
 
     @app.get(
         "/v1/models",
@@ -246,22 +307,30 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         ] = False,
     ) -> Response:
         """Segment one chest X-ray: the raw file as the body, or multipart field `file`."""
+        if not body_type_allowed(request.headers.get("content-type")):
+            raise ServeError(415, f"unsupported Content-Type; send one of: {', '.join(BODY_TYPES)}")
+        offered = tuple(o for o in OUTPUTS if o != "dicom-seg" or _has_highdicom())
+        output = choose_output(request.headers.get("accept"), format, offered)
+        if output is None:
+            types = [MEDIA_TYPES[o] for o in ((format,) if format else offered[:2])]
+            raise ServeError(406, f"Accept allows none of what this gives: {', '.join(types)}")
         chosen = service.model(model)
         batcher = service.batchers[chosen.name, tta]
-        wants_png = format == "png" or (
-            format is None and "image/png" in request.headers.get("accept", "")
-        )
         if service.pending >= config.max_pending:
             raise ServeError(503, "too many requests in progress; retry shortly")
         service.pending += 1
         try:
+            work = _segment(request, service, chosen, batcher, tta, image and output == "json")
             data, result = await asyncio.wait_for(
-                _segment(request, service, chosen, batcher, tta, image and not wants_png),
-                config.timeout_s,
+                _unless_client_leaves(request, work), config.timeout_s
             )
-            if format == "dicom-seg":
+            if output == "dicom-seg":
                 loop = asyncio.get_running_loop()
                 seg = await loop.run_in_executor(service.pool, dicom_seg, data, result)
+        except ClientLeft:
+            service.metrics.left()
+            log.info("a client left before its answer; its work was dropped")
+            return Response(status_code=499)
         except TimeoutError:
             raise ServeError(504, f"not answered within {config.timeout_s:g} s") from None
         except ServeError:
@@ -271,15 +340,15 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             raise ServeError(500, _INTERNAL) from None
         finally:
             service.pending -= 1
-        headers = {"Cache-Control": "no-store"}
-        if format == "dicom-seg":
+        headers = {"Cache-Control": "no-store", "Vary": "Accept", **_model_headers(chosen, tta)}
+        service.metrics.reviews += result.review
+        if output == "dicom-seg":
+            headers["Content-Disposition"] = 'attachment; filename="lungseg-seg.dcm"'
             return Response(seg, media_type="application/dicom", headers=headers)
-        if not wants_png:
+        if output == "json":
             return JSONResponse(result.to_json(), headers=headers)
         rows = result.measurements
         headers.update({
-            "X-Lungseg-Model": chosen.name,
-            "X-Lungseg-Model-Version": chosen.version,
             "X-Lungseg-Lung-Px": str(rows["lung_px"]),
             "X-Lungseg-Right-Lung-Px": str(rows["right_lung_px"]),
             "X-Lungseg-Left-Lung-Px": str(rows["left_lung_px"]),
@@ -289,9 +358,65 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         return Response(result.mask_png, media_type="image/png", headers=headers)
 
 
+def _model_headers(model: ServedModel, tta: bool) -> dict[str, str]:
+    """The model behind an answer, as headers (for the answers that are not JSON)."""
+    headers = {"X-Lungseg-Model": model.name, "X-Lungseg-Model-Version": model.version}
+    identity = model.segmenter.identity
+    if identity is not None:
+        headers["X-Lungseg-Weights-Sha256"] = identity.digest
+        headers["X-Lungseg-Mask-Convention"] = identity.convention
+    headers["X-Lungseg-TTA"] = "true" if tta else "false"
+    return headers
+
+
+#: Headers a page on a ``--cors-origin`` may read from an answer.
+EXPOSED_HEADERS = [
+    "Content-Disposition", "X-Lungseg-Model", "X-Lungseg-Model-Version", "X-Lungseg-Weights-Sha256",
+    "X-Lungseg-Mask-Convention", "X-Lungseg-TTA", "X-Lungseg-Lung-Px", "X-Lungseg-Right-Lung-Px",
+    "X-Lungseg-Left-Lung-Px", "X-Lungseg-Uncertain-Fraction", "X-Lungseg-Review", "Retry-After",
+]  # fmt: skip
+
+
 async def _segment(request, service: Service, model, batcher, tta: bool, with_image: bool):
-    data = await read_upload(request, service.config.max_upload_bytes)
-    return data, await segment_upload(data, model, batcher, service.pool, tta, with_image)
+    try:
+        data = await read_upload(request, service.config.max_upload_bytes)
+    except ClientDisconnect:
+        raise ClientLeft from None
+    work = segment_upload(data, model, batcher, service.pool, tta, with_image)
+    return data, await _unless_client_leaves(request, work)
+
+
+class ClientLeft(Exception):
+    """The client closed its connection before its answer was ready."""
+
+
+async def _unless_client_leaves(request: Request, work):
+    """Run ``work``, cancelled as soon as the client disconnects: a request still waiting for
+    its batch then leaves the queue instead of costing a forward pass nobody will read.
+
+    Raises:
+        ClientLeft: the client disconnected first.
+    """
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise ClientLeft
+    finally:
+        task.cancel()
+        watch.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone: with the body read, uvicorn's ``receive`` waits until
+    the connection closes and then answers ``http.disconnect``."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _has_highdicom() -> bool:
@@ -340,8 +465,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServeError)
     async def refused(request: Request, exc: ServeError) -> JSONResponse:
         extra = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        if exc.status == 503:
-            extra = {"Retry-After": "1"}
+        if exc.status in (429, 503):
+            extra = {"Retry-After": str(exc.retry_after or 1)}
         return problem(exc.status, exc.message, extra)
 
     @app.exception_handler(RequestValidationError)
@@ -352,7 +477,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail))
+        return problem(exc.status_code, str(exc.detail), exc.headers)  # 405's Allow
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> JSONResponse:

@@ -79,6 +79,11 @@ def load_models(config: ServeConfig) -> dict[str, ServedModel]:
         LungsegError: a model that is not found or cannot be loaded, named on one line.
     """
     use_onnx = _use_onnx(config)
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime
+
+        # Its telemetry events would carry this machine's paths and the models' names.
+        onnxruntime.disable_telemetry_events()
     served: dict[str, ServedModel] = {}
     for spec in config.models:
         name = _api_name(spec, served)
@@ -136,9 +141,7 @@ def _load(spec: str, config: ServeConfig, use_onnx: bool) -> tuple[Segmenter, st
     checkpoints = _checkpoints(spec)
     digests = [_digest(path) for path in checkpoints]
     members = [
-        dataclasses.replace(
-            load_model(onnx_twin(path, d), threads=config.threads), source=str(path)
-        )
+        dataclasses.replace(_cached_onnx(path, d, config.threads), source=str(path))
         for path, d in zip(checkpoints, digests, strict=True)
     ]
     return (
@@ -146,6 +149,18 @@ def _load(spec: str, config: ServeConfig, use_onnx: bool) -> tuple[Segmenter, st
         "onnxruntime",
         _combined(digests),
     )
+
+
+def _cached_onnx(checkpoint: Path, digest: str, threads: int | None) -> Segmenter:
+    """The ONNX twin of ``checkpoint`` loaded; a cached file that cannot be loaded (cut short,
+    overwritten) is exported again, once, instead of stopping every start."""
+    twin = onnx_twin(checkpoint, digest)
+    try:
+        return load_model(twin, threads=threads)
+    except LungsegError as exc:
+        logger.warning("cached ONNX export unreadable (%s); exporting it again", exc.problem)
+        twin.unlink(missing_ok=True)
+        return load_model(onnx_twin(checkpoint, digest), threads=threads)
 
 
 def _checkpoints(spec: str) -> list[Path]:

@@ -26,6 +26,7 @@ from lungseg.quality import REVIEW_THRESHOLD, uncertain_fraction
 from lungseg.segment import measure
 from lungseg.serve.batcher import MicroBatcher
 from lungseg.serve.loading import ServedModel
+from lungseg.serve.negotiation import unsupported_format
 
 #: The name a bad upload is reported under (the client's file name is never used).
 UPLOAD = "upload"
@@ -34,10 +35,11 @@ UPLOAD = "upload"
 class ServeError(Exception):
     """A request the service refuses: an HTTP status and one line that says why."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -163,6 +165,9 @@ def _prepare(data: bytes, segmenter) -> tuple[Decoded, list[np.ndarray]]:
 def decode(data: bytes) -> Decoded:
     """The upload's pixels, or :class:`ServeError`: 415 for what is not an image file at all,
     422 for an image that is empty, truncated, corrupt or too large to decode."""
+    unsupported = unsupported_format(data)
+    if unsupported:
+        raise ServeError(415, f"unsupported format: {unsupported}; send PNG, JPEG, TIFF or DICOM")
     try:
         return decode_image(data, UPLOAD)
     except LungsegError as exc:

@@ -98,3 +98,4 @@ class ModelsResponse(BaseModel):
 
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
+    version: str | None = Field(None, description="The lungseg version (``/healthz``).")
