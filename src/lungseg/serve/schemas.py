@@ -60,8 +60,8 @@ class SegmentResponse(BaseModel):
     image: ImageInfo
     measurements: Measurements
     uncertain_fraction: float = Field(
-        description="Pixels with lung probability in (0.1, 0.9) per predicted lung pixel: how "
-        "unsure the model is (lungseg.quality)."
+        description="Share (0-1) of the lung, and of its unsure border, where the lung "
+        "probability lies in (0.1, 0.9): how unsure the model is (lungseg.quality)."
     )
     review: bool = Field(
         description="True when uncertain_fraction is above review_threshold or no lung was found."
