@@ -237,7 +237,11 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         return {"status": "ok", "version": __version__}
 
     @app.get(
-        "/readyz", response_model=schemas.Health, tags=["health"], responses={503: problems[503]}
+        "/readyz",
+        response_model=schemas.Health,
+        response_model_exclude_none=True,
+        tags=["health"],
+        responses={503: problems[503]},
     )
     async def readyz() -> dict:
         """Readiness: the models are loaded and their batchers run."""
