@@ -36,12 +36,18 @@ def test_an_unwritable_cache_falls_back_to_a_temporary_folder(unet_fast, tmp_pat
 
 def test_two_workers_and_a_parent_without_models(onnx_cache, xray_files, tmp_path, capsys):
     """Issue 24 item 9: with ``--workers 2`` the parent kept 196 MiB of models it never used."""
+    import time
+
     from server import start
 
     from trained import lungseg
 
     with start(["--workers", "2"], tmp_path, {"LUNGSEG_CACHE_DIR": str(onnx_cache)}) as server:
-        assert server.request("POST", "/v1/segment", xray_files["gray"].read_bytes())[0] == 200
+        body = xray_files["gray"].read_bytes()
+        deadline = time.monotonic() + 90  # /readyz answered by one worker; the other may load
+        while server.request("POST", "/v1/segment", body)[0] != 200:
+            assert time.monotonic() < deadline, "the workers never answered"
+            time.sleep(0.5)
         maps = open(f"/proc/{server.process.pid}/maps").read()
         assert "onnxruntime" not in maps and "libtorch" not in maps
         assert server.rss_bytes() < 150 * 2**20, server.rss_bytes()

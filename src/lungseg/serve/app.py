@@ -13,7 +13,6 @@ size and time only; uploads stay in memory (:mod:`lungseg.serve.upload`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -34,9 +33,17 @@ from lungseg.errors import LungsegError
 from lungseg.quality import REVIEW_THRESHOLD, UNCERTAIN_HIGH, UNCERTAIN_LOW
 from lungseg.serve import schemas
 from lungseg.serve.batcher import MicroBatcher
+from lungseg.serve.disconnect import ClientLeft, unless_client_leaves
 from lungseg.serve.loading import ServedModel, load_models
 from lungseg.serve.metrics import Metrics
-from lungseg.serve.negotiation import BODY_TYPES, MEDIA_TYPES, body_type_allowed, choose_output
+from lungseg.serve.negotiation import (
+    BODY_TYPES,
+    EXPOSED_HEADERS,
+    MEDIA_TYPES,
+    body_type_allowed,
+    choose_output,
+    model_headers,
+)
 from lungseg.serve.pipeline import ServeError, dicom_seg, segment_upload
 from lungseg.serve.security import (
     PAGE_POLICY,
@@ -326,7 +333,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         try:
             work = _segment(request, service, chosen, batcher, tta, image and output == "json")
             data, result = await asyncio.wait_for(
-                _unless_client_leaves(request, work), config.timeout_s
+                unless_client_leaves(request, work), config.timeout_s
             )
             if output == "dicom-seg":
                 loop = asyncio.get_running_loop()
@@ -344,7 +351,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             raise ServeError(500, _INTERNAL) from None
         finally:
             service.pending -= 1
-        headers = {"Cache-Control": "no-store", "Vary": "Accept", **_model_headers(chosen, tta)}
+        headers = {"Cache-Control": "no-store", "Vary": "Accept", **model_headers(chosen, tta)}
         service.metrics.reviews += result.review
         if output == "dicom-seg":
             headers["Content-Disposition"] = 'attachment; filename="lungseg-seg.dcm"'
@@ -362,65 +369,13 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         return Response(result.mask_png, media_type="image/png", headers=headers)
 
 
-def _model_headers(model: ServedModel, tta: bool) -> dict[str, str]:
-    """The model behind an answer, as headers (for the answers that are not JSON)."""
-    headers = {"X-Lungseg-Model": model.name, "X-Lungseg-Model-Version": model.version}
-    identity = model.segmenter.identity
-    if identity is not None:
-        headers["X-Lungseg-Weights-Sha256"] = identity.digest
-        headers["X-Lungseg-Mask-Convention"] = identity.convention
-    headers["X-Lungseg-TTA"] = "true" if tta else "false"
-    return headers
-
-
-#: Headers a page on a ``--cors-origin`` may read from an answer.
-EXPOSED_HEADERS = [
-    "Content-Disposition", "X-Lungseg-Model", "X-Lungseg-Model-Version", "X-Lungseg-Weights-Sha256",
-    "X-Lungseg-Mask-Convention", "X-Lungseg-TTA", "X-Lungseg-Lung-Px", "X-Lungseg-Right-Lung-Px",
-    "X-Lungseg-Left-Lung-Px", "X-Lungseg-Uncertain-Fraction", "X-Lungseg-Review", "Retry-After",
-]  # fmt: skip
-
-
 async def _segment(request, service: Service, model, batcher, tta: bool, with_image: bool):
     try:
         data = await read_upload(request, service.config.max_upload_bytes)
     except ClientDisconnect:
         raise ClientLeft from None
     work = segment_upload(data, model, batcher, service.pool, tta, with_image)
-    return data, await _unless_client_leaves(request, work)
-
-
-class ClientLeft(Exception):
-    """The client closed its connection before its answer was ready."""
-
-
-async def _unless_client_leaves(request: Request, work):
-    """Run ``work``, cancelled as soon as the client disconnects: a request still waiting for
-    its batch then leaves the queue instead of costing a forward pass nobody will read.
-
-    Raises:
-        ClientLeft: the client disconnected first.
-    """
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_disconnected(request))
-    try:
-        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        raise ClientLeft
-    finally:
-        task.cancel()
-        watch.cancel()
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns once the client has gone: with the body read, uvicorn's ``receive`` waits until
-    the connection closes and then answers ``http.disconnect``."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    return data, await unless_client_leaves(request, work)
 
 
 def _has_highdicom() -> bool:

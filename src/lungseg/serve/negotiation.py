@@ -1,5 +1,5 @@
 """What a request asks for and may send: ``Accept`` with q-values, the body's ``Content-Type``,
-and the file formats we recognise but cannot read.
+the file formats we recognise but cannot read; the headers that name the model in an answer.
 
 Pure functions on header strings and bytes (no FastAPI), so each rule has a small test.
 """
@@ -97,3 +97,22 @@ def _bare_dicom(data: bytes) -> bool:
     explicit = vr.isalpha() and vr.isupper()
     implicit = int.from_bytes(data[4:8], "little") < 1 << 16
     return explicit or implicit
+
+
+def model_headers(model, tta: bool) -> dict[str, str]:
+    """The ``ServedModel`` behind an answer, as headers (for the answers that are not JSON)."""
+    headers = {"X-Lungseg-Model": model.name, "X-Lungseg-Model-Version": model.version}
+    identity = model.segmenter.identity
+    if identity is not None:
+        headers["X-Lungseg-Weights-Sha256"] = identity.digest
+        headers["X-Lungseg-Mask-Convention"] = identity.convention
+    headers["X-Lungseg-TTA"] = "true" if tta else "false"
+    return headers
+
+
+#: Headers a page on a ``--cors-origin`` may read from an answer.
+EXPOSED_HEADERS = [
+    "Content-Disposition", "X-Lungseg-Model", "X-Lungseg-Model-Version", "X-Lungseg-Weights-Sha256",
+    "X-Lungseg-Mask-Convention", "X-Lungseg-TTA", "X-Lungseg-Lung-Px", "X-Lungseg-Right-Lung-Px",
+    "X-Lungseg-Left-Lung-Px", "X-Lungseg-Uncertain-Fraction", "X-Lungseg-Review", "Retry-After",
+]  # fmt: skip
