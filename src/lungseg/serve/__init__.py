@@ -39,9 +39,7 @@ def run(config: ServeConfig) -> None:
         from lungseg.errors import LungsegError
 
         raise LungsegError("lungseg serve needs its extra: pip install 'lungseg[serve]'") from None
-    from lungseg.serve.app import create_app
     from lungseg.serve.connections import BACKLOG, GuardedH11
-    from lungseg.serve.loading import load_models
     from lungseg.serve.settings import api_key
 
     api_key()  # an empty key stops here, before the models load
@@ -59,8 +57,13 @@ def run(config: ServeConfig) -> None:
         ssl_keyfile=config.ssl_keyfile,
     )
     if config.workers == 1:
+        from lungseg.serve.app import create_app
+        from lungseg.serve.loading import load_models
+
         uvicorn.run(create_app(config, load_models(config)), **options)
         return
+    # The workers' parent imports neither the app nor the models (nor NumPy, ONNX Runtime or
+    # PyTorch behind them): it only supervises.
     _check_models(config)
     config.to_environment()
     uvicorn.run(
