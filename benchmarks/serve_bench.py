@@ -14,6 +14,10 @@ keep-alive connections send the same X-rays as raw ``POST /v1/segment`` bodies a
 answers (mask as base64 PNG), at concurrency 1, 8 and 32: requests/s and p50/p95/p99 latency.
 The client threads share the 2 cores with the service, as a hospital's integration engine on the
 same host would.
+
+CPU per image: the service process's CPU time (user + system, all its threads, from
+``/proc/PID/stat``) over a run, divided by the images it answered; offline, this process's CPU
+time over a pass. Unlike requests/s, it hardly moves when other work loads the machine.
 """
 
 from __future__ import annotations
@@ -70,16 +74,23 @@ def run(ctx: Context) -> Section:
     section.add("service start to /readyz 200, empty cache (ONNX export)", [cold.ready_s], "s")
     section.add("service start to /readyz 200, export cached", [server.ready_s], "s")
     # Offline and service runs alternate, so that both meet the same load from other work.
-    offline_rates, offline_ms = [], []
-    runs: dict[int, list[tuple[float, list[tuple[int, float, int]]]]] = {n: [] for n in plan.levels}
+    offline_rates, offline_ms, offline_cpu = [], [], []
+    runs: dict[int, list[tuple[float, list[tuple[int, float, int]], float]]] = {
+        n: [] for n in plan.levels
+    }
     try:
         for level in plan.levels:
             _clients(server.port, bodies, level, 2 * level)  # warm-up
         for _ in range(plan.repeats):
-            offline_rates.append(offline.throughput())
+            rate, cpu_ms = offline.throughput()
+            offline_rates.append(rate)
+            offline_cpu.append(cpu_ms)
             offline_ms += offline.latencies()
             for level in plan.levels:
-                runs[level].append(_clients(server.port, bodies, level, plan.total(level)))
+                cpu_before = _cpu_seconds(server.process.pid)
+                wall, answers = _clients(server.port, bodies, level, plan.total(level))
+                cpu = _cpu_seconds(server.process.pid) - cpu_before
+                runs[level].append((wall, answers, 1000 * cpu / len(answers)))
     finally:
         _stop(server)
     section.add(
@@ -88,17 +99,25 @@ def run(ctx: Context) -> Section:
         "images/s",
         "masks, overlays and measurements.csv written",
     )
+    offline_cpu_ms = section.add(
+        f"offline CPU per image, {MODEL}, batch 8",
+        offline_cpu,
+        "CPU ms/image",
+        "this process's CPU time (all threads) over a pass / images",
+    )["median"]
     one = section.add(
         f"offline latency, batch 1, {MODEL}",
         offline_ms,
         "ms/image",
         "one request's work in process: decode, preprocess, forward, mask, measure, mask PNG",
     )
-    rows = [_level(section, level, runs[level], offline_rates) for level in plan.levels]
+    rows = [
+        _level(section, level, runs[level], offline_rates, offline_cpu_ms) for level in plan.levels
+    ]
     section.table(
         f"Service under load ({MODEL}, ONNX Runtime, JSON answers, loopback)",
         ["concurrency", "requests", "requests/s", "p50 ms", "p95 ms", "p99 ms",
-         "mean batch", "of offline throughput"],
+         "mean batch", "of offline throughput", "CPU ms/image", "of offline CPU/image"],
         rows,
     )  # fmt: skip
     by_level = {row[0]: row for row in rows}
@@ -159,15 +178,17 @@ class _Offline:
         self.bodies = [path.read_bytes() for path in files]
         self.out = ctx.tmp / "serve-offline"
 
-    def throughput(self) -> float:
-        """Images/s of :func:`lungseg.segment.segment_files` over the files, batch 8."""
+    def throughput(self) -> tuple[float, float]:
+        """Images/s and CPU ms/image of :func:`lungseg.segment.segment_files` over the files,
+        batch 8."""
         from lungseg.segment import segment_files
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         segment_files(self.segmenter, self.files, self.out, batch_size=8, progress=False)
         rate = len(self.files) / (time.perf_counter() - start)
+        cpu_ms = 1000 * (time.process_time() - cpu) / len(self.files)
         shutil.rmtree(self.out, ignore_errors=True)
-        return rate
+        return rate, cpu_ms
 
     def latencies(self) -> list[float]:
         """Milliseconds of one request's work on each file, one at a time (after a warm-up)."""
@@ -224,14 +245,23 @@ def _stop(server: _Server) -> None:
     server.process.wait(30)
 
 
-def _rates(runs: list[tuple[float, list]]) -> list[tuple[float, int]]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, all its threads."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rates(runs: list[tuple[float, list, float]]) -> list[tuple[float, int]]:
     """``(requests/s, requests)`` of each timed run."""
-    return [(len(answers) / wall, len(answers)) for wall, answers in runs]
+    return [(len(answers) / wall, len(answers)) for wall, answers, _ in runs]
 
 
-def _level(section: Section, level: int, runs: list, offline_rates: list[float]) -> list:
+def _level(
+    section: Section, level: int, runs: list, offline_rates: list[float], offline_cpu_ms: float
+) -> list:
     """One concurrency level's figures, and its row of the table."""
-    answers = [a for _, run_answers in runs for a in run_answers]
+    answers = [a for _, run_answers, _ in runs for a in run_answers]
     bad = sorted({status for status, _, _ in answers if status != 200})
     if bad:
         raise RuntimeError(f"requests failed at concurrency {level}: HTTP {bad}")
@@ -239,12 +269,19 @@ def _level(section: Section, level: int, runs: list, offline_rates: list[float])
     latencies = [ms for _, ms, _ in answers]
     section.add(f"service throughput, concurrency {level}", rates, "requests/s")
     section.add(f"service latency, concurrency {level}", latencies, "ms/request")
+    cpu_ms = section.add(
+        f"service CPU per image, concurrency {level}",
+        [cpu for _, _, cpu in runs],
+        "CPU ms/image",
+        "the service process's CPU time over a run / images answered",
+    )["median"]
     p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
     rate = float(np.median(rates))
     return [
         level, len(answers), round(rate, 1), round(p50, 1), round(p95, 1), round(p99, 1),
         round(float(np.mean([size for _, _, size in answers])), 2),
-        f"{rate / float(np.median(offline_rates)):.0%}",
+        f"{rate / float(np.median(offline_rates)):.0%}", round(cpu_ms, 1),
+        f"{cpu_ms / offline_cpu_ms:.2f}x",
     ]  # fmt: skip
 
 

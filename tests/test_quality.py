@@ -17,16 +17,25 @@ from lungseg.inference.quality import error_rank_correlation, uncertain_fraction
 def test_uncertain_fraction_by_hand() -> None:
     maps = np.array(
         [
-            [[0.95, 0.6], [0.05, 0.2]],  # unsure: 0.6, 0.2; lung: 0.95, 0.6 -> 2 / 2
+            [[0.95, 0.6], [0.05, 0.2]],  # unsure: 0.6, 0.2; lung or unsure: 0.95, 0.6, 0.2
             [[1.0, 1.0], [0.0, 0.0]],  # sure everywhere -> 0
-            [[0.5, 0.5], [0.5, 0.5]],  # no lung, all unsure -> 4 / max(0, 1)
-            [[0.1, 0.9], [0.9, 0.11]],  # the bounds are sure; 0.11 is not -> 1 / 2
+            [[0.5, 0.5], [0.5, 0.5]],  # no lung, all unsure -> 4 / 4
+            [[0.1, 0.9], [0.9, 0.11]],  # the bounds are sure; 0.11 is not -> 1 / 3
         ]
     )
-    np.testing.assert_allclose(uncertain_fraction(maps), [1.0, 0.0, 4.0, 0.5])
-    assert float(uncertain_fraction(maps[0])) == 1.0
+    np.testing.assert_allclose(uncertain_fraction(maps), [2 / 3, 0.0, 1.0, 1 / 3])
+    assert float(uncertain_fraction(maps[0])) == pytest.approx(2 / 3)
+    assert float(uncertain_fraction(np.zeros((3, 3)))) == 0.0
     with pytest.raises(LungsegError, match=r"\(H, W\) or \(N, H, W\)"):
         uncertain_fraction(np.zeros(4))
+
+
+def test_uncertain_fraction_is_a_share_of_the_lung() -> None:
+    """Issue 24: 1.158 on a noise image, while the page calls it a share of the lung."""
+    noise = np.random.default_rng(0).uniform(0, 1, (4, 64, 64))
+    shares = uncertain_fraction(noise)
+    assert np.all((shares >= 0) & (shares <= 1)), shares
+    assert shares.min() > 0.5  # noise is mostly unsure: still flagged for review
 
 
 def test_error_rank_correlation() -> None:

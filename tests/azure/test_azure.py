@@ -325,7 +325,7 @@ def test_bad_urls(tmp_path, capsys):
 
 def test_without_azure_packages(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "azure.storage.blob", None)  # as if not installed
-    for name in [m for m in sys.modules if m.split(".")[:3] == ["lungseg", "data", "azure"]]:
+    for name in [m for m in sys.modules if m.split(".")[:3] == ["lungseg", "storage", "azure"]]:
         monkeypatch.delitem(sys.modules, name)  # the package and its modules, imported afresh
     code, _, err = run_cli(["prepare", "--data", "az://data/x", "--out", str(tmp_path)], capsys)
     assert "pip install 'lungseg[azure]'" in error_line(code, err)

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ class Server:
     port: int
     log: Path
     ready_s: float
+    tls: ssl.SSLContext | None = None
 
     def request(
         self,
@@ -51,7 +53,10 @@ class Server:
         headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         """``(status, headers, body)`` of one request on a new connection."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        if self.tls is not None:
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=60, context=self.tls)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             response = conn.getresponse()
@@ -76,8 +81,19 @@ def free_port() -> int:
 
 
 @contextmanager
-def start(args: list[str], folder: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """``lungseg serve ARGS`` on a free port of 127.0.0.1; stopped (SIGTERM) on exit."""
+def start(
+    args: list[str],
+    folder: Path,
+    env: dict[str, str] | None = None,
+    tls: ssl.SSLContext | None = None,
+    open_files: int | None = None,
+) -> Iterator[Server]:
+    """``lungseg serve ARGS`` on a free port of 127.0.0.1; stopped (SIGTERM) on exit.
+
+    Args:
+        tls: the client side of HTTPS (a service started with ``--ssl-certfile``).
+        open_files: the service's open-files limit (``ulimit -n``), for the hostile tests.
+    """
     port = free_port()
     log = folder / f"server-{port}.log"
     # The service's key comes from ``env`` only, never from the shell that runs the tests.
@@ -86,8 +102,14 @@ def start(args: list[str], folder: Path, env: dict[str, str] | None = None) -> I
     command = [sys.executable, "-m", "lungseg", "serve", "--port", str(port), *args]
     t0 = time.perf_counter()
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment)
-    server = Server(process, port, log, 0.0)
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            preexec_fn=None if open_files is None else lambda: _limit_files(open_files),
+        )
+    server = Server(process, port, log, 0.0, tls)
     try:
         server.ready_s = _wait_ready(server, t0)
         yield server
@@ -98,6 +120,12 @@ def start(args: list[str], folder: Path, env: dict[str, str] | None = None) -> I
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _limit_files(count: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
 def _wait_ready(server: Server, t0: float, limit: float = 120.0) -> float:

@@ -85,7 +85,7 @@ def test_the_decoded_xray_comes_back_on_request(server, xray_files):
 
 
 def test_models_health_and_documentation(server):
-    assert server.json("GET", "/healthz") == (200, {"status": "ok"})
+    assert server.json("GET", "/healthz")[1]["status"] == "ok"
     assert server.json("GET", "/readyz") == (200, {"status": "ready"})
     status, models = server.json("GET", "/v1/models")
     assert status == 200
@@ -161,7 +161,9 @@ def test_chunked_uploads_over_the_limit_are_cut_off(server, xray_files):
 
 def test_a_stalled_upload_times_out(server, xray_files):
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S + 20) as sock:
-        sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\nabc")
+        sock.sendall(
+            b"POST /v1/segment HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\nabc"
+        )
         answer = ""
         while not answer.endswith("}") and (chunk := sock.recv(4096).decode()):
             answer += chunk

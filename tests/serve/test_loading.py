@@ -32,3 +32,41 @@ def test_an_unwritable_cache_falls_back_to_a_temporary_folder(unet_fast, tmp_pat
         path = onnx_twin(unet_fast, "cd" * 32)
     assert path.is_file() and not str(path).startswith(str(blocker))
     assert "cannot write the ONNX cache" in caplog.text
+
+
+def test_two_workers_and_a_parent_without_models(onnx_cache, xray_files, tmp_path, capsys):
+    """Issue 24 item 9: with ``--workers 2`` the parent kept 196 MiB of models it never used."""
+    import time
+
+    from server import start
+
+    from trained import lungseg
+
+    with start(["--workers", "2"], tmp_path, {"LUNGSEG_CACHE_DIR": str(onnx_cache)}) as server:
+        body = xray_files["gray"].read_bytes()
+        deadline = time.monotonic() + 90  # /readyz answered by one worker; the other may load
+        while server.request("POST", "/v1/segment", body)[0] != 200:
+            assert time.monotonic() < deadline, "the workers never answered"
+            time.sleep(0.5)
+        maps = open(f"/proc/{server.process.pid}/maps").read()
+        assert "onnxruntime" not in maps and "libtorch" not in maps
+        assert server.rss_bytes() < 150 * 2**20, server.rss_bytes()
+    code, _, stderr = lungseg(
+        ["serve", "--workers", "2", "--model", str(tmp_path / "missing.pt")], capsys
+    )
+    assert code == 2 and "model not found" in stderr and "Traceback" not in stderr
+
+
+def test_a_damaged_cached_export_is_rebuilt(served_onnx, tmp_path, monkeypatch, caplog):
+    """A cached export cut short stopped every start of the service; now it is exported again."""
+    from lungseg.serve.loading import load_models
+    from lungseg.serve.settings import ServeConfig
+
+    cached = tmp_path / "onnx" / served_onnx.name
+    cached.parent.mkdir()
+    cached.write_bytes(served_onnx.read_bytes()[:5000])
+    monkeypatch.setenv("LUNGSEG_CACHE_DIR", str(tmp_path))
+    models = load_models(ServeConfig(max_batch=1))
+    assert list(models) == ["unet-fast"]
+    assert cached.stat().st_size > 1_000_000
+    assert "exporting it again" in caplog.text

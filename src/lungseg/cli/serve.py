@@ -8,7 +8,7 @@ import typer
 
 from lungseg.cli import app
 from lungseg.models.shipped import MODEL_NAMES
-from lungseg.serve.settings import BACKENDS, ServeConfig
+from lungseg.serve.settings import BACKENDS, ServeConfig, api_key
 
 _DEFAULTS = ServeConfig()
 
@@ -59,6 +59,23 @@ def serve_command(
         list[str] | None,
         typer.Option(help="Allow this browser origin to call the API (repeatable; default none)."),
     ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A host name clients reach this service by, besides localhost and IP addresses "
+            "(repeatable; '*': any). Other Host headers are refused (DNS rebinding)."
+        ),
+    ] = None,
+    ssl_certfile: Annotated[
+        str | None, typer.Option(help="PEM certificate (chain): serve HTTPS. Needs --ssl-keyfile.")
+    ] = None,
+    ssl_keyfile: Annotated[str | None, typer.Option(help="PEM private key for HTTPS.")] = None,
+    max_connections: Annotated[
+        int, typer.Option(help="Open connections at most; the longest-idle one makes room.")
+    ] = _DEFAULTS.max_connections,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds a connection may take to send its request head.")
+    ] = _DEFAULTS.header_timeout_s,
 ) -> None:
     """Serve the web page and REST API (set LUNGSEG_API_KEY to require a bearer key)."""
     from lungseg.serve import run
@@ -76,6 +93,14 @@ def serve_command(
         max_batch=batch_size,
         batch_wait_ms=batch_wait_ms,
         cors_origins=tuple(cors_origin or ()),
+        allowed_hosts=tuple(allowed_host or ()),
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        max_connections=max_connections,
+        header_timeout_s=header_timeout,
     )
-    typer.echo(f"lungseg serve: http://{host}:{port}/ (API docs at /docs)", err=True)
+    key = "an API key is required (LUNGSEG_API_KEY)" if api_key() else "no API key required"
+    typer.echo(
+        f"lungseg serve: {config.scheme}://{host}:{port}/ (API docs at /docs); {key}", err=True
+    )
     run(config)

@@ -32,23 +32,26 @@ REVIEW_THRESHOLD = 0.2
 
 
 def uncertain_fraction(prob: np.ndarray) -> np.ndarray:
-    """Uncertain pixels per predicted lung pixel, per image.
+    """The share of the lung the model is unsure about, per image: in [0, 1].
 
     Args:
         prob: ``float[N, H, W]`` (or ``float[H, W]``) lung probabilities in [0, 1].
 
     Returns:
-        ``float64[N]`` (or a 0-d array): the count of pixels with
-        ``UNCERTAIN_LOW < p < UNCERTAIN_HIGH`` divided by the count with ``p > 0.5`` (at least
-        1, so an image with no lung predicted but unsure pixels scores high).
+        ``float64[N]`` (or a 0-d array): the count of unsure pixels
+        (``UNCERTAIN_LOW < p < UNCERTAIN_HIGH``) divided by the count of pixels that are lung
+        (``p > 0.5``) or unsure. Dividing by the lung alone gave more than 1 where most unsure
+        pixels lie outside it (1.158 on a noise image); an image with no lung predicted but
+        unsure pixels still scores 1, and an image with neither scores 0.
     """
     prob = np.asarray(prob)
     if prob.ndim not in (2, 3):
         raise LungsegError(f"probability maps must be (H, W) or (N, H, W), got {prob.shape}")
     axes = (-2, -1)
-    unsure = ((prob > UNCERTAIN_LOW) & (prob < UNCERTAIN_HIGH)).sum(axis=axes)
-    lung = (prob > 0.5).sum(axis=axes)
-    return unsure / np.maximum(lung, 1).astype(np.float64)
+    unsure_mask = (prob > UNCERTAIN_LOW) & (prob < UNCERTAIN_HIGH)
+    unsure = unsure_mask.sum(axis=axes)
+    region = (unsure_mask | (prob > 0.5)).sum(axis=axes)
+    return unsure / np.maximum(region, 1).astype(np.float64)
 
 
 def review_reason(mask: np.ndarray, uncertainty: float | None = None) -> str:

@@ -25,8 +25,9 @@ def run(config: ServeConfig) -> None:
     """Load the models and serve until interrupted (what ``lungseg serve`` does).
 
     With one worker the models are loaded here, so a bad ``--model`` fails before the port is
-    opened. With several, they are loaded here once too (which also fills the ONNX cache), then
-    by each worker process for itself.
+    opened. With several, they are loaded once by a short-lived child process (which checks
+    them and fills the ONNX cache), then by each worker process for itself: this process, the
+    workers' parent, never holds models it does not use.
 
     Raises:
         LungsegError: a model that cannot be loaded, or a missing ``lungseg[serve]`` install.
@@ -38,10 +39,10 @@ def run(config: ServeConfig) -> None:
         from lungseg.core.errors import LungsegError
 
         raise LungsegError("lungseg serve needs its extra: pip install 'lungseg[serve]'") from None
-    from lungseg.serve.app import create_app
-    from lungseg.serve.loading import load_models
+    from lungseg.serve.connections import BACKLOG, GuardedH11
+    from lungseg.serve.settings import api_key
 
-    models = load_models(config)
+    api_key()  # an empty key stops here, before the models load
     options = dict(
         host=config.host,
         port=config.port,
@@ -49,15 +50,60 @@ def run(config: ServeConfig) -> None:
         server_header=False,
         log_config=_logging(),
         timeout_graceful_shutdown=5,
+        http=GuardedH11,
+        backlog=BACKLOG,
+        timeout_keep_alive=5,
+        ssl_certfile=config.ssl_certfile,
+        ssl_keyfile=config.ssl_keyfile,
     )
     if config.workers == 1:
-        uvicorn.run(create_app(config, models), **options)
+        from lungseg.serve.app import create_app
+        from lungseg.serve.loading import load_models
+
+        uvicorn.run(create_app(config, load_models(config)), **options)
         return
-    del models
+    # The workers' parent imports neither the app nor the models (nor NumPy, ONNX Runtime or
+    # PyTorch behind them): it only supervises.
+    _check_models(config)
     config.to_environment()
     uvicorn.run(
         "lungseg.serve.app:app_from_environment", factory=True, workers=config.workers, **options
     )
+
+
+def _check_models(config: ServeConfig) -> None:
+    """Load the models in a child process, for their errors and the ONNX cache only.
+
+    Raises:
+        LungsegError: the child's, as it gave it.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    answers = context.Queue()
+    child = context.Process(target=_load_and_report, args=(config, answers), daemon=True)
+    child.start()
+    problem = answers.get()
+    child.join()
+    if problem is not None:
+        from lungseg.core.errors import LungsegError
+
+        raise LungsegError(*problem)
+
+
+def _load_and_report(config: ServeConfig, answers) -> None:
+    from lungseg.core.errors import LungsegError
+    from lungseg.serve.loading import load_models
+
+    try:
+        load_models(config)
+    except LungsegError as exc:
+        answers.put((exc.problem, exc.path))
+        return
+    except BaseException as exc:
+        answers.put((f"models failed to load ({type(exc).__name__})", None))
+        raise
+    answers.put(None)
 
 
 def _logging() -> dict:
@@ -78,4 +124,9 @@ def _logging() -> dict:
         "level": "INFO",
         "propagate": False,
     }
+    # asyncio's own errors (a refused accept, with its traceback) go through the same filter.
+    config["root"] = {"handlers": ["lungseg"], "level": "WARNING"}
+    config["filters"] = {"repeated": {"()": "lungseg.serve.connections.RepeatedLines"}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["repeated"]
     return config

@@ -22,27 +22,45 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from lungseg._version import __version__
 from lungseg.core.errors import LungsegError
 from lungseg.inference.quality import REVIEW_THRESHOLD, UNCERTAIN_HIGH, UNCERTAIN_LOW
 from lungseg.serve import schemas
 from lungseg.serve.batcher import MicroBatcher
+from lungseg.serve.disconnect import ClientLeft, unless_client_leaves
 from lungseg.serve.loading import ServedModel, load_models
+from lungseg.serve.metrics import Metrics
+from lungseg.serve.negotiation import (
+    BODY_TYPES,
+    DICOM_OUTPUTS,
+    EXPOSED_HEADERS,
+    MEDIA_TYPES,
+    OUTPUTS,
+    body_type_allowed,
+    choose_output,
+    model_headers,
+    offered_outputs,
+)
 from lungseg.serve.pipeline import ServeError, segment_upload
-from lungseg.serve.security import PAGE_POLICY, AccessLog, api_key_matches, log_failure
-from lungseg.serve.settings import ENV_API_KEY, ServeConfig
+from lungseg.serve.security import (
+    PAGE_POLICY,
+    AccessLog,
+    Guard,
+    KeyFailures,
+    allowed_hosts,
+    api_key_matches,
+    log_failure,
+)
+from lungseg.serve.settings import ServeConfig, api_key
 from lungseg.serve.upload import read_upload
 
 STATIC = Path(__file__).parent / "static"
-#: Values of ``?format=``: ``dicom-seg`` and ``dicom-sr`` where highdicom is installed
-#: (``lungseg[dicom]``).
-OUTPUTS = ("json", "png", "dicom-seg", "dicom-sr")
-_DICOM_OUTPUTS = {"dicom-seg": "dicom_seg", "dicom-sr": "dicom_sr"}
 log = logging.getLogger("lungseg.serve")
 
 
@@ -56,7 +74,9 @@ class Service:
         self.pool = ThreadPoolExecutor(min(8, (os.cpu_count() or 2) + 2), "lungseg-io")
         self.pending = 0
         self.failure: str | None = None
-        self.api_key = os.environ.get(ENV_API_KEY) or None
+        self.api_key = api_key()
+        self.metrics = Metrics()
+        self.key_failures = KeyFailures()
 
     @property
     def ready(self) -> bool:
@@ -72,7 +92,11 @@ class Service:
             for tta, segmenter in ((False, model.segmenter), (True, model.augmented)):
                 forward = lambda items, s=segmenter: list(s.proba_preprocessed(items))  # noqa: E731
                 self.batchers[name, tta] = MicroBatcher(
-                    forward, self.config.max_batch, wait, name=f"{name}{'+tta' if tta else ''}"
+                    forward,
+                    self.config.max_batch,
+                    wait,
+                    name=f"{name}{'+tta' if tta else ''}",
+                    observe=self.metrics.batch,
                 )
 
     async def _load_in_background(self) -> None:
@@ -87,10 +111,21 @@ class Service:
             await batcher.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
+    def gauges(self) -> dict[str, list[tuple[str, float]]]:
+        """What ``/metrics`` reads at the moment it is asked."""
+        return {
+            "lungseg_requests_in_progress": [("", self.pending)],
+            "lungseg_batch_queue_depth": [
+                (f'model="{name}",tta="{str(tta).lower()}"', batcher.queued)
+                for (name, tta), batcher in self.batchers.items()
+            ],
+            "lungseg_ready": [("", float(self.ready))],
+        }
+
     def model(self, name: str | None) -> ServedModel:
         if not self.ready or self.models is None:
             raise ServeError(503, self.failure or "models are still loading; retry shortly")
-        if name is None:
+        if not name:  # ``?model=`` empty, as a form sends an unset choice: the default
             return next(iter(self.models.values()))
         if name not in self.models:
             raise ServeError(422, f"unknown model {name!r}; loaded: {', '.join(self.models)}")
@@ -102,7 +137,10 @@ def create_app(config: ServeConfig, models: dict[str, ServedModel] | None = None
     to load them in the background once it starts."""
     from fastapi_offline import FastAPIOffline
 
+    from lungseg.serve.connections import configure
+
     service = Service(config, models)
+    configure(config.max_connections, config.header_timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -120,7 +158,7 @@ def create_app(config: ServeConfig, models: dict[str, ServedModel] | None = None
         redoc_url=None,
     )
     app.state.service = service
-    app.add_middleware(AccessLog)
+    # Added innermost first: the access log sees every answer, the guard's refusals too.
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -129,7 +167,13 @@ def create_app(config: ServeConfig, models: dict[str, ServedModel] | None = None
             allow_origins=list(config.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Accept"],
+            expose_headers=EXPOSED_HEADERS,
+            # Chrome asks before a public page may call a service on this machine or network.
+            allow_private_network=True,
         )
+    hosts = allowed_hosts(config.allowed_hosts, config.host)
+    app.add_middleware(Guard, hosts=hosts, origins=config.cors_origins)
+    app.add_middleware(AccessLog, metrics=service.metrics)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _add_error_handlers(app)
     _add_routes(app, service)
@@ -172,33 +216,60 @@ def _add_routes(app: FastAPI, service: Service) -> None:
     }
 
     def authorized(
+        request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
         if service.api_key is None:
             return
         given = credentials.credentials if credentials is not None else ""
+        client = request.client.host if request.client else "-"
+        wait = service.key_failures.retry_after(client)
+        if wait:
+            raise ServeError(429, f"too many wrong API keys; retry in {wait} s", wait)
         if not api_key_matches(given, service.api_key):
+            service.metrics.wrong_keys += 1
+            service.key_failures.failed(client)
             raise ServeError(401, "missing or wrong API key (Authorization: Bearer <key>)")
 
     html = _page(service)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_POLICY})
 
-    @app.get("/healthz", response_model=schemas.Health, tags=["health"])
+    @app.api_route(
+        "/healthz", methods=["GET", "HEAD"], response_model=schemas.Health, tags=["health"]
+    )
     async def healthz() -> dict:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+        """Liveness: the process answers; which lungseg it runs."""
+        return {"status": "ok", "version": __version__}
 
     @app.get(
-        "/readyz", response_model=schemas.Health, tags=["health"], responses={503: problems[503]}
+        "/readyz",
+        response_model=schemas.Health,
+        response_model_exclude_none=True,
+        tags=["health"],
+        responses={503: problems[503]},
     )
     async def readyz() -> dict:
         """Readiness: the models are loaded and their batchers run."""
         if not service.ready:
             raise ServeError(503, service.failure or "models are still loading")
         return {"status": "ready"}
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        dependencies=[Depends(authorized)],
+        response_class=PlainTextResponse,
+        responses={401: problems[401]},
+    )
+    async def metrics() -> PlainTextResponse:
+        """Prometheus metrics: requests by route and status, latency, batch sizes, queue depth,
+        review flags (text exposition format 0.0.4)."""
+        return PlainTextResponse(
+            service.metrics.render(service.gauges), media_type="text/plain; version=0.0.4"
+        )
 
     @app.get(
         "/v1/models",
@@ -213,7 +284,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         assert service.models is not None
         return {
             "models": [m.describe(m.name == default) for m in service.models.values()],
-            "outputs": [o for o in OUTPUTS if o not in _DICOM_OUTPUTS or _has_highdicom()],
+            "outputs": list(offered_outputs()),
             "max_upload_mb": config.max_upload_mb,
             "review_threshold": REVIEW_THRESHOLD,
         }
@@ -249,22 +320,28 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         ] = False,
     ) -> Response:
         """Segment one chest X-ray: the raw file as the body, or multipart field `file`."""
+        if not body_type_allowed(request.headers.get("content-type")):
+            raise ServeError(415, f"unsupported Content-Type; send one of: {', '.join(BODY_TYPES)}")
+        offered = offered_outputs()
+        output = choose_output(request.headers.get("accept"), format, offered)
+        if output is None:
+            types = [MEDIA_TYPES[o] for o in ((format,) if format else offered[:2])]
+            raise ServeError(406, f"Accept allows none of what this gives: {', '.join(types)}")
         chosen = service.model(model)
         batcher = service.batchers[chosen.name, tta]
-        wants_png = format == "png" or (
-            format is None and "image/png" in request.headers.get("accept", "")
-        )
         if service.pending >= config.max_pending:
             raise ServeError(503, "too many requests in progress; retry shortly")
         service.pending += 1
         try:
-            result = await asyncio.wait_for(
-                _segment(
-                    request, service, chosen, batcher, tta, image and not wants_png,
-                    _DICOM_OUTPUTS.get(format),
-                ),
-                config.timeout_s,
+            work = _segment(
+                request, service, chosen, batcher, tta, image and output == "json",
+                DICOM_OUTPUTS.get(output),
             )  # fmt: skip
+            result = await asyncio.wait_for(unless_client_leaves(request, work), config.timeout_s)
+        except ClientLeft:
+            service.metrics.left()
+            log.info("a client left before its answer; its work was dropped")
+            return Response(status_code=499)
         except TimeoutError:
             raise ServeError(504, f"not answered within {config.timeout_s:g} s") from None
         except ServeError:
@@ -274,19 +351,20 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             raise ServeError(500, _INTERNAL) from None
         finally:
             service.pending -= 1
-        headers = {"Cache-Control": "no-store"}
-        if format in _DICOM_OUTPUTS:
+        headers = {"Cache-Control": "no-store", "Vary": "Accept", **model_headers(chosen, tta)}
+        service.metrics.reviews += result.review
+        if output in DICOM_OUTPUTS:
+            kind = output.removeprefix("dicom-")
+            headers["Content-Disposition"] = f'attachment; filename="lungseg-{kind}.dcm"'
             return Response(
-                result.result.files[_DICOM_OUTPUTS[format]],
+                result.result.files[DICOM_OUTPUTS[output]],
                 media_type="application/dicom",
                 headers=headers,
             )
-        if not wants_png:
+        if output == "json":
             return JSONResponse(result.to_json(), headers=headers)
         rows = result.measurements
         headers.update({
-            "X-Lungseg-Model": chosen.name,
-            "X-Lungseg-Model-Version": chosen.version,
             "X-Lungseg-Lung-Px": str(rows["lung_px"]),
             "X-Lungseg-Right-Lung-Px": str(rows["right_lung_px"]),
             "X-Lungseg-Left-Lung-Px": str(rows["left_lung_px"]),
@@ -299,14 +377,12 @@ def _add_routes(app: FastAPI, service: Service) -> None:
 async def _segment(
     request, service: Service, model, batcher, tta: bool, with_image: bool, dicom: str | None
 ):
-    data = await read_upload(request, service.config.max_upload_bytes)
-    return await segment_upload(data, model, batcher, service.pool, tta, with_image, dicom=dicom)
-
-
-def _has_highdicom() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("highdicom") is not None
+    try:
+        data = await read_upload(request, service.config.max_upload_bytes)
+    except ClientDisconnect:
+        raise ClientLeft from None
+    work = segment_upload(data, model, batcher, service.pool, tta, with_image, dicom=dicom)
+    return await unless_client_leaves(request, work)
 
 
 _REQUEST_BODY = {
@@ -349,8 +425,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServeError)
     async def refused(request: Request, exc: ServeError) -> JSONResponse:
         extra = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        if exc.status == 503:
-            extra = {"Retry-After": "1"}
+        if exc.status in (429, 503):
+            extra = {"Retry-After": str(exc.retry_after or 1)}
         return problem(exc.status, exc.message, extra)
 
     @app.exception_handler(RequestValidationError)
@@ -361,7 +437,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail))
+        return problem(exc.status_code, str(exc.detail), exc.headers)  # 405's Allow
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> JSONResponse:

@@ -49,6 +49,7 @@ class MicroBatcher:
         max_batch: most items per call.
         max_wait: seconds to wait for requests still being decoded (see the module docstring).
         name: for the thread's name.
+        observe: called with the size of every forward pass (those of :meth:`alone` too).
     """
 
     def __init__(
@@ -57,8 +58,10 @@ class MicroBatcher:
         max_batch: int,
         max_wait: float,
         name: str = "model",
+        observe: Callable[[int], None] | None = None,
     ) -> None:
         self.forward = forward
+        self.observe = observe or (lambda size: None)
         self.max_batch = max_batch
         self.max_wait = max_wait
         self._queue: asyncio.Queue[tuple[Any, asyncio.Future, float]] = asyncio.Queue()
@@ -74,6 +77,11 @@ class MicroBatcher:
         return not self._task.done()
 
     @property
+    def queued(self) -> int:
+        """Items waiting for a forward pass."""
+        return self._queue.qsize()
+
+    @property
     def idle(self) -> bool:
         """Nothing queued, in a forward pass, being decoded, or running alone."""
         return self._queue.empty() and not self._busy and self._upcoming == 0 and self._alone == 0
@@ -83,6 +91,7 @@ class MicroBatcher:
         """Mark a request that runs its own forward pass outside the batches (see the module
         docstring); meanwhile the model is not :attr:`idle`."""
         self._alone += 1
+        self.observe(1)
         try:
             yield
         finally:
@@ -135,6 +144,7 @@ class MicroBatcher:
             if not live:
                 continue
             start = time.perf_counter()
+            self.observe(len(live))
             self._busy = True
             try:
                 results = await loop.run_in_executor(

@@ -86,6 +86,11 @@ def load_models(config: ServeConfig) -> dict[str, ServedModel]:
         LungsegError: a model that is not found or cannot be loaded, named on one line.
     """
     use_onnx = _use_onnx(config)
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime
+
+        # Its telemetry events would carry this machine's paths and the models' names.
+        onnxruntime.disable_telemetry_events()
     served: dict[str, ServedModel] = {}
     for spec in config.models:
         name = _api_name(spec, served)
@@ -138,9 +143,21 @@ def _load(spec: str, config: ServeConfig, use_onnx: bool) -> tuple[Segmenter, st
         return load_model(spec, device=config.device), "pytorch"
     members = []
     for path in model_files(spec):
-        member = load_model(onnx_twin(path, file_digest(path)), threads=config.threads)
+        member = _cached_onnx(path, file_digest(path), config.threads)
         members.append(dataclasses.replace(member, source=str(path)))
     return (members[0] if len(members) == 1 else ensemble(members)), "onnxruntime"
+
+
+def _cached_onnx(checkpoint: Path, digest: str, threads: int | None) -> Segmenter:
+    """The ONNX twin of ``checkpoint`` loaded; a cached file that cannot be loaded (cut short,
+    overwritten) is exported again, once, instead of stopping every start."""
+    twin = onnx_twin(checkpoint, digest)
+    try:
+        return load_model(twin, threads=threads)
+    except LungsegError as exc:
+        logger.warning("cached ONNX export unreadable (%s); exporting it again", exc.problem)
+        twin.unlink(missing_ok=True)
+        return load_model(onnx_twin(checkpoint, digest), threads=threads)
 
 
 def onnx_twin(checkpoint: Path, digest: str) -> Path:

@@ -25,6 +25,7 @@ from lungseg.inference import road
 from lungseg.inference.quality import REVIEW_THRESHOLD
 from lungseg.serve.batcher import MicroBatcher
 from lungseg.serve.loading import ServedModel
+from lungseg.serve.negotiation import unsupported_format
 
 #: The name a bad upload is reported under (the client's file name is never used).
 UPLOAD = "upload"
@@ -33,10 +34,11 @@ UPLOAD = "upload"
 class ServeError(Exception):
     """A request the service refuses: an HTTP status and one line that says why."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -170,8 +172,12 @@ def _timings(
 
 
 def _prepare(data: bytes, segmenter, outputs: Collection[str]) -> road.Prepared:
-    """:func:`lungseg.inference.road.prepare`, or :class:`ServeError`: 415 for what is not an
-    image file at all, 422 for an image that is empty, truncated, corrupt or too large."""
+    """:func:`lungseg.inference.road.prepare`, or :class:`ServeError`: 415 for a format the
+    service does not take or what is not an image file at all, 422 for an image that is empty,
+    truncated, corrupt or too large."""
+    unsupported = unsupported_format(data)
+    if unsupported:
+        raise ServeError(415, f"unsupported format: {unsupported}; send PNG, JPEG, TIFF or DICOM")
     try:
         return road.prepare(data, UPLOAD, segmenter, outputs)
     except LungsegError as exc:

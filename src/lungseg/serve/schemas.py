@@ -69,8 +69,8 @@ class SegmentResponse(BaseModel):
     image: ImageInfo
     measurements: Measurements
     uncertain_fraction: float = Field(
-        description="Pixels with lung probability in (0.1, 0.9) per predicted lung pixel: how "
-        "unsure the model is (lungseg.inference.quality)."
+        description="Share (0-1) of the lung, and of its unsure border, where the lung "
+        "probability lies in (0.1, 0.9): how unsure the model is (lungseg.inference.quality)."
     )
     review: bool = Field(
         description="True when uncertain_fraction is above review_threshold or no lung was found."
@@ -107,3 +107,4 @@ class ModelsResponse(BaseModel):
 
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
+    version: str | None = Field(None, description="The lungseg version (``/healthz``).")

@@ -41,6 +41,14 @@ class ServeConfig:
         batch_wait_ms: how long a batch waits for requests already being decoded.
         max_pending: requests in progress at once; more get 503.
         cors_origins: browser origins allowed to call the API from other pages (none: CORS off).
+        allowed_hosts: names the ``Host`` header may carry besides this machine's loopback
+            names, the bound address and any IP address (``*``: any; DNS rebinding).
+        ssl_certfile: PEM certificate chain: serve HTTPS (with ``ssl_keyfile``).
+        ssl_keyfile: PEM private key of ``ssl_certfile``.
+        max_connections: open connections at once; beyond it the longest-idle one is closed
+            (lowered to fit the process's open-files limit).
+        header_timeout_s: a connection that has not sent a whole request head this long after
+            opening (or after its last answer, kept alive) is closed.
     """
 
     models: tuple[str, ...] = ("unet-fast",)
@@ -56,11 +64,17 @@ class ServeConfig:
     batch_wait_ms: float = 5.0
     max_pending: int = 256
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    allowed_hosts: tuple[str, ...] = field(default_factory=tuple)
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    max_connections: int = 512
+    header_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         models = tuple(m.strip() for item in self.models for m in str(item).split(",") if m.strip())
         object.__setattr__(self, "models", models)
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+        object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
         if not models:
             raise LungsegError("--model: give at least one model")
         if len(set(models)) != len(models):
@@ -78,14 +92,25 @@ class ServeConfig:
             "batch-size": self.max_batch >= 1,
             "batch-wait-ms": self.batch_wait_ms >= 0,
             "max-pending": self.max_pending >= 1,
+            "max-connections": self.max_connections >= 8,
+            "header-timeout": self.header_timeout_s > 0,
         }
         wrong = [name for name, ok in checks.items() if not ok]
         if wrong:
             raise LungsegError(f"out of range: --{', --'.join(wrong)}")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise LungsegError("HTTPS needs both --ssl-certfile and --ssl-keyfile")
+        for flag, path in (("ssl-certfile", self.ssl_certfile), ("ssl-keyfile", self.ssl_keyfile)):
+            if path is not None and not os.path.isfile(path):
+                raise LungsegError(f"--{flag}: no such file", path)
         if "*" in self.cors_origins:
             raise LungsegError(
                 "--cors-origin '*' would let any web page send X-rays here; name the origins"
             )
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_certfile else "http"
 
     @property
     def max_upload_bytes(self) -> int:
@@ -101,5 +126,22 @@ class ServeConfig:
         if not raw:
             raise LungsegError(f"{ENV_CONFIG} is not set: start the service with 'lungseg serve'")
         data = json.loads(raw)
-        data.update(models=tuple(data["models"]), cors_origins=tuple(data["cors_origins"]))
+        for key in ("models", "cors_origins", "allowed_hosts"):
+            data[key] = tuple(data[key])
         return cls(**data)
+
+
+def api_key() -> str | None:
+    """``$LUNGSEG_API_KEY``, or None when it is not set.
+
+    Raises:
+        LungsegError: set but empty (or blank): the service would run open without a word.
+    """
+    key = os.environ.get(ENV_API_KEY)
+    if key is None:
+        return None
+    if not key.strip():
+        raise LungsegError(
+            f"{ENV_API_KEY} is set but empty; give it a key, or unset it to serve without one"
+        )
+    return key

@@ -21,10 +21,18 @@
 
   async function loadModels() {
     const note = $("model-note");
+    const key = $("api-key");
+    if (key && !key.value) {
+      setModelChoice("enter the API key first");
+      note.textContent = "This service needs an API key: enter it to see its models.";
+      return;
+    }
     try {
       const response = await fetch("/v1/models", { headers: authHeaders() });
-      if (response.status === 401) {
-        note.textContent = "Enter the API key to use this service.";
+      if (response.status === 401 || response.status === 429) {
+        setModelChoice("API key not accepted");
+        const data = await response.json().catch(() => ({}));
+        note.textContent = response.status === 429 ? data.detail : "The API key is wrong: check it.";
         return;
       }
       if (response.status === 503) {
@@ -45,6 +53,10 @@
     }
   }
 
+  function setModelChoice(text) {
+    $("model").replaceChildren(new Option(text, "", true, true));
+  }
+
   async function segment(item) {
     item.status = "busy";
     renderTable();
@@ -62,6 +74,11 @@
         body: item.file,
       });
       const data = await response.json().catch(() => ({ detail: `HTTP ${response.status}` }));
+      if (response.status === 401) {
+        fail(item, $("api-key") && $("api-key").value
+          ? "the API key is wrong" : "the API key is missing: enter it above", "key");
+        return;
+      }
       if (!response.ok) {
         fail(item, data.detail || `HTTP ${response.status}`);
         return;
@@ -80,9 +97,10 @@
     if (!state.selected || state.selected.status !== "done") select(item);
   }
 
-  function fail(item, message) {
+  function fail(item, message, kind = "file") {
     item.status = "error";
     item.error = message;
+    item.errorKind = kind;
     renderTable();
     if (!state.selected || state.selected.status !== "done") select(item);
   }
@@ -114,18 +132,23 @@
   function announce() {
     const items = state.items;
     const done = items.filter((i) => i.status === "done");
-    const failed = items.filter((i) => i.status === "error");
-    const waiting = items.length - done.length - failed.length;
+    const failed = items.filter((i) => i.status === "error" && i.errorKind !== "key");
+    const refused = items.filter((i) => i.status === "error" && i.errorKind === "key");
+    const waiting = items.length - done.length - failed.length - refused.length;
     const status = $("status");
-    status.classList.toggle("error", waiting === 0 && failed.length > 0 && done.length === 0);
+    const stopped = failed.length + refused.length;
+    status.classList.toggle("error", waiting === 0 && stopped > 0 && done.length === 0);
     if (waiting) {
-      status.textContent = `Segmenting: ${done.length + failed.length} of ${items.length} done…`;
+      status.textContent = `Segmenting: ${done.length + stopped} of ${items.length} done…`;
       return;
     }
     const flagged = done.filter((i) => i.result.review).length;
     const parts = [`${done.length} ${done.length === 1 ? "X-ray" : "X-rays"} segmented`];
     if (done.length) parts.push(`${flagged} flagged for review`);
     if (failed.length) parts.push(`${failed.length} could not be read`);
+    if (refused.length) {
+      parts.push(`${refused.length} not sent: ${refused[0].error}`);
+    }
     status.textContent = `${parts.join("; ")}.`;
   }
 
@@ -143,12 +166,14 @@
     const body = $("detail-body");
     const viewer = $("viewer");
     if (item.status === "error") {
-      error.textContent = `Could not segment this file: ${item.error}.`;
+      error.textContent = item.errorKind === "key"
+        ? `Not segmented: ${item.error}.` : `Could not segment this file: ${item.error}.`;
       error.hidden = false;
       body.hidden = true;
       $("detail-image").textContent = "";
       viewer.dataset.state = "empty";
-      $("viewer-empty").textContent = "No image: the file could not be read.";
+      $("viewer-empty").textContent = item.errorKind === "key"
+        ? "No image: the service refused the API key." : "No image: the file could not be read.";
       return;
     }
     if (item.status !== "done") return;
@@ -186,7 +211,7 @@
       lung_px: number(m.lung_px), right_lung_fraction: percent(m.right_lung_px / pixels),
       left_lung_fraction: percent(m.left_lung_px / pixels), lung_fraction: percent(m.lung_fraction),
       right_lung_cm2: area(m.right_lung_cm2), left_lung_cm2: area(m.left_lung_cm2),
-      lung_cm2: area(m.lung_cm2) + (m.lung_cm2 === null ? "" : ` (${m.spacing_source})`),
+      lung_cm2: area(m.lung_cm2),
       uncertain_fraction: `${r.uncertain_fraction.toFixed(3)} (review above ${REVIEW})`,
       model: `${r.model.name}${r.model.tta ? " with test-time augmentation" : ""} · ${r.model.backend} · ${r.model.version}`,
       time: `${Math.round(r.timings_ms.total)} ms${r.batch_size > 1 ? ` (in a batch of ${r.batch_size})` : ""}`,
@@ -194,6 +219,11 @@
     for (const [name, text] of Object.entries(fields)) {
       document.querySelector(`#details [data-field="${name}"]`).textContent = text;
     }
+    // Where the cm² come from, under the areas (a phone has no width for it in the table).
+    $("areas-note").textContent = "Right and left are the patient's (the right lung is on the "
+      + "image's left). " + (m.lung_cm2 === null
+        ? "Areas in cm² need the pixel spacing, which DICOM files state."
+        : `Areas in cm² from ${m.spacing_source}.`);
     const flag = $("review");
     flag.className = `flag ${r.review ? "review" : "clear"}`;
     const why = m.lung_px === 0 ? "No lung was found in this image."
@@ -207,14 +237,32 @@
     const seg = $("download-seg");
     seg.hidden = !(state.outputs.includes("dicom-seg") && r.image.mode === "DICOM");
     seg.onclick = (event) => { event.preventDefault(); downloadSeg(item, `${stem}_seg.dcm`); };
+    $("download-note").textContent = "";
   }
 
+  // The SEG of the mask shown: the same file, model and test-time augmentation give the same
+  // mask (the service is deterministic), now written as a DICOM Segmentation object.
   async function downloadSeg(item, name) {
-    const params = new URLSearchParams({ format: "dicom-seg", model: item.result.model.name });
-    const response = await fetch(`/v1/segment?${params}`, {
-      method: "POST", headers: { ...authHeaders(), "Content-Type": "application/octet-stream" }, body: item.file,
+    const note = $("download-note");
+    const params = new URLSearchParams({
+      format: "dicom-seg", model: item.result.model.name, tta: String(item.result.model.tta),
     });
-    if (!response.ok) return;
+    note.textContent = "Making the DICOM SEG…";
+    let response;
+    try {
+      response = await fetch(`/v1/segment?${params}`, {
+        method: "POST", headers: { ...authHeaders(), "Content-Type": "application/octet-stream" }, body: item.file,
+      });
+    } catch (error) {
+      note.textContent = "DICOM SEG failed: the service did not answer.";
+      return;
+    }
+    if (!response.ok) {
+      const data = await response.json().catch(() => ({ detail: `HTTP ${response.status}` }));
+      note.textContent = `DICOM SEG failed: ${data.detail}.`;
+      return;
+    }
+    note.textContent = "DICOM SEG downloaded.";
     const link = Object.assign(document.createElement("a"), {
       href: URL.createObjectURL(await response.blob()), download: name,
     });
@@ -295,10 +343,28 @@
 
   // -- several files: the table ----------------------------------------------------------------
 
+  // One unit for both lung columns: cm² when every segmented file states its pixel spacing,
+  // else pixels for all (a column mixing the two could not be compared or sorted).
+  function areaUnit() {
+    const done = state.items.filter((i) => i.result);
+    return done.length && done.every((i) => i.result.measurements.lung_cm2 !== null) ? "cm2" : "px";
+  }
+
+  function side(item, which) {
+    if (!item.result) return null;
+    const m = item.result.measurements;
+    return areaUnit() === "cm2" ? m[`${which}_lung_cm2`] : m[`${which}_lung_px`];
+  }
+
+  function sideText(value) {
+    if (value === null) return "";
+    return areaUnit() === "cm2" ? value.toFixed(1) : number(value);
+  }
+
   const SORT_KEYS = {
     name: (i) => i.name.toLowerCase(),
-    right: (i) => i.result && i.result.measurements.right_lung_px,
-    left: (i) => i.result && i.result.measurements.left_lung_px,
+    right: (i) => side(i, "right"),
+    left: (i) => side(i, "left"),
     fraction: (i) => i.result && i.result.measurements.lung_fraction,
     uncertainty: (i) => i.result && i.result.uncertain_fraction,
   };
@@ -318,6 +384,8 @@
 
   function renderTable() {
     $("table-panel").hidden = state.items.length < 2;
+    const unit = areaUnit() === "cm2" ? "cm²" : "px";
+    for (const id of ["unit-right", "unit-left"]) $(id).textContent = `(${unit})`;
     const rows = sortedItems().map((item) => {
       const row = document.createElement("tr");
       row.classList.toggle("selected", item === state.selected);
@@ -325,7 +393,10 @@
       name.type = "button";
       name.className = "name-button";
       name.textContent = item.name;
-      name.addEventListener("click", () => select(item));
+      name.addEventListener("click", () => {
+        select(item);
+        $("details").scrollIntoView({ block: "start" });
+      });
       const nameCell = cell(name);
       if (item.error) {
         const message = document.createElement("div");
@@ -335,12 +406,11 @@
       }
       const r = item.result;
       const m = r && r.measurements;
-      const side = (px, cm2) => (m ? (cm2 === null ? `${number(px)} px` : area(cm2)) : "");
       row.append(
         nameCell,
         cell(pill(item)),
-        cell(side(m && m.right_lung_px, m && m.right_lung_cm2), "num"),
-        cell(side(m && m.left_lung_px, m && m.left_lung_cm2), "num"),
+        cell(sideText(side(item, "right")), "num"),
+        cell(sideText(side(item, "left")), "num"),
         cell(m ? percent(m.lung_fraction) : "", "num"),
         cell(r ? r.uncertain_fraction.toFixed(3) : "", "num"),
       );
@@ -380,6 +450,48 @@
     renderTable();
   }
 
+  // A cell a spreadsheet would run as a formula is written as text.
+  function csvCell(value) {
+    let text = value === null || value === undefined ? "" : String(value);
+    if (/^[=+\-@\t\r]/.test(text)) text = `'${text}`;
+    return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+  }
+
+  function exportCsv() {
+    const unit = areaUnit() === "cm2" ? "cm2" : "px";
+    const header = ["file", "result", `right_lung_${unit}`, `left_lung_${unit}`, "lung_fraction",
+      "uncertain_fraction", "review", "model", "tta", "error"];
+    const lines = [header.join(",")];
+    for (const item of sortedItems()) {
+      const r = item.result;
+      lines.push([
+        item.name, item.status === "done" ? "segmented" : item.status, side(item, "right"),
+        side(item, "left"), r ? r.measurements.lung_fraction : "", r ? r.uncertain_fraction : "",
+        r ? r.review : "", r ? r.model.name : "", r ? r.model.tta : "", item.error || "",
+      ].map(csvCell).join(","));
+    }
+    const blob = new Blob([`${lines.join("\r\n")}\r\n`], { type: "text/csv" });
+    const link = Object.assign(document.createElement("a"), {
+      href: URL.createObjectURL(blob), download: "lungseg-results.csv",
+    });
+    link.click();
+    URL.revokeObjectURL(link.href);
+  }
+
+  function clearAll() {
+    for (const item of state.items) {
+      if (item.maskUrl) URL.revokeObjectURL(item.maskUrl);
+      if (item.imageUrl) URL.revokeObjectURL(item.imageUrl);
+    }
+    state.items = [];
+    state.selected = null;
+    $("results").hidden = true;
+    $("status").textContent = "Cleared.";
+    $("status").classList.remove("error");
+    $("viewer").dataset.state = "empty";
+    renderTable();
+  }
+
   // -- wiring ----------------------------------------------------------------------------------
 
   function init() {
@@ -413,6 +525,8 @@
       clearTimeout(pending);
       pending = setTimeout(draw, 100);
     });
+    $("export-csv").addEventListener("click", exportCsv);
+    $("clear").addEventListener("click", clearAll);
     const key = $("api-key");
     if (key) key.addEventListener("change", loadModels);
     loadModels();
