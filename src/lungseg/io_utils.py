@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -105,17 +105,45 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+class CsvWriter:
+    """``csv.DictWriter`` with ``\\n`` line ends that also quotes a cell holding a carriage
+    return (Python's minimal quoting quotes only the characters of the line end, so a bare
+    ``\\r`` in a file name would end the row for every reader).
+
+    Args:
+        fh: a text file opened with ``newline=""``.
+        columns: the header; keys of a row not in it are left out.
+    """
+
+    def __init__(self, fh: IO[str], columns: Sequence[str]) -> None:
+        import csv
+
+        self.columns = list(columns)
+        options = {"lineterminator": "\n", "extrasaction": "ignore"}
+        self._minimal = csv.DictWriter(fh, self.columns, **options)
+        self._quoted = csv.DictWriter(fh, self.columns, quoting=csv.QUOTE_ALL, **options)
+
+    def writeheader(self) -> None:
+        self._minimal.writeheader()
+
+    def writerow(self, row: Mapping[str, Any]) -> None:
+        cr = any(isinstance(row.get(c), str) and "\r" in row[c] for c in self.columns)
+        (self._quoted if cr else self._minimal).writerow(row)
+
+    def writerows(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
 def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
     """``rows`` as CSV text with a header; ``columns`` default to the first row's keys.
 
     Keys of a row that are not in ``columns`` are left out.
     """
-    import csv
     import io
 
     buf = io.StringIO()
-    fieldnames = list(columns) if columns is not None else list(rows[0])
-    writer = csv.DictWriter(buf, fieldnames, lineterminator="\n", extrasaction="ignore")
+    writer = CsvWriter(buf, list(columns) if columns is not None else list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()

@@ -61,13 +61,18 @@ def reference(tiny_run, examples_dir, tmp_path_factory) -> tuple[Path, dict[str,
 
 def test_a_killed_run_is_finished_by_the_next(tiny_run, reference, tmp_path) -> None:
     folder, expected = reference
-    # Reading a named pipe blocks: listed before c2/, it keeps the first run from ever reaching
-    # the last 12 images.
+    # A read that never returns (a stalled network file system): listed before c2/, it keeps
+    # the first run from ever reaching the last 12 images.
     held = folder / "c1-held" / "x.png"
     held.parent.mkdir()
-    os.mkfifo(held)
+    held.write_bytes(b"")
     out = tmp_path / "out"
     script = (
+        "import threading\n"
+        "from lungseg.segment.inputs import LocalInputs\n"
+        "read = LocalInputs.read\n"
+        "LocalInputs.read = lambda self, item: (threading.Event().wait() if 'held' in item.key\n"
+        "                                       else read(self, item))\n"
         "from lungseg.inference import load_model\n"
         "from lungseg.segment import segment_files\n"
         f"segment_files(load_model({str(tiny_run.run)!r}, device='cpu'), {str(folder)!r}, "

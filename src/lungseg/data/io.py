@@ -29,7 +29,10 @@ Masks are decoded the same way (:func:`decode_mask`) and binarised by :func:`bin
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
+import os
+import stat
 import struct
 import zlib
 from collections.abc import Iterator
@@ -75,11 +78,42 @@ class Decoded:
     mode: str = "L"
 
 
+#: Largest image file read (bytes): far above any X-ray within :data:`MAX_PIXELS`, far below
+#: what would exhaust a machine's memory.
+MAX_FILE_BYTES = 1 << 30
+
+
+def read_regular(path: str | Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file (a symbolic link to one is fine), at most ``limit`` of them.
+
+    A named pipe, a device (``/dev/zero`` behind a ``.png`` link) or a socket would block the
+    reader or never end: it is refused before a byte is read, and so is a file over ``limit``.
+
+    Raises:
+        OSError: the file cannot be opened, is not a regular file, or is larger than ``limit``
+            (``strerror`` says which; ``filename`` is ``path``).
+    """
+    # O_NONBLOCK: opening a named pipe that no one writes would otherwise wait forever.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a named pipe, device or socket)",
+                          str(path))  # fmt: skip
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"file larger than the {limit >> 20} MiB limit", str(path))
+        data = fh.read(limit + 1)
+    if len(data) > limit:  # it grew while being read
+        raise OSError(errno.EFBIG, f"file larger than the {limit >> 20} MiB limit", str(path))
+    return data
+
+
 def read_file(path: str | Path, name: str) -> bytes:
-    """A file's bytes; a file that cannot be read (a symlink loop, a dangling link, no
-    permission) is a :class:`LungsegError` naming ``name``, like any other bad file."""
+    """A file's bytes (:func:`read_regular`); a file that cannot be read (a symlink loop, a
+    dangling link, no permission, a named pipe) is a :class:`LungsegError` naming ``name``, like
+    any other bad file."""
     try:
-        return Path(path).read_bytes()
+        return read_regular(path)
     except OSError as exc:
         raise LungsegError(f"cannot read file ({exc.strerror or exc})", name) from None
 

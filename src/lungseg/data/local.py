@@ -40,7 +40,9 @@ class LocalSource:
         return sorted(keys)
 
     def read_bytes(self, key: str) -> bytes:
-        return (self.root / key).read_bytes()
+        from lungseg.data.io import read_regular
+
+        return read_regular(self.root / key)
 
     def stat(self, key: str) -> tuple[int, str]:
         st = (self.root / key).stat()

@@ -7,7 +7,8 @@ construction, name the image's outputs (``masks/<key>.png``), decide its shard, 
 the ledger records as done. Below a given folder, sub-folders named ``masks`` are skipped: in a
 dataset laid out as ``<Class>/images`` + ``<Class>/masks`` they hold ground truth, not X-rays;
 a ``masks`` folder given itself is searched like any other. Hidden files and folders are
-skipped, and so is the output folder when it lies inside an input.
+skipped, and so is the output folder when it lies inside an input. A local name whose bytes
+are not UTF-8 has them written ``\\xNN`` in its key (:mod:`lungseg.segment.names`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from lungseg.data.io import IMAGE_SUFFIXES
+from lungseg.data.io import IMAGE_SUFFIXES, read_regular
 from lungseg.errors import LungsegError
+from lungseg.segment.names import key_text
 
 
 @dataclass(frozen=True)
@@ -120,13 +122,12 @@ class LocalInputs:
                     yield self._item(full, shown, stat)
 
     def _item(self, absolute: str, shown: str, stat: os.stat_result | None) -> Item:
-        key = Path(os.path.relpath(absolute, self.root)).as_posix()
+        key = key_text(Path(os.path.relpath(absolute, self.root)).as_posix())
         version = f"{stat.st_size}-{stat.st_mtime_ns}" if stat is not None else "missing"
         return Item(key, shown, version, absolute)
 
     def read(self, item: Item) -> bytes:
-        with open(item.ref, "rb") as fh:
-            return fh.read()
+        return read_regular(item.ref)
 
 
 class AzureInputs:

@@ -43,6 +43,7 @@ import numpy as np
 
 from lungseg.errors import LungsegError
 from lungseg.io_utils import csv_text, sha256_json
+from lungseg.segment.names import key_text, one_line, output_stem
 from lungseg.segment.outputs import Sink, delete_folder
 from lungseg.segment.shard import Shard
 
@@ -70,19 +71,15 @@ def output_names(key: str) -> dict[str, str]:
     """The outputs of the image with this key: ``{"mask": "masks/<key>.png", ...}``.
 
     The key keeps its own extension (``x.png`` -> ``masks/x.png.png``, ``x.jpg`` ->
-    ``masks/x.jpg.png``), so two inputs can never map to one output.
-
-    Raises:
-        LungsegError: the key cannot be a file name (``..``, ``.`` or an empty part: possible in
-            a blob name, never in a local path).
+    ``masks/x.jpg.png``), so two inputs can never map to one output. A key that cannot be a file
+    name as it is (control characters, a part too long, ``..``) is named by its hash instead
+    (:func:`lungseg.segment.names.output_stem`); the CSVs keep the key.
     """
-    parts = key.split("/")
-    if any(p in ("", ".", "..") for p in parts) or "\\" in key:
-        raise LungsegError("name cannot be written as an output file ('.', '..' or '//' in it)")
+    stem = output_stem(key)
     return {
-        "mask": f"{MASKS}/{key}.png",
-        "overlay": f"{OVERLAYS}/{key}.jpg",
-        "dicom_seg": f"{DICOM_SEG}/{key}.dcm",
+        "mask": f"{MASKS}/{stem}.png",
+        "overlay": f"{OVERLAYS}/{stem}.jpg",
+        "dicom_seg": f"{DICOM_SEG}/{stem}.dcm",
     }
 
 
@@ -224,6 +221,9 @@ class Ledger:
         self.written = 0
 
     def add(self, row: dict[str, Any]) -> None:
+        # A local name that is not UTF-8 reaches the row through ``file`` and ``problem``.
+        row = {k: key_text(v) if isinstance(v, str) else v for k, v in row.items()}
+        row["problem"] = one_line(row.get("problem") or "")
         if not self.rows:
             self._since = self._clock()
         self.rows.append(row)

@@ -9,7 +9,6 @@ there are more than :data:`FAN_IN`), and only the masks to review first are kept
 
 from __future__ import annotations
 
-import csv
 import heapq
 import json
 import shutil
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lungseg.errors import LungsegError
+from lungseg.io_utils import CsvWriter
 from lungseg.segment.ledger import (
     COMPLETE,
     ERROR_COLUMNS,
@@ -37,7 +37,9 @@ from lungseg.segment.ledger import (
     read_manifest,
     read_rows,
 )
+from lungseg.segment.names import one_line, spreadsheet_cell
 from lungseg.segment.outputs import LocalSink, Sink, open_sink
+from lungseg.segment.shard import Shard
 
 #: Masks listed in ``qc.json`` to review first.
 QC_TOP = 50
@@ -80,9 +82,9 @@ def completion(sink: Sink, sid: str, count: int | None = None) -> tuple[int, lis
     that is complete (else the one nearest to it)."""
     done: dict[int, set[int]] = {}
     for rel in sink.list(f"{PARTS}/{sid}"):
-        if Path(rel).name == COMPLETE:
-            index, _, of = rel.split("/")[-2].removeprefix("shard-").partition("-of-")
-            done.setdefault(int(of), set()).add(int(index))
+        shard = _shard_folder(rel.split("/")[-2]) if Path(rel).name == COMPLETE else None
+        if shard is not None:
+            done.setdefault(shard.count, set()).add(shard.index)
     if count is not None:
         return count, sorted(set(range(count)) - done.get(count, set()))
     if not done:
@@ -92,6 +94,16 @@ def completion(sink: Sink, sid: str, count: int | None = None) -> tuple[int, lis
             return count, []
     count = max(done, key=lambda c: len(done[c]) / c)
     return count, sorted(set(range(count)) - done[count])
+
+
+def _shard_folder(name: str) -> Shard | None:
+    """The shard a ledger folder ``shard-K-of-N`` belongs to; None for a name segment never
+    writes (N out of bounds, not numbers)."""
+    index, _, count = name.removeprefix("shard-").partition("-of-")
+    try:
+        return Shard(int(index), int(count))
+    except (ValueError, LungsegError):
+        return None
 
 
 def merge(sink: Sink, top: int = QC_TOP, shards: int | None = None) -> MergeResult:
@@ -124,16 +136,14 @@ def merge(sink: Sink, top: int = QC_TOP, shards: int | None = None) -> MergeResu
             open(measurements, "w", newline="", encoding="utf-8") as mfh,
             open(errors, "w", newline="", encoding="utf-8") as efh,
         ):
-            ok_rows = csv.DictWriter(mfh, MEASUREMENT_COLUMNS, extrasaction="ignore",
-                                     lineterminator="\n")  # fmt: skip
-            bad_rows = csv.DictWriter(efh, ERROR_COLUMNS, extrasaction="ignore",
-                                      lineterminator="\n")  # fmt: skip
+            ok_rows = CsvWriter(mfh, MEASUREMENT_COLUMNS)
+            bad_rows = CsvWriter(efh, ERROR_COLUMNS)
             ok_rows.writeheader()
             bad_rows.writeheader()
             for row in _latest_per_key(_sorted_rows(paths, folder)):
                 if row["status"] == "ok":
                     n_ok += 1
-                    ok_rows.writerow(row)
+                    ok_rows.writerow(_cells(row))
                     candidates.append((-float(row["uncertain_fraction"]), row["key"], row["file"]))
                     if row.get("review"):
                         reasons[row["review"].split(" (")[0]] += 1
@@ -143,7 +153,7 @@ def merge(sink: Sink, top: int = QC_TOP, shards: int | None = None) -> MergeResu
                         candidates = sorted(candidates)[:top]
                 else:
                     n_failed += 1
-                    bad_rows.writerow(row)
+                    bad_rows.writerow(_cells(row))
                     problems[row["problem"].split(" (")[0]] += 1
         _put_file(sink, MEASUREMENTS, measurements)
         if n_failed:
@@ -179,6 +189,16 @@ def merge(sink: Sink, top: int = QC_TOP, shards: int | None = None) -> MergeResu
     )
 
 
+#: Columns of the merged tables that hold names (a spreadsheet must not run them as formulas).
+_NAME_COLUMNS = ("key", "file", "problem")
+
+
+def _cells(row: dict[str, str]) -> dict[str, str]:
+    cells = {**row, **{c: spreadsheet_cell(row[c]) for c in _NAME_COLUMNS}}
+    cells["problem"] = spreadsheet_cell(one_line(row["problem"]))
+    return cells
+
+
 def _local_copies(sink: Sink, rels: list[str], folder: Path) -> list[Path]:
     if isinstance(sink, LocalSink):
         return [sink.root / rel for rel in rels]
@@ -210,7 +230,7 @@ def _sorted_rows(paths: list[Path], folder: Path) -> Iterator[dict[str, str]]:
             out = folder / f"round{round_}-{start // FAN_IN:06d}.csv"
             rows = heapq.merge(*(_rows_of(p) for p in paths[start : start + FAN_IN]), key=order)
             with open(out, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, LEDGER_COLUMNS, lineterminator="\n")
+                writer = CsvWriter(fh, LEDGER_COLUMNS)
                 writer.writeheader()
                 writer.writerows(rows)
             merged.append(out)
