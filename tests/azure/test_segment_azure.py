@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import BlobServiceClient
 
+from held import PATCH, release
+from held import held as hold
 from lungseg.data.azure import AzureSink, upload
 from lungseg.inference import load_model
 from lungseg.segment import segment_files
@@ -137,10 +139,10 @@ def test_storage_gone_mid_run_then_resumed(
     segment_files(load_model(tiny_run.run, device="cpu"), folder, reference, progress=False)
     held = folder / "c1-held" / "x.png"
     held.parent.mkdir()
-    os.mkfifo(held)  # listed before c2/; reading it blocks until released
+    hold(held)  # listed before c2/; reading it blocks until released
     out = "az://seg/run"
     script = (
-        "import sys\n"
+        f"{PATCH}import sys\n"
         "from lungseg.errors import LungsegError\n"
         "from lungseg.inference import load_model\n"
         "from lungseg.segment import segment_files\n"
@@ -165,8 +167,7 @@ def test_storage_gone_mid_run_then_resumed(
         )  # fmt: skip
         own_azurite.stop()
     finally:
-        with open(held, "wb"):  # let the run go on, into the missing storage
-            pass
+        release(held)  # let the run go on, into the missing storage
     _, stderr = run.communicate(timeout=300)
     lines = stderr.strip().splitlines()
     assert run.returncode == 1 and lines[-1].startswith("error: "), stderr

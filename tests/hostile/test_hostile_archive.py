@@ -116,3 +116,40 @@ def test_sigterm_ends_a_run_stuck_on_a_read(tiny_run, examples_dir, tmp_path) ->
         child.wait()
     assert child.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("damage", ["cut mid-row", "garbage value"])
+def test_a_damaged_ledger_is_one_line_and_its_images_are_redone(
+    tiny_run, examples_dir, tmp_path, capsys, damage
+) -> None:
+    from trained import lungseg
+
+    folder = tmp_path / "in"
+    shutil.copytree(examples_dir / "COVID" / "images", folder)
+    out = tmp_path / "out"
+    argv = ["segment", folder, "--out", out, "--weights", tiny_run.run, "--device", "cpu"]
+    code, _, err = lungseg(argv, capsys)
+    assert code == 0, err
+    expected = (out / "measurements.csv").read_bytes()
+    (ledger,) = out.glob("parts/*/shard-0-of-1/000000.csv")
+    text = ledger.read_text(encoding="utf-8")
+    if damage == "cut mid-row":
+        ledger.write_text(text[: len(text) - 40], encoding="utf-8")
+    else:
+        lines = text.splitlines(keepends=True)
+        cells = lines[2].split(",")
+        cells[-2] = "abc"  # uncertain_fraction
+        ledger.write_text("".join([*lines[:2], ",".join(cells), *lines[3:]]), encoding="utf-8")
+
+    code, _, err = lungseg(["segment-merge", out], capsys)
+    error_line(code, err, "segment-merge", "damaged ledger file", "000000.csv",
+               "lungseg segment again")  # fmt: skip
+
+    code, stdout, err = lungseg(argv, capsys)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if "damaged ledger file" in line] == [
+        line for line in err.splitlines() if "000000.csv" in line
+    ] and "removed, its images are done again" in err, err
+    assert "segmented 12 image(s)" in stdout
+    assert (out / "measurements.csv").read_bytes() == expected

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from held import PATCH
 from lungseg.inference import load_model
 from lungseg.segment import segment_files
 from lungseg.segment.shard import shard_of
@@ -68,11 +68,7 @@ def test_a_killed_run_is_finished_by_the_next(tiny_run, reference, tmp_path) -> 
     held.write_bytes(b"")
     out = tmp_path / "out"
     script = (
-        "import threading\n"
-        "from lungseg.segment.inputs import LocalInputs\n"
-        "read = LocalInputs.read\n"
-        "LocalInputs.read = lambda self, item: (threading.Event().wait() if 'held' in item.key\n"
-        "                                       else read(self, item))\n"
+        f"{PATCH}"
         "from lungseg.inference import load_model\n"
         "from lungseg.segment import segment_files\n"
         f"segment_files(load_model({str(tiny_run.run)!r}, device='cpu'), {str(folder)!r}, "

@@ -34,6 +34,7 @@ import datetime
 import hashlib
 import io
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from lungseg.errors import LungsegError
+from lungseg.errors import LungsegError, printable
 from lungseg.io_utils import csv_text, sha256_json
 from lungseg.segment.names import key_text, one_line, output_stem
 from lungseg.segment.outputs import Sink, delete_folder
@@ -266,16 +267,48 @@ def is_ledger(rel: str) -> bool:
     return name.endswith(".csv") and name[:-4].isdigit()
 
 
+class DamagedLedger(LungsegError):
+    """A ledger file that is cut or holds a value segment never writes (a damaged disk, a hand
+    edit): the images it recorded are to be done again."""
+
+
+#: Columns of an ``ok`` row that hold numbers (checked when a ledger is read).
+_INT_COLUMNS = ("height", "width", "lung_px")
+_FLOAT_COLUMNS = ("lung_fraction", "uncertain_fraction")
+
+
 def read_rows(lines: Iterable[str], where: str) -> Iterator[dict[str, str]]:
-    """The rows of a ledger file (``lines``: its text, line by line)."""
+    """The rows of a ledger file (``lines``: its text, line by line).
+
+    Raises:
+        DamagedLedger: the file is not one segment wrote whole (other columns, a row cut short
+            or too long, a status or number segment never writes).
+    """
     reader = csv.DictReader(lines)
     if tuple(reader.fieldnames or ()) != LEDGER_COLUMNS:
-        raise LungsegError(
-            "damaged ledger file (unexpected columns); delete it and run again (its images are "
-            "done again)",
-            where,
-        )
-    yield from reader
+        raise DamagedLedger("damaged ledger file (unexpected columns)", where)
+    for row in reader:
+        problem = _row_problem(row)
+        if problem:
+            raise DamagedLedger(f"damaged ledger file (line {reader.line_num}: {problem})", where)
+        yield row
+
+
+def _row_problem(row: dict[str, Any]) -> str:
+    if None in row or any(value is None for value in row.values()):
+        return "a row of the wrong length"
+    if not row["key"] or not row["done_at"] or row["status"] not in ("ok", "error"):
+        return "no key, no time or an unknown status"
+    if row["status"] == "ok":
+        try:
+            for column in _INT_COLUMNS:
+                int(row[column])
+            for column in _FLOAT_COLUMNS:
+                if not np.isfinite(float(row[column])):
+                    raise ValueError
+        except ValueError:
+            return f"{column} is not a number"
+    return ""
 
 
 def item_id(key: str, version: str) -> int:
@@ -299,7 +332,11 @@ class DoneSet:
 
 
 def done_set(sink: Sink, sid: str, shard: Shard) -> DoneSet:
-    """What the ledgers of these settings (any sharding) record as done for ``shard``."""
+    """What the ledgers of these settings (any sharding) record as done for ``shard``.
+
+    A damaged ledger file is removed, with one line on stderr, together with the completion
+    record of its shard: its images are done again (by this run where they are its own).
+    """
     ids = []
     for rel in sink.list(f"{PARTS}/{sid}"):
         if not is_ledger(rel):
@@ -307,9 +344,13 @@ def done_set(sink: Sink, sid: str, shard: Shard) -> DoneSet:
         data = sink.get(rel)
         if data is None:  # deleted meanwhile by an --overwrite
             continue
-        ids.extend(
-            item_id(row["key"], row["version"])
-            for row in read_rows(io.StringIO(data.decode("utf-8")), sink.where(rel))
-            if shard.owns(row["key"])
-        )
+        try:
+            rows = list(read_rows(io.StringIO(data.decode("utf-8"), newline=""), sink.where(rel)))
+        except (DamagedLedger, UnicodeDecodeError) as exc:
+            problem = exc.problem if isinstance(exc, DamagedLedger) else "damaged ledger file"
+            print(f"{printable(sink.where(rel))}: {problem}; removed, its images are done again",
+                  file=sys.stderr)  # fmt: skip
+            sink.delete([rel, f"{rel.rsplit('/', 1)[0]}/{COMPLETE}"])
+            continue
+        ids.extend(item_id(row["key"], row["version"]) for row in rows if shard.owns(row["key"]))
     return DoneSet(np.unique(np.array(ids, dtype=np.uint64)))

@@ -31,6 +31,7 @@ from lungseg.segment.ledger import (
     MEASUREMENTS,
     PARTS,
     QC,
+    DamagedLedger,
     is_ledger,
     order,
     output_names,
@@ -128,38 +129,48 @@ def merge(sink: Sink, top: int = QC_TOP, shards: int | None = None) -> MergeResu
     flagged: list[tuple[str, str]] = []
     candidates: list[tuple[float, str, str]] = []
     n_ok = n_failed = 0
-    with tempfile.TemporaryDirectory(prefix="lungseg-merge-") as tmp:
-        folder = Path(tmp)
-        paths = _local_copies(sink, ledgers, folder)
-        measurements, errors = folder / "measurements.csv", folder / "errors.csv"
-        with (
-            open(measurements, "w", newline="", encoding="utf-8") as mfh,
-            open(errors, "w", newline="", encoding="utf-8") as efh,
-        ):
-            ok_rows = CsvWriter(mfh, MEASUREMENT_COLUMNS)
-            bad_rows = CsvWriter(efh, ERROR_COLUMNS)
-            ok_rows.writeheader()
-            bad_rows.writeheader()
-            for row in _latest_per_key(_sorted_rows(paths, folder)):
-                if row["status"] == "ok":
-                    n_ok += 1
-                    ok_rows.writerow(_cells(row))
-                    candidates.append((-float(row["uncertain_fraction"]), row["key"], row["file"]))
-                    if row.get("review"):
-                        reasons[row["review"].split(" (")[0]] += 1
-                        if len(flagged) < top:
-                            flagged.append((row["key"], row["review"]))
-                    if len(candidates) > 4 * top:
-                        candidates = sorted(candidates)[:top]
-                else:
-                    n_failed += 1
-                    bad_rows.writerow(_cells(row))
-                    problems[row["problem"].split(" (")[0]] += 1
-        _put_file(sink, MEASUREMENTS, measurements)
-        if n_failed:
-            _put_file(sink, ERRORS, errors)
-        else:
-            sink.delete([ERRORS])
+    try:
+        with tempfile.TemporaryDirectory(prefix="lungseg-merge-") as tmp:
+            folder = Path(tmp)
+            paths = _local_copies(sink, ledgers, folder)
+            names = dict(zip(paths, map(sink.where, ledgers), strict=True))
+            measurements, errors = folder / "measurements.csv", folder / "errors.csv"
+            with (
+                open(measurements, "w", newline="", encoding="utf-8") as mfh,
+                open(errors, "w", newline="", encoding="utf-8") as efh,
+            ):
+                ok_rows = CsvWriter(mfh, MEASUREMENT_COLUMNS)
+                bad_rows = CsvWriter(efh, ERROR_COLUMNS)
+                ok_rows.writeheader()
+                bad_rows.writeheader()
+                for row in _latest_per_key(_sorted_rows(paths, folder, names)):
+                    if row["status"] == "ok":
+                        n_ok += 1
+                        ok_rows.writerow(_cells(row))
+                        candidates.append(
+                            (-float(row["uncertain_fraction"]), row["key"], row["file"])
+                        )
+                        if row.get("review"):
+                            reasons[row["review"].split(" (")[0]] += 1
+                            if len(flagged) < top:
+                                flagged.append((row["key"], row["review"]))
+                        if len(candidates) > 4 * top:
+                            candidates = sorted(candidates)[:top]
+                    else:
+                        n_failed += 1
+                        bad_rows.writerow(_cells(row))
+                        problems[row["problem"].split(" (")[0]] += 1
+            _put_file(sink, MEASUREMENTS, measurements)
+            if n_failed:
+                _put_file(sink, ERRORS, errors)
+            else:
+                sink.delete([ERRORS])
+    except DamagedLedger as exc:
+        raise DamagedLedger(
+            f"{exc.problem}; run lungseg segment again with the same settings: it removes the "
+            "file and does its images again",
+            exc.path,
+        ) from None
     ranked = [(-u, key, file) for u, key, file in sorted(candidates)[:top]]
     qc = {
         "settings_id": sid,
@@ -216,26 +227,33 @@ def _put_file(sink: Sink, rel: str, path: Path) -> None:
     sink.put_stream(rel, copy)
 
 
-def _rows_of(path: Path) -> Iterator[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        yield from read_rows(fh, str(path))
+def _rows_of(path: Path, where: str) -> Iterator[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            yield from read_rows(fh, where)
+    except UnicodeDecodeError:
+        raise DamagedLedger("damaged ledger file (not UTF-8)", where) from None
 
 
-def _sorted_rows(paths: list[Path], folder: Path) -> Iterator[dict[str, str]]:
-    """The rows of sorted ledger files as one sorted stream, at most :data:`FAN_IN` files open."""
+def _sorted_rows(
+    paths: list[Path], folder: Path, names: dict[Path, str]
+) -> Iterator[dict[str, str]]:
+    """The rows of sorted ledger files as one sorted stream, at most :data:`FAN_IN` files open
+    (``names``: the ledger files' names for messages)."""
     round_ = 0
     while len(paths) > FAN_IN:
         merged = []
         for start in range(0, len(paths), FAN_IN):
             out = folder / f"round{round_}-{start // FAN_IN:06d}.csv"
-            rows = heapq.merge(*(_rows_of(p) for p in paths[start : start + FAN_IN]), key=order)
+            part = paths[start : start + FAN_IN]
+            rows = heapq.merge(*(_rows_of(p, names.get(p, str(p))) for p in part), key=order)
             with open(out, "w", newline="", encoding="utf-8") as fh:
                 writer = CsvWriter(fh, LEDGER_COLUMNS)
                 writer.writeheader()
                 writer.writerows(rows)
             merged.append(out)
         paths, round_ = merged, round_ + 1
-    yield from heapq.merge(*(_rows_of(p) for p in paths), key=order)
+    yield from heapq.merge(*(_rows_of(p, names.get(p, str(p))) for p in paths), key=order)
 
 
 def _latest_per_key(rows: Iterator[dict[str, str]]) -> Iterator[dict[str, str]]:
