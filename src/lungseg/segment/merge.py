@@ -60,7 +60,7 @@ class MergeResult:
         shards: the number of shards of the latest sharding.
         pending: shards of it that have not completed (empty: the output is complete).
         flagged: ``(key, reason)`` of the masks flagged for review (column ``review``), the
-            first :data:`QC_TOP` by key.
+            :data:`QC_TOP` worst: highest ``uncertain_fraction`` first, then by key.
         n_flagged: how many masks are flagged.
     """
 
@@ -126,7 +126,7 @@ def merge(sink: Sink, top: int = QC_TOP, shards: int | None = None) -> MergeResu
     shards, pending = completion(sink, sid, shards)
     problems: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
-    flagged: list[tuple[str, str]] = []
+    worst: list[tuple[float, str, str, str]] = []  # (-uncertain_fraction, key, file, reason)
     candidates: list[tuple[float, str, str]] = []
     n_ok = n_failed = 0
     try:
@@ -152,8 +152,10 @@ def merge(sink: Sink, top: int = QC_TOP, shards: int | None = None) -> MergeResu
                         )
                         if row.get("review"):
                             reasons[row["review"].split(" (")[0]] += 1
-                            if len(flagged) < top:
-                                flagged.append((row["key"], row["review"]))
+                            worst.append((candidates[-1][0], row["key"], row["file"],
+                                          row["review"]))  # fmt: skip
+                            if len(worst) > 4 * top:
+                                worst = sorted(worst)[:top]
                         if len(candidates) > 4 * top:
                             candidates = sorted(candidates)[:top]
                     else:
@@ -172,17 +174,28 @@ def merge(sink: Sink, top: int = QC_TOP, shards: int | None = None) -> MergeResu
             exc.path,
         ) from None
     ranked = [(-u, key, file) for u, key, file in sorted(candidates)[:top]]
+    worst = sorted(worst)[:top]
     qc = {
         "settings_id": sid,
         "images": n_ok + n_failed,
         "segmented": n_ok,
         "failed": n_failed,
         "complete": not pending,
-        "shards": shards,
         "pending_shards": pending,
         "errors_by_problem": dict(problems.most_common()),
         "flagged_for_review": sum(reasons.values()),
         "flagged_by_reason": dict(reasons.most_common()),
+        "flagged_worst_first": [
+            {
+                "rank": i,
+                "key": key,
+                "file": file,
+                "review": why,
+                "uncertain_fraction": -u,
+                "mask": output_names(key)["mask"],
+            }
+            for i, (u, key, file, why) in enumerate(worst, start=1)
+        ],  # fmt: skip
         "review_first": [
             {
                 "rank": i,
@@ -196,7 +209,14 @@ def merge(sink: Sink, top: int = QC_TOP, shards: int | None = None) -> MergeResu
     }
     sink.put(QC, (json.dumps(qc, indent=1) + "\n").encode())
     return MergeResult(
-        n_ok + n_failed, n_ok, n_failed, ranked, shards, pending, flagged, sum(reasons.values())
+        n_ok + n_failed,
+        n_ok,
+        n_failed,
+        ranked,
+        shards,
+        pending,
+        [(key, why) for _, key, _, why in worst],
+        sum(reasons.values()),
     )
 
 
