@@ -72,6 +72,15 @@ def os_error_line(exc: OSError) -> str:
     return f"{' -> '.join(paths)}: {text}" if paths else text
 
 
+class LockBusy(LungsegError):
+    """Another process holds the lock asked for."""
+
+
+class LockLost(LungsegError):
+    """This process lost its hold on an output (an Azure lease ran out while it was stopped or
+    cut off, and another process may have taken over): it stops before writing again."""
+
+
 _TERMINAL_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 

@@ -199,3 +199,33 @@ def test_one_process_per_azure_output_and_shard(azurite, tiny_run, examples_dir,
     code, _, err = lungseg(["segment", images, "--out", "az://missing/out", "--weights",
                             tiny_run.run], capsys)  # fmt: skip
     assert_one_line_error(code, err, "container 'missing' not found", "create it first")
+
+
+def test_a_blob_deleted_after_listing_is_an_error_row(
+    azurite, tiny_run, examples_dir, tmp_path, monkeypatch, capsys
+):
+    """Like a local file that vanished: one errors.csv row, and the run goes on."""
+    from lungseg.segment.inputs import AzureInputs
+
+    monkeypatch.setenv(CONN, azurite.connection_string)
+    source = "az://gone/in"
+    upload(examples_dir / "COVID" / "images", source, create_container=True, progress=False)
+    client = BlobServiceClient.from_connection_string(azurite.connection_string)
+    container = client.get_container_client("gone")
+    victim = sorted(p.name for p in (examples_dir / "COVID" / "images").glob("*.png"))[4]
+    listed = AzureInputs.items
+
+    def deleting(self):
+        for item in listed(self):
+            if item.key == victim:  # listed, then deleted before it is read
+                container.delete_blob(item.ref.name)
+            yield item
+
+    monkeypatch.setattr(AzureInputs, "items", deleting)
+    out = tmp_path / "out"
+    code, stdout, err = lungseg(["segment", source, "--out", out, "--weights", tiny_run.run,
+                                 "--device", "cpu"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert "segmented 11 image(s)" in stdout and "1 file(s) skipped" in stdout
+    (row,) = table((out / "errors.csv").read_bytes())
+    assert row["key"] == victim and "deleted or replaced" in row["problem"], row

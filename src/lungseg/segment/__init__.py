@@ -28,16 +28,18 @@ it goes), :mod:`~lungseg.segment.ledger` (the record that makes runs resumable a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lungseg.config import to_dict
-from lungseg.errors import LungsegError
+from lungseg.errors import LockBusy, LockLost, LungsegError
 from lungseg.inference import Segmenter
 from lungseg.segment.dicom_seg import dicom_seg_bytes
 from lungseg.segment.inputs import AzureInputs, find_images, no_images, open_inputs
@@ -53,7 +55,7 @@ from lungseg.segment.ledger import (
 )
 from lungseg.segment.measure import lung_areas, lung_sides, measure
 from lungseg.segment.merge import MergeResult, completion, merge, merge_outputs
-from lungseg.segment.outputs import open_sink
+from lungseg.segment.outputs import Sink, open_sink
 from lungseg.segment.pipeline import Pipeline, RunCounts
 from lungseg.segment.render import mask_png, overlay, overlay_jpeg
 from lungseg.segment.shard import Shard, resolve_shard
@@ -129,6 +131,44 @@ def run_settings(segmenter: Segmenter, overlays: bool, dicom_seg: bool) -> dict[
         "dicom_seg": dicom_seg,
         "outputs": OUTPUTS_VERSION,
     }
+
+
+#: The lock held while a run checks ``segment.json`` and, with ``--overwrite``, clears what
+#: other settings left: two shards switching an output to new settings at once take turns.
+SETTINGS_LOCK = "settings"
+
+
+@contextlib.contextmanager
+def _in_turn(sink: Sink, rel: str, patience_s: float = 300.0) -> Iterator[None]:
+    """Hold lock ``rel``, waiting while other processes hold it (each for seconds)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            lock = sink.lock(rel, "segment")
+            lock.__enter__()
+            break
+        except LockBusy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _refuse_other_shardings(sink: Sink, shard: Shard) -> None:
+    """Shards of one sharding split the images; a run of another sharding at the same time
+    (``--shard 0/1`` beside ``--shard 0/2``) would do them twice and record both."""
+    for name in sink.locks_held(LOCKS):
+        other = name.removeprefix("shard-").partition("-of-")[2]
+        if name.startswith("shard-") and other != str(shard.count):
+            raise LungsegError(
+                f"another lungseg segment runs on this output as {name} (shards of another "
+                f"count than this --shard {shard}); run the shards of one count at a time "
+                f"(wait for it, or use --shard K/{other})",
+                sink.name,
+            )
 
 
 def _fingerprint(source: str) -> str:
@@ -213,7 +253,9 @@ def segment_files(
         raise LungsegError(no_images(source.description))
     settings = run_settings(segmenter, overlays, dicom_seg)
     with sink.lock(f"{LOCKS}/{shard.name}", "segment"):
-        sid = open_run(sink, settings, shard, overwrite)
+        _refuse_other_shardings(sink, shard)
+        with _in_turn(sink, f"{LOCKS}/{SETTINGS_LOCK}"):
+            sid = open_run(sink, settings, shard, overwrite)
         done = done_set(sink, sid, shard)
         ledger = Ledger(sink, sid, shard, ledger_rows, ledger_seconds)
         ledger.reopen()
@@ -242,6 +284,8 @@ def segment_files(
                 f"{in_all}; run the same command again to do the rest",
                 sink.name,
             ) from None
+        except LockLost:
+            raise
         except LungsegError as exc:
             raise LungsegError(
                 f"{exc.problem}; the {ledger.written} images done in this run before that are "

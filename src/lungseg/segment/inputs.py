@@ -13,6 +13,7 @@ are not UTF-8 has them written ``\\xNN`` in its key (:mod:`lungseg.segment.names
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -156,7 +157,20 @@ class AzureInputs:
             yield Item(blob.key, f"{self._source.name}/{blob.key}", blob.etag, blob)
 
     def read(self, item: Item) -> bytes:
-        return self._source.fetch(item.ref)
+        """The blob's content.
+
+        Raises:
+            OSError: the blob was deleted or replaced since it was listed: like a local file
+                that vanished, it is an errors.csv row (done again by the next run, as its
+                version changed) and the run goes on.
+        """
+        from lungseg.data.azure.connection import BlobGone
+
+        try:
+            return self._source.fetch(item.ref)
+        except BlobGone:
+            raise OSError(errno.ENOENT, "the blob was deleted or replaced since it was listed",
+                          item.name) from None  # fmt: skip
 
     def nothing_found(self) -> str:
         """Why nothing was listed, naming what the container holds instead."""

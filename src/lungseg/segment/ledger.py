@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from lungseg.errors import LungsegError, printable
+from lungseg.errors import LockLost, LungsegError, printable
 from lungseg.io_utils import csv_text, sha256_json
 from lungseg.segment.names import key_text, one_line, output_stem
 from lungseg.segment.outputs import Sink, delete_folder
@@ -91,9 +91,11 @@ def open_run(sink: Sink, settings: dict[str, Any], shard: Shard, overwrite: bool
     """Check ``segment.json`` against ``settings`` (creating it on a new output) and apply
     ``--overwrite``; returns the settings' id, which names the ledgers.
 
-    With ``overwrite``, one unsharded run clears everything segment wrote before; a shard of
-    several clears its own ledger only (the other shards run at the same time) and redoes its
-    images, whose outputs are replaced as they are written.
+    With ``overwrite``, a run of other settings clears everything segment wrote before (every
+    shard's); with the same settings, one unsharded run clears everything, and a shard of
+    several its own ledger only (the other shards run at the same time), redoing its images,
+    whose outputs are replaced as they are written. The caller holds a lock while this runs, so
+    shards that switch an output at the same time take turns.
 
     Raises:
         LungsegError: the output holds results of other settings (or of an older lungseg, or a
@@ -129,12 +131,9 @@ def open_run(sink: Sink, settings: dict[str, Any], shard: Shard, overwrite: bool
                 "pass --overwrite to redo everything there, or choose another --out",
                 sink.name,
             )
-        if shard.count == 1:
-            clear(sink)
-        else:
-            stale = {rel.split("/")[1] for rel in sink.list(PARTS)} - {sid}
-            for other in stale:
-                delete_folder(sink, f"{PARTS}/{other}")
+        # Every shard's outputs go, not only this one's: masks of other settings left beside
+        # the new ones would be taken for theirs (the shards that switch take turns).
+        clear(sink)
         sink.put(MANIFEST, data)
     elif overwrite:
         if shard.count == 1:
@@ -213,7 +212,7 @@ class Ledger:
         import time
 
         self._clock = time.monotonic
-        self.sink, self.folder = sink, ledger_folder(sid, shard)
+        self.sink, self.sid, self.folder = sink, sid, ledger_folder(sid, shard)
         self.every_rows, self.every_seconds = every_rows, every_seconds
         numbers = [int(Path(rel).stem) for rel in sink.list(self.folder) if is_ledger(rel)]
         self.next_number = max(numbers, default=-1) + 1
@@ -239,6 +238,13 @@ class Ledger:
         """Write the rows added since the last file as the next file (sorted by key)."""
         if not self.rows:
             return
+        found = read_manifest(self.sink)
+        if found is None or found.get("settings_id") != self.sid:
+            raise LockLost(
+                f"{MANIFEST} now holds other settings (a run with --overwrite replaced them); "
+                "this run stopped before recording more",
+                self.sink.name,
+            )
         self.sink.sync()  # the outputs of these rows reach the disk before the rows do
         text = csv_text(sorted(self.rows, key=order), LEDGER_COLUMNS)
         self.sink.put(f"{self.folder}/{self.next_number:06d}.csv", text.encode())
