@@ -26,9 +26,12 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], durable: bool =
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise _naming(exc, path.parent) from None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # the temporary name means nothing to the user: name the file
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     recorder = _WriteErrors(os.fdopen(fd, "wb"))
     try:
         with recorder.file as fh:

@@ -229,3 +229,80 @@ def test_a_blob_deleted_after_listing_is_an_error_row(
     assert "segmented 11 image(s)" in stdout and "1 file(s) skipped" in stdout
     (row,) = table((out / "errors.csv").read_bytes())
     assert row["key"] == victim and "deleted or replaced" in row["problem"], row
+
+
+@pytest.mark.slow
+def test_a_holder_stopped_past_its_lease_stops_when_it_resumes(
+    azurite, tiny_run, examples_dir, tmp_path, monkeypatch
+):
+    """Run A is stopped (SIGSTOP) past its 15 s lease; run B takes the output over; A resumes
+    (SIGCONT) and must stop before writing again: no image recorded twice."""
+    import signal
+
+    monkeypatch.setenv(CONN, azurite.connection_string)
+    client = BlobServiceClient.from_connection_string(azurite.connection_string)
+    client.create_container("lease")
+    folder = tmp_path / "in"
+    images = sorted((examples_dir / "COVID" / "images").glob("*.png"))[:6]
+    for part in ("c0", "c1"):
+        (folder / part).mkdir(parents=True)
+        for source in images:
+            shutil.copyfile(source, folder / part / source.name)
+    (folder / "c0-held").mkdir()
+    held = hold(folder / "c0-held" / "x.png")  # listed after c0/, before c1/
+    out = "az://lease/out"
+    script = (
+        f"{PATCH}import sys\n"
+        "import lungseg.data.azure.sink as sink\n"
+        "sink.LEASE_S = 15\n"
+        "from lungseg.errors import LungsegError\n"
+        "from lungseg.inference import load_model\n"
+        "from lungseg.segment import segment_files\n"
+        "try:\n"
+        f"    segment_files(load_model({str(tiny_run.run)!r}, device='cpu'), {str(folder)!r}, "
+        f"{out!r}, batch_size=2, ledger_rows=2, progress=False)\n"
+        "except LungsegError as exc:\n"
+        "    sys.exit(f'error: {exc}')\n"
+    )
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE,
+                                text=True, env=os.environ.copy())  # fmt: skip
+
+    def ledgers() -> list[str]:
+        return [k for k in blobs(azurite.connection_string, out)
+                if k.startswith("parts/") and k.endswith(".csv")]  # fmt: skip
+
+    lock = client.get_blob_client("lease", "out/.locks/shard-0-of-1")
+    first = start()
+    second = None
+    try:
+        deadline = time.monotonic() + 180
+        while len(ledgers()) < 3:  # the 6 images of c0/ recorded; now it waits on c0-held/
+            assert first.poll() is None, first.communicate()[1]
+            assert time.monotonic() < deadline, "the first run recorded nothing"
+            time.sleep(0.1)
+        first.send_signal(signal.SIGSTOP)
+        time.sleep(17)  # its lease (15 s, renewed every 5 s) runs out
+        second = start()
+        while lock.get_blob_properties().lease.state != "leased":
+            assert second.poll() is None, second.communicate()[1]
+            assert time.monotonic() < deadline + 60, "the second run never took the lease"
+            time.sleep(0.1)
+        first.send_signal(signal.SIGCONT)
+        release(held)
+        _, first_err = first.communicate(timeout=120)
+        _, second_err = second.communicate(timeout=180)
+    finally:
+        for run in (first, second):
+            if run is not None and run.poll() is None:
+                run.send_signal(signal.SIGCONT)
+                run.kill()
+                run.wait()
+    assert first.returncode == 1 and "lost the lease" in first_err.strip().splitlines()[-1], (
+        first_err
+    )
+    assert second.returncode == 0, second_err
+    rows = [row for k in ledgers() for row in table(blobs(azurite.connection_string, out)[k])]
+    keys = [row["key"] for row in rows]
+    assert len(keys) == len(set(keys)) == 13, "an image recorded twice, or missed"

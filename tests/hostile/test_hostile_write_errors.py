@@ -207,3 +207,18 @@ def test_merging_into_a_read_only_segment_output(tiny_run, examples_dir: Path, t
         assert _leftovers(base) == []
     finally:
         _unmount(base)
+
+
+def test_a_file_in_a_read_only_folder_is_named_not_its_temporary(
+    tiny_run, tmp_path: Path, capsys
+) -> None:
+    """Issue 24: ``export --onnx RO/model.onnx`` named ``RO/.model.onnx.XXXX.tmp``."""
+    base = tmp_path / "mnt"
+    _mount(base, "ro,size=64k")
+    try:
+        onnx = base / "model.onnx"
+        code, _, err = lungseg(["export", "--model", tiny_run.checkpoint, "--onnx", onnx], capsys)
+        line = error_line(code, err, "export", str(onnx), "Read-only file system")
+        assert ".tmp" not in line, line
+    finally:
+        _unmount(base)

@@ -113,3 +113,15 @@ def test_a_problem_of_several_lines_is_one_cell_on_one_line(tmp_path) -> None:
     merge(sink)
     text = (tmp_path / "out" / "errors.csv").read_text(encoding="utf-8")
     assert text.splitlines()[1] == "x.png,in/x.png,cannot read image (line one line two)"
+
+
+@pytest.mark.parametrize("inside", ["in", "in/seg", "in/sub/seg"])
+def test_an_output_inside_the_input_is_refused(
+    tiny_run, odd_names, tmp_path, capsys, inside
+) -> None:
+    from trained import assert_one_line_error
+
+    argv = ["segment", odd_names, "--out", tmp_path / inside, "--weights", tiny_run.run]
+    code, _, err = lungseg(argv, capsys)
+    assert_one_line_error(code, err, "--out", "inside the input", "write into the dataset")
+    assert sorted(os.listdir(odd_names)) == sorted(os.fsdecode(n) for n in NAMES.values())

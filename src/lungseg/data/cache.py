@@ -371,7 +371,7 @@ def load_cache(
     if damage:
         raise LungsegError(
             f"damaged cache ({damage}); rebuild it with 'lungseg prepare --data "
-            f"{_recorded_source(path)} --out {path}'",
+            f"{_recorded_source(path)} --out {path}{_recorded_flags(path)}'",
             path,
         )
     manifest = load_yaml(path / MANIFEST)
@@ -394,6 +394,28 @@ def load_cache(
             "cache is inconsistent (arrays and split.csv differ); re-run prepare", path
         )
     return PreparedData(path, images, masks, rows, config, manifest.get("source", ""))
+
+
+def _recorded_flags(path: Path) -> str:
+    """`` --size N`` (and ``--val``, ``--test``, ``--seed`` where not the defaults) as the
+    manifest records them: a cache rebuilt without them would no longer match the runs that
+    used it ("" where the manifest cannot say)."""
+    try:
+        config = load_yaml(path / MANIFEST)["config"]
+        recorded = {"--size": config["preprocess"]["size"], "--val": config["val_fraction"],
+                    "--test": config["test_fraction"], "--seed": config["seed"]}  # fmt: skip
+    except (LungsegError, KeyError, TypeError):
+        return ""
+    defaults = PrepareConfig()
+    usual = {"--val": defaults.val_fraction, "--test": defaults.test_fraction,
+             "--seed": defaults.seed}  # fmt: skip
+    return "".join(
+        f" {flag} {value}"
+        for flag, value in recorded.items()
+        if isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and value != usual.get(flag)
+    )
 
 
 def _recorded_source(path: Path) -> str:

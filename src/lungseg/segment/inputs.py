@@ -7,7 +7,8 @@ construction, name the image's outputs (``masks/<key>.png``), decide its shard, 
 the ledger records as done. Below a given folder, sub-folders named ``masks`` are skipped: in a
 dataset laid out as ``<Class>/images`` + ``<Class>/masks`` they hold ground truth, not X-rays;
 a ``masks`` folder given itself is searched like any other. Hidden files and folders are
-skipped, and so is the output folder when it lies inside an input. A local name whose bytes
+skipped. An output inside an input is refused (segment would write into the dataset); one
+reached there through a symbolic link is still never listed. A local name whose bytes
 are not UTF-8 has them written ``\\xNN`` in its key (:mod:`lungseg.segment.names`).
 """
 
@@ -185,6 +186,8 @@ def open_inputs(
     remote = [t for t in texts if "://" in t]
     if not remote:
         exclude = None if out is None or "://" in str(out) else out
+        if exclude is not None:
+            _refuse_out_inside(os.path.abspath(exclude), [os.path.abspath(t) for t in texts])
         return LocalInputs(inputs, exclude=exclude)
     if len(texts) > 1:
         raise LungsegError(
@@ -199,7 +202,18 @@ def open_inputs(
     exclude = None
     if out is not None and str(out).startswith("az://"):
         exclude = str(out)[len("az://") :].strip("/") + "/"
+        _refuse_out_inside(exclude.rstrip("/"), [remote[0][len("az://") :].strip("/")], "/")
     return AzureInputs(remote[0], exclude=exclude, workers=workers)
+
+
+def _refuse_out_inside(out: str, inputs: list[str], sep: str = os.sep) -> None:
+    """``--out`` in an input folder (or prefix) would write masks into the dataset."""
+    for given in inputs:
+        if out == given or out.startswith(given.rstrip(sep) + sep):
+            raise LungsegError(
+                f"--out {out} lies inside the input {given}: segment would write into the "
+                "dataset; choose an output outside it"
+            )
 
 
 def find_images(inputs: Sequence[str | Path]) -> list[Path]:
