@@ -45,7 +45,7 @@ class PreprocessConfig:
     switches given beside it override it.
     """
 
-    size: int = field(default=256, metadata={"range": (16, 16384)})
+    size: int = field(default=256, metadata={"range": (1, 16384)})
     blur: bool = _DEFAULT_STEPS["blur"]
     blur_ksize: int = 5
     blur_sigma: float = 0.0

@@ -371,7 +371,7 @@ def load_cache(
     if damage:
         raise LungsegError(
             f"damaged cache ({damage}); rebuild it with 'lungseg prepare --data "
-            f"{_recorded_source(path)} --out {path}{_recorded_flags(path)}'",
+            f"{_recorded_source(path)}{_recorded_flags(path)} --out {path}'",
             path,
         )
     manifest = load_yaml(path / MANIFEST)
