@@ -111,7 +111,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 class CsvWriter:
     """``csv.DictWriter`` with ``\\n`` line ends that also quotes a cell holding a carriage
     return (Python's minimal quoting quotes only the characters of the line end, so a bare
-    ``\\r`` in a file name would end the row for every reader).
+    ``\\r`` in a file name would end the row for every reader), and writes the bytes of a local
+    name that are not UTF-8 as ``\\xNN`` (the file stays UTF-8).
 
     Args:
         fh: a text file opened with ``newline=""``.
@@ -130,6 +131,13 @@ class CsvWriter:
         self._minimal.writeheader()
 
     def writerow(self, row: Mapping[str, Any]) -> None:
+        # A local name that is not UTF-8 (Python holds its bytes as surrogates) as ``\xNN``.
+        row = {
+            k: v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            if isinstance(v, str)
+            else v
+            for k, v in row.items()
+        }
         cr = any(isinstance(row.get(c), str) and "\r" in row[c] for c in self.columns)
         (self._quoted if cr else self._minimal).writerow(row)
 

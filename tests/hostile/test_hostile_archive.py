@@ -154,3 +154,18 @@ def test_a_damaged_ledger_is_one_line_and_its_images_are_redone(
     ] and "removed, its images are done again" in err, err
     assert "segmented 12 image(s)" in stdout
     assert (out / "measurements.csv").read_bytes() == expected
+
+
+def test_prepare_takes_a_name_that_is_not_utf8(examples_dir, tmp_path, capsys) -> None:
+    from trained import lungseg
+
+    data = copy_examples(examples_dir, tmp_path / "data")
+    for folder in ("images", "masks"):
+        os.rename(data / "COVID" / folder / f"{STEM}.png",
+                  os.path.join(os.fsencode(data / "COVID" / folder), b"x\xff.png"))  # fmt: skip
+    out = tmp_path / "cache"
+    argv = ["prepare", "--data", data, "--out", out, "--size", 64, "--workers", 1]
+    code, stdout, err = lungseg(argv, capsys)
+    assert code == 0, err
+    assert "prepared 12 images" in stdout
+    assert "x\\xff.png" in (out / "split.csv").read_text(encoding="utf-8")

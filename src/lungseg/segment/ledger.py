@@ -44,7 +44,7 @@ import numpy as np
 
 from lungseg.errors import LockLost, LungsegError, printable
 from lungseg.io_utils import csv_text, sha256_json
-from lungseg.segment.names import key_text, one_line, output_stem
+from lungseg.segment.names import one_line, output_stem
 from lungseg.segment.outputs import Sink, delete_folder
 from lungseg.segment.shard import Shard
 
@@ -221,9 +221,7 @@ class Ledger:
         self.written = 0
 
     def add(self, row: dict[str, Any]) -> None:
-        # A local name that is not UTF-8 reaches the row through ``file`` and ``problem``.
-        row = {k: key_text(v) if isinstance(v, str) else v for k, v in row.items()}
-        row["problem"] = one_line(row.get("problem") or "")
+        row = {**row, "problem": one_line(row.get("problem") or "")}
         if not self.rows:
             self._since = self._clock()
         self.rows.append(row)
