@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+#: Largest image file read (bytes): far above any X-ray within the decoders' 100-megapixel
+#: limit, far below what would exhaust a machine's memory.
+MAX_FILE_BYTES = 1 << 30
+
+
+def read_regular(path: str | Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file (a symbolic link to one is fine), at most ``limit`` of them.
+
+    A named pipe, a device (``/dev/zero`` behind a ``.png`` link) or a socket would block the
+    reader or never end: it is refused before a byte is read, and so is a file over ``limit``.
+
+    Raises:
+        OSError: the file cannot be opened, is not a regular file, or is larger than ``limit``
+            (``strerror`` says which; ``filename`` is ``path``).
+    """
+    # O_NONBLOCK: opening a named pipe that no one writes would otherwise wait forever.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a named pipe, device or socket)",
+                          str(path))  # fmt: skip
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"file larger than the {limit >> 20} MiB limit", str(path))
+        data = fh.read(limit + 1)
+    if len(data) > limit:  # it grew while being read
+        raise OSError(errno.EFBIG, f"file larger than the {limit >> 20} MiB limit", str(path))
+    return data
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None], durable: bool = True) -> None:

@@ -123,5 +123,5 @@ def test_an_output_inside_the_input_is_refused(
 
     argv = ["segment", odd_names, "--out", tmp_path / inside, "--weights", tiny_run.run]
     code, _, err = lungseg(argv, capsys)
-    assert_one_line_error(code, err, "--out", "inside the input", "write into the dataset")
+    assert_one_line_error(code, err, "the output", "inside the input", "write into the dataset")
     assert sorted(os.listdir(odd_names)) == sorted(os.fsdecode(n) for n in NAMES.values())

@@ -397,25 +397,13 @@ def load_cache(
 
 
 def _recorded_flags(path: Path) -> str:
-    """`` --size N`` (and ``--val``, ``--test``, ``--seed`` where not the defaults) as the
-    manifest records them: a cache rebuilt without them would no longer match the runs that
-    used it ("" where the manifest cannot say)."""
+    """`` --size N`` as the manifest records it: a cache rebuilt at the default size would no
+    longer match the runs that used it ("" where the manifest cannot say)."""
     try:
-        config = load_yaml(path / MANIFEST)["config"]
-        recorded = {"--size": config["preprocess"]["size"], "--val": config["val_fraction"],
-                    "--test": config["test_fraction"], "--seed": config["seed"]}  # fmt: skip
+        size = load_yaml(path / MANIFEST)["config"]["preprocess"]["size"]
     except (LungsegError, KeyError, TypeError):
         return ""
-    defaults = PrepareConfig()
-    usual = {"--val": defaults.val_fraction, "--test": defaults.test_fraction,
-             "--seed": defaults.seed}  # fmt: skip
-    return "".join(
-        f" {flag} {value}"
-        for flag, value in recorded.items()
-        if isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and value != usual.get(flag)
-    )
+    return f" --size {size}" if isinstance(size, int) and not isinstance(size, bool) else ""
 
 
 def _recorded_source(path: Path) -> str:

@@ -29,10 +29,7 @@ Masks are decoded the same way (:func:`decode_mask`) and binarised by :func:`bin
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
-import os
-import stat
 import struct
 import zlib
 from collections.abc import Iterator
@@ -43,6 +40,7 @@ import cv2
 import numpy as np
 
 from lungseg.errors import LungsegError
+from lungseg.io_utils import read_regular
 
 #: Largest image we agree to decode, in pixels (a decompression-bomb guard). The biggest real
 #: chest X-rays are about 4300x3500 = 15 MP; 100 MP leaves room for any detector.
@@ -76,36 +74,6 @@ class Decoded:
     pixels: np.ndarray
     spacing: tuple[float, float] | None = None
     mode: str = "L"
-
-
-#: Largest image file read (bytes): far above any X-ray within :data:`MAX_PIXELS`, far below
-#: what would exhaust a machine's memory.
-MAX_FILE_BYTES = 1 << 30
-
-
-def read_regular(path: str | Path, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of a regular file (a symbolic link to one is fine), at most ``limit`` of them.
-
-    A named pipe, a device (``/dev/zero`` behind a ``.png`` link) or a socket would block the
-    reader or never end: it is refused before a byte is read, and so is a file over ``limit``.
-
-    Raises:
-        OSError: the file cannot be opened, is not a regular file, or is larger than ``limit``
-            (``strerror`` says which; ``filename`` is ``path``).
-    """
-    # O_NONBLOCK: opening a named pipe that no one writes would otherwise wait forever.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file (a named pipe, device or socket)",
-                          str(path))  # fmt: skip
-        if info.st_size > limit:
-            raise OSError(errno.EFBIG, f"file larger than the {limit >> 20} MiB limit", str(path))
-        data = fh.read(limit + 1)
-    if len(data) > limit:  # it grew while being read
-        raise OSError(errno.EFBIG, f"file larger than the {limit >> 20} MiB limit", str(path))
-    return data
 
 
 def read_file(path: str | Path, name: str) -> bytes:

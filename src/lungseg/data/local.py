@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lungseg.errors import LungsegError
+from lungseg.io_utils import read_regular
 
 
 @dataclass
@@ -40,8 +41,6 @@ class LocalSource:
         return sorted(keys)
 
     def read_bytes(self, key: str) -> bytes:
-        from lungseg.data.io import read_regular
-
         return read_regular(self.root / key)
 
     def stat(self, key: str) -> tuple[int, str]:

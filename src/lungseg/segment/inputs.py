@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from lungseg.data.io import IMAGE_SUFFIXES, read_regular
+from lungseg.data.io import IMAGE_SUFFIXES
 from lungseg.errors import LungsegError
+from lungseg.io_utils import read_regular
 from lungseg.segment.names import key_text
 
 
@@ -207,12 +208,12 @@ def open_inputs(
 
 
 def _refuse_out_inside(out: str, inputs: list[str], sep: str = os.sep) -> None:
-    """``--out`` in an input folder (or prefix) would write masks into the dataset."""
+    """An output in an input folder (or prefix) would write masks into the dataset."""
     for given in inputs:
         if out == given or out.startswith(given.rstrip(sep) + sep):
             raise LungsegError(
-                f"--out {out} lies inside the input {given}: segment would write into the "
-                "dataset; choose an output outside it"
+                f"the output {out} lies inside the input {given}: segment would write into "
+                "the dataset; choose an output outside it"
             )
 
 

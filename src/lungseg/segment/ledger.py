@@ -239,8 +239,8 @@ class Ledger:
         found = read_manifest(self.sink)
         if found is None or found.get("settings_id") != self.sid:
             raise LockLost(
-                f"{MANIFEST} now holds other settings (a run with --overwrite replaced them); "
-                "this run stopped before recording more",
+                f"{MANIFEST} now holds other settings (another run of lungseg segment --overwrite "
+                "replaced them); this run stopped before recording more",
                 self.sink.name,
             )
         self.sink.sync()  # the outputs of these rows reach the disk before the rows do
