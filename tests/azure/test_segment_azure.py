@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import BlobServiceClient
 
+from held import PATCH, release
+from held import held as hold
 from lungseg.inference.segmenter import load_model
 from lungseg.segment import segment_files
 from lungseg.storage.azure import AzureSink, upload
@@ -137,10 +139,10 @@ def test_storage_gone_mid_run_then_resumed(
     segment_files(load_model(tiny_run.run, device="cpu"), folder, reference, progress=False)
     held = folder / "c1-held" / "x.png"
     held.parent.mkdir()
-    os.mkfifo(held)  # listed before c2/; reading it blocks until released
+    hold(held)  # listed before c2/; reading it blocks until released
     out = "az://seg/run"
     script = (
-        "import sys\n"
+        f"{PATCH}import sys\n"
         "from lungseg.core.errors import LungsegError\n"
         "from lungseg.inference.segmenter import load_model\n"
         "from lungseg.segment import segment_files\n"
@@ -165,8 +167,7 @@ def test_storage_gone_mid_run_then_resumed(
         )  # fmt: skip
         own_azurite.stop()
     finally:
-        with open(held, "wb"):  # let the run go on, into the missing storage
-            pass
+        release(held)  # let the run go on, into the missing storage
     _, stderr = run.communicate(timeout=300)
     lines = stderr.strip().splitlines()
     assert run.returncode == 1 and lines[-1].startswith("error: "), stderr
@@ -174,8 +175,7 @@ def test_storage_gone_mid_run_then_resumed(
     assert own_azurite.secret_text not in stderr
 
     own_azurite.start()
-    held.unlink()
-    held.parent.rmdir()
+    shutil.rmtree(held.parent)
     result = segment_files(load_model(tiny_run.run, device="cpu"), folder, out, progress=False)
     assert 24 >= result.counts.skipped >= recorded >= 8
     assert result.counts.read == result.counts.segmented == 36 - result.counts.skipped
@@ -190,11 +190,121 @@ def test_one_process_per_azure_output_and_shard(azurite, tiny_run, examples_dir,
     BlobServiceClient.from_connection_string(azurite.connection_string).create_container("busy")
     images = examples_dir / "COVID" / "images"
     argv = ["segment", images, "--out", "az://busy/out", "--weights", tiny_run.run]
-    with AzureSink.from_url("az://busy/out").lock(".locks/shard-0-of-1", "segment"):
-        code, _, err = lungseg(argv, capsys)
+    with AzureSink.from_url("az://busy/out").lock(".locks/shard-0-of-2", "segment"):
+        code, _, err = lungseg([*argv, "--shard", "0/2"], capsys)
         assert_one_line_error(code, err, "az://busy/out", "in use by another lungseg process")
+        code, _, err = lungseg(argv, capsys)  # another sharding of the same output: refused
+        assert_one_line_error(code, err, "az://busy/out", "another lungseg segment runs",
+                              "shard-0-of-2")  # fmt: skip
         code, _, err = lungseg([*argv, "--shard", "1/2"], capsys)  # another shard may run
         assert code == 0, err
     code, _, err = lungseg(["segment", images, "--out", "az://missing/out", "--weights",
                             tiny_run.run], capsys)  # fmt: skip
     assert_one_line_error(code, err, "container 'missing' not found", "create it first")
+
+
+def test_a_blob_deleted_after_listing_is_an_error_row(
+    azurite, tiny_run, examples_dir, tmp_path, monkeypatch, capsys
+):
+    """Like a local file that vanished: one errors.csv row, and the run goes on."""
+    from lungseg.segment.inputs import AzureInputs
+
+    monkeypatch.setenv(CONN, azurite.connection_string)
+    source = "az://gone/in"
+    upload(examples_dir / "COVID" / "images", source, create_container=True, progress=False)
+    client = BlobServiceClient.from_connection_string(azurite.connection_string)
+    container = client.get_container_client("gone")
+    victim = sorted(p.name for p in (examples_dir / "COVID" / "images").glob("*.png"))[4]
+    listed = AzureInputs.items
+
+    def deleting(self):
+        for item in listed(self):
+            if item.key == victim:  # listed, then deleted before it is read
+                container.delete_blob(item.ref.name)
+            yield item
+
+    monkeypatch.setattr(AzureInputs, "items", deleting)
+    out = tmp_path / "out"
+    code, stdout, err = lungseg(["segment", source, "--out", out, "--weights", tiny_run.run,
+                                 "--device", "cpu"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert "segmented 11 image(s)" in stdout and "1 file(s) skipped" in stdout
+    (row,) = table((out / "errors.csv").read_bytes())
+    assert row["key"] == victim and "deleted or replaced" in row["problem"], row
+
+
+@pytest.mark.slow
+def test_a_holder_stopped_past_its_lease_stops_when_it_resumes(
+    azurite, tiny_run, examples_dir, tmp_path, monkeypatch
+):
+    """Run A is stopped (SIGSTOP) past its 15 s lease; run B takes the output over; A resumes
+    (SIGCONT) and must stop before writing again: no image recorded twice."""
+    import signal
+
+    monkeypatch.setenv(CONN, azurite.connection_string)
+    client = BlobServiceClient.from_connection_string(azurite.connection_string)
+    client.create_container("lease")
+    folder = tmp_path / "in"
+    images = sorted((examples_dir / "COVID" / "images").glob("*.png"))
+    for part, some in (("c0", images), ("c1", images[:6])):
+        (folder / part).mkdir(parents=True)
+        for source in some:
+            shutil.copyfile(source, folder / part / source.name)
+    (folder / "c0-held").mkdir()
+    held = hold(folder / "c0-held" / "x.png")  # listed after c0/, before c1/
+    out = "az://lease/out"
+    script = (
+        f"{PATCH}import sys\n"
+        "import lungseg.storage.azure.sink as sink\n"
+        "sink.LEASE_S = 15\n"
+        "from lungseg.core.errors import LungsegError\n"
+        "from lungseg.inference.segmenter import load_model\n"
+        "from lungseg.segment import segment_files\n"
+        "try:\n"
+        f"    segment_files(load_model({str(tiny_run.run)!r}, device='cpu'), {str(folder)!r}, "
+        f"{out!r}, batch_size=2, ledger_rows=2, progress=False)\n"
+        "except LungsegError as exc:\n"
+        "    sys.exit(f'error: {exc}')\n"
+    )
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE,
+                                text=True, env=os.environ.copy())  # fmt: skip
+
+    def ledgers() -> list[str]:
+        return [k for k in blobs(azurite.connection_string, out)
+                if k.startswith("parts/") and k.endswith(".csv")]  # fmt: skip
+
+    lock = client.get_blob_client("lease", "out/.locks/shard-0-of-1")
+    first = start()
+    second = None
+    try:
+        deadline = time.monotonic() + 300
+        while len(ledgers()) < 3:  # images of c0/ recorded; it waits on c0-held/
+            assert first.poll() is None, first.communicate()[1]
+            assert time.monotonic() < deadline, "the first run recorded nothing"
+            time.sleep(0.1)
+        first.send_signal(signal.SIGSTOP)
+        time.sleep(17)  # its lease (15 s, renewed every 5 s) runs out
+        second = start()
+        while lock.get_blob_properties().lease.state != "leased":
+            assert second.poll() is None, second.communicate()[1]
+            assert time.monotonic() < deadline + 60, "the second run never took the lease"
+            time.sleep(0.1)
+        first.send_signal(signal.SIGCONT)
+        release(held)
+        _, first_err = first.communicate(timeout=120)
+        _, second_err = second.communicate(timeout=180)
+    finally:
+        for run in (first, second):
+            if run is not None and run.poll() is None:
+                run.send_signal(signal.SIGCONT)
+                run.kill()
+                run.wait()
+    assert first.returncode == 1 and "lost the lease" in first_err.strip().splitlines()[-1], (
+        first_err
+    )
+    assert second.returncode == 0, second_err
+    rows = [row for k in ledgers() for row in table(blobs(azurite.connection_string, out)[k])]
+    keys = [row["key"] for row in rows]
+    assert len(keys) == len(set(keys)) == 19, "an image recorded twice, or missed"

@@ -55,3 +55,34 @@ def replace_image(root: Path, data: bytes, suffix: str) -> Path:
     path = images / f"{STEM}{suffix}"
     path.write_bytes(data)
     return path
+
+
+#: Address space of a child run by :func:`run_capped`: the CLI with a small model needs about
+#: 1.5 GB; a command that tries to hold an endless input fails instead of taking the machine.
+MEMORY_CAP = 3 << 30
+
+
+def capped_child(argv: list[object], before: str = "", memory: int = MEMORY_CAP) -> list[str]:
+    """The command line of a child process running ``lungseg ARGV`` with its address space
+    capped at ``memory`` bytes; ``before``: Python run first (e.g. a patch)."""
+    import sys
+
+    script = (
+        "import resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))\n"
+        f"{before}\n"
+        "from lungseg.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    return [sys.executable, "-c", script, *map(str, argv)]
+
+
+def run_capped(
+    argv: list[object], timeout: float = 120, before: str = "", memory: int = MEMORY_CAP
+) -> tuple[int, str, str]:
+    """Run :func:`capped_child` to its end (at most ``timeout`` s): ``(code, stdout, stderr)``."""
+    import subprocess
+
+    done = subprocess.run(capped_child(argv, before, memory), capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+    return done.returncode, done.stdout, done.stderr

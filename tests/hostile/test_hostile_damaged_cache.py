@@ -82,6 +82,8 @@ def test_train_says_the_cache_is_damaged(pristine, tmp_path: Path, damage: str, 
     code, _, err = lungseg(argv, capsys)
     line = error_line(code, err, "train", str(cache), "lungseg prepare")
     assert "damaged" in line or "incomplete" in line or "not a prepared cache" in line, line
+    if "rebuild it with" in line and damage != "manifest garbled":  # the settings it was built with
+        assert line.endswith(f" --size 64 --out {cache}'"), line
     assert not (tmp_path / "run").exists()
 
 

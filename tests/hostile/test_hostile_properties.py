@@ -170,7 +170,7 @@ def test_segment_gives_a_mask_or_one_clean_line(files, tmp_path_factory, capfd) 
     folder = tmp_path_factory.mktemp("in")
     for i, (data, _) in enumerate(files):
         (folder / f"file{i}.png").write_bytes(data)
-    out = folder / "out"
+    out = folder.parent / f"{folder.name}-out"  # outside the input: segment refuses one inside
     code, stdout, err = lungseg(["segment", folder, "--out", out, "--model", "unet-fast"], capfd)
     # Nothing but lungseg's own lines reaches the terminal: no library's warning or log line.
     assert all(line.startswith(("error:", "segment: ")) for line in err.splitlines()), err

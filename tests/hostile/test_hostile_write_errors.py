@@ -66,6 +66,11 @@ def _cases(tiny_run, examples: Path) -> dict[str, tuple[str, Callable[[Path], li
                                             tiny_run.run]),
         "export": ("export", lambda out: ["export", "--model", tiny_run.checkpoint,
                                           "--onnx", out / "model.onnx"]),
+        # The node's output is its spool: refused before it listens or loads a model.
+        "dicom-node": ("dicom-node", lambda out: ["dicom-node", "--spool", out, "--allow",
+                                                  "PACS@127.0.0.1", "--send-to",
+                                                  "PACS@127.0.0.1:1", "--port", 1,
+                                                  "--model", tiny_run.run]),
     }  # fmt: skip
 
 
@@ -77,6 +82,7 @@ CASES = [
     "compare --from-runs",
     "segment",
     "export",
+    "dicom-node",
 ]
 
 
@@ -205,5 +211,20 @@ def test_merging_into_a_read_only_segment_output(tiny_run, examples_dir: Path, t
         code, _, err = lungseg(["segment-merge", out], capsys)
         error_line(code, err, "segment-merge", str(out), KINDS["read-only"])
         assert _leftovers(base) == []
+    finally:
+        _unmount(base)
+
+
+def test_a_file_in_a_read_only_folder_is_named_not_its_temporary(
+    tiny_run, tmp_path: Path, capsys
+) -> None:
+    """Issue 24: ``export --onnx RO/model.onnx`` named ``RO/.model.onnx.XXXX.tmp``."""
+    base = tmp_path / "mnt"
+    _mount(base, "ro,size=64k")
+    try:
+        onnx = base / "model.onnx"
+        code, _, err = lungseg(["export", "--model", tiny_run.checkpoint, "--onnx", onnx], capsys)
+        line = error_line(code, err, "export", str(onnx), "Read-only file system")
+        assert ".tmp" not in line, line
     finally:
         _unmount(base)

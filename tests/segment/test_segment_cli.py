@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from dicom_files import dicom_bytes
+from held import PATCH, held, release
 from trained import assert_one_line_error, dice, lungseg, read_gray
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -185,18 +186,6 @@ def test_inputs_with_clashing_stems_get_their_own_masks(tiny_run, examples_dir, 
         assert read_gray(out / rows[key]["mask"]).shape == (h, w), key  # its own image's mask
 
 
-def _fifo(path: Path) -> Path:
-    """A named pipe posing as an image: reading it blocks until :func:`_release` writes it, so
-    a run can be held at a known point."""
-    os.mkfifo(path)
-    return path
-
-
-def _release(fifo: Path) -> None:
-    with open(fifo, "wb"):  # the blocked reader gets an empty file
-        pass
-
-
 def _wait_for(condition, what: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -207,7 +196,8 @@ def _wait_for(condition, what: str, timeout: float = 120.0) -> None:
 
 def _start(*args: object) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "lungseg", "segment", *map(str, args)],
+        [sys.executable, "-c", f"{PATCH}import sys\nfrom lungseg.cli import main\nmain()",
+         "segment", *map(str, args)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
@@ -222,7 +212,7 @@ def _six_xrays(examples_dir: Path, folder: Path) -> Path:
 
 def test_a_second_run_on_the_same_output_is_refused(tiny_run, examples_dir, tmp_path, capsys):
     first_in = _six_xrays(examples_dir, tmp_path / "first")
-    fifo = _fifo(first_in / "zz-held.png")
+    fifo = held(first_in / "zz-held.png")
     out = tmp_path / "o"
     first = _start(first_in, "--out", out, "--weights", tiny_run.run, "--device", "cpu")
     try:
@@ -234,7 +224,7 @@ def test_a_second_run_on_the_same_output_is_refused(tiny_run, examples_dir, tmp_
         code, _, err = lungseg(argv, capsys)
         assert_one_line_error(code, err, str(out), "in use by another lungseg process")
     finally:
-        _release(fifo)
+        release(fifo)
         _, stderr = first.communicate(timeout=120)
     assert first.returncode == 0, stderr
     rows = rows_of(out / "measurements.csv")
@@ -243,7 +233,7 @@ def test_a_second_run_on_the_same_output_is_refused(tiny_run, examples_dir, tmp_
 
 def test_ctrl_c_records_what_is_done_and_says_how_to_resume(tiny_run, examples_dir, tmp_path):
     folder = _six_xrays(examples_dir, tmp_path / "in")
-    fifo = _fifo(folder / "zz-held.png")
+    fifo = held(folder / "zz-held.png")
     out = tmp_path / "o"
     # Batches of 4: the first is segmented, the second waits for the held file forever.
     args = [folder, "--out", out, "--weights", tiny_run.run, "--device", "cpu", "--batch-size", "4"]
@@ -253,7 +243,7 @@ def test_ctrl_c_records_what_is_done_and_says_how_to_resume(tiny_run, examples_d
         run.send_signal(signal.SIGINT)
         _wait_for(lambda: (out / "measurements.csv").exists(), "the interrupted run to record")
     finally:
-        _release(fifo)
+        release(fifo)
         _, stderr = run.communicate(timeout=120)
     assert run.returncode == 130, stderr
     assert "interrupted" in stderr and "run the same command again" in stderr

@@ -79,6 +79,8 @@ def _fail(message: str) -> None:
     from rich.console import Console
     from rich.markup import escape
 
+    from lungseg.core.errors import printable
+
     console = Console(stderr=True, highlight=False, soft_wrap=True)
-    console.print(f"[bold red]error:[/] {escape(message)}")
+    console.print(f"[bold red]error:[/] {escape(printable(message, lines=True))}")
     sys.exit(2)

@@ -95,8 +95,8 @@ def dicom_node_command(
     # Two nodes on one spool would segment and send the same instances twice.
     with exclusive(spool, "dicom-node"):
         node = Node(load, settings, destination)
-        node.start()
-        try:
+        try:  # a start that fails half-way (a full spool disk) still stops what it started
+            node.start()
             node.wait()
         except KeyboardInterrupt:
             typer.echo("stopping (what is spooled is finished on the next start)", err=True)

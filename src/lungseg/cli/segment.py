@@ -123,7 +123,7 @@ def segment_command(
         )  # fmt: skip
     except SegmentInterrupted as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(130) from None
+        _exit_now(130)
     except KeyboardInterrupt:  # before any image was started: nothing to record
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
@@ -160,7 +160,7 @@ def segment_merge_command(
 
 
 def _report_merge(merged, out: str) -> None:
-    from lungseg.core.errors import LungsegError
+    from lungseg.core.errors import LungsegError, printable
 
     if merged.n_segmented == 0 and merged.n_failed:
         raise LungsegError(
@@ -173,15 +173,31 @@ def _report_merge(merged, out: str) -> None:
             "hold what is done so far"
         )
     if merged.n_flagged:
-        shown = ", ".join(f"{key} ({why})" for key, why in merged.flagged[:3])
+        shown = printable(", ".join(f"{key} ({why})" for key, why in merged.flagged[:3]))
         more = f" and {merged.n_flagged - 3} more" if merged.n_flagged > 3 else ""
         typer.echo(
             f"{merged.n_flagged} mask(s) flagged for review (column 'review' of "
             f"measurements.csv): {shown}{more}"
         )
     if merged.n_segmented > 1:
-        shown = ", ".join(f"{key} ({u:.3f})" for u, key, _ in merged.most_uncertain[:3])
+        shown = printable(", ".join(f"{key} ({u:.3f})" for u, key, _ in merged.most_uncertain[:3]))
         typer.echo(f"review first (highest uncertain_fraction; more in qc.json): {shown}")
+
+
+def _exit_now(code: int) -> None:
+    """Exit with ``code``; at once when a worker thread still runs: a read that hangs there (a
+    stalled network file system) would keep the interpreter from ever exiting after the work
+    done was recorded, and a second SIGTERM would find nobody listening."""
+    import os
+    import sys
+    import threading
+
+    main = threading.main_thread()
+    if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise typer.Exit(code)
 
 
 @app.command("export")

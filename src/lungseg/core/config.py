@@ -21,6 +21,7 @@ layer by layer, so a preset given as a flag replaces the switches a YAML file se
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -82,7 +83,63 @@ def expand(cls: type, data: Mapping[str, Any] | None, where: str = "config") -> 
     for name, value in data.items():
         if dataclasses.is_dataclass(hints[name]) and isinstance(value, Mapping):
             data[name] = expand(hints[name], value, f"{where}.{name}")
+        else:
+            check_value(hints[name], value, name, where, fields[name].metadata.get("range"))
     return data
+
+
+def check_value(
+    hint: Any, value: Any, name: str, where: str, bounds: tuple[float, float] | None = None
+) -> None:
+    """Refuse a value of the wrong type for ``hint`` (YAML's ``ten``, ``true``, ``2.7`` or
+    ``"0.2"`` for a number; ``1e20`` without a dot is a string in YAML) or outside ``bounds``
+    (a field's ``metadata["range"]``, both ends included).
+
+    Raises:
+        LungsegError: one line naming ``where`` (the file or flags), the key and the value.
+    """
+    kind = _type_problem(hint, value)
+    if kind:
+        raise LungsegError(f"{name} must be {kind}, got {value!r}", where)
+    if bounds is not None and isinstance(value, int | float) and value is not None:
+        low, high = bounds
+        if not low <= value <= high:
+            raise LungsegError(f"{name} must be between {low:,} and {high:,}, got {value!r}", where)
+
+
+def _type_problem(hint: Any, value: Any) -> str:
+    """What ``value`` should have been for ``hint``, or "" when it is fine."""
+    origin = typing.get_origin(hint)
+    if hint is Any or dataclasses.is_dataclass(hint):
+        return ""
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return ""
+        problems = [_type_problem(a, value) for a in args if a is not type(None)]
+        return "" if "" in problems else " or ".join(problems)
+    if hint is bool:
+        return "" if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return "" if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if hint is float:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return "" if number and math.isfinite(value) else "a finite number"
+    if hint is str:
+        return "" if isinstance(value, str) else "text"
+    if hint is Path:
+        return "" if isinstance(value, str | Path) else "a path"
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            return f"a list of {len(args)} values"
+        problems = [_type_problem(a, v) for a, v in zip(args, value, strict=True)]
+        return next((f"a list of {len(args)} values, each {p}" for p in problems if p), "")
+    if origin in (dict, Mapping) or hint is dict:
+        return "" if isinstance(value, Mapping) else "a mapping"
+    if origin is list or hint is list:
+        return "" if isinstance(value, list) else "a list"
+    return ""
 
 
 #: A layer of settings: ``(where it came from, mapping)``; ``where`` names it in errors.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -69,6 +70,27 @@ def os_error_line(exc: OSError) -> str:
     text = f"{reason} ({advice})" if advice else reason
     paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
     return f"{' -> '.join(paths)}: {text}" if paths else text
+
+
+class LockBusy(LungsegError):
+    """Another process holds the lock asked for."""
+
+
+class LockLost(LungsegError):
+    """This process lost its hold on an output (an Azure lease ran out while it was stopped or
+    cut off, and another process may have taken over): it stops before writing again."""
+
+
+_TERMINAL_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, lines: bool = False) -> str:
+    """``text`` safe to print on a terminal: control characters (ESC, BEL, a carriage return,
+    which a file or blob name may hold) are shown as ``\\x1b``...; newlines too unless
+    ``lines`` (a message of several lines), and bytes a local name had that are not UTF-8."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    shown = _TERMINAL_CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode(), text)
+    return shown if lines else shown.replace("\n", "\\n")
 
 
 class BadInputError(LungsegError):

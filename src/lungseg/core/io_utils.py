@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+#: Largest image file read (bytes): far above any X-ray within the decoders' 100-megapixel
+#: limit, far below what would exhaust a machine's memory.
+MAX_FILE_BYTES = 1 << 30
+
+
+def read_regular(path: str | Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file (a symbolic link to one is fine), at most ``limit`` of them.
+
+    A named pipe, a device (``/dev/zero`` behind a ``.png`` link) or a socket would block the
+    reader or never end: it is refused before a byte is read, and so is a file over ``limit``.
+
+    Raises:
+        OSError: the file cannot be opened, is not a regular file, or is larger than ``limit``
+            (``strerror`` says which; ``filename`` is ``path``).
+    """
+    # O_NONBLOCK: opening a named pipe that no one writes would otherwise wait forever.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a named pipe, device or socket)",
+                          str(path))  # fmt: skip
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"file larger than the {limit >> 20} MiB limit", str(path))
+        data = fh.read(limit + 1)
+    if len(data) > limit:  # it grew while being read
+        raise OSError(errno.EFBIG, f"file larger than the {limit >> 20} MiB limit", str(path))
+    return data
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None], durable: bool = True) -> None:
@@ -26,9 +57,12 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], durable: bool =
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise _naming(exc, path.parent) from None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # the temporary name means nothing to the user: name the file
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     recorder = _WriteErrors(os.fdopen(fd, "wb"))
     try:
         with recorder.file as fh:
@@ -105,17 +139,53 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+class CsvWriter:
+    """``csv.DictWriter`` with ``\\n`` line ends that also quotes a cell holding a carriage
+    return (Python's minimal quoting quotes only the characters of the line end, so a bare
+    ``\\r`` in a file name would end the row for every reader), and writes the bytes of a local
+    name that are not UTF-8 as ``\\xNN`` (the file stays UTF-8).
+
+    Args:
+        fh: a text file opened with ``newline=""``.
+        columns: the header; keys of a row not in it are left out.
+    """
+
+    def __init__(self, fh: IO[str], columns: Sequence[str]) -> None:
+        import csv
+
+        self.columns = list(columns)
+        options = {"lineterminator": "\n", "extrasaction": "ignore"}
+        self._minimal = csv.DictWriter(fh, self.columns, **options)
+        self._quoted = csv.DictWriter(fh, self.columns, quoting=csv.QUOTE_ALL, **options)
+
+    def writeheader(self) -> None:
+        self._minimal.writeheader()
+
+    def writerow(self, row: Mapping[str, Any]) -> None:
+        # A local name that is not UTF-8 (Python holds its bytes as surrogates) as ``\xNN``.
+        row = {
+            k: v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            if isinstance(v, str)
+            else v
+            for k, v in row.items()
+        }
+        cr = any(isinstance(row.get(c), str) and "\r" in row[c] for c in self.columns)
+        (self._quoted if cr else self._minimal).writerow(row)
+
+    def writerows(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
 def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
     """``rows`` as CSV text with a header; ``columns`` default to the first row's keys.
 
     Keys of a row that are not in ``columns`` are left out.
     """
-    import csv
     import io
 
     buf = io.StringIO()
-    fieldnames = list(columns) if columns is not None else list(rows[0])
-    writer = csv.DictWriter(buf, fieldnames, lineterminator="\n", extrasaction="ignore")
+    writer = CsvWriter(buf, list(columns) if columns is not None else list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()

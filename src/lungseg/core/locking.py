@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lungseg.core.errors import LungsegError
+from lungseg.core.errors import LockBusy
 
 LOCK_FILE = ".lungseg.lock"
 
@@ -60,7 +60,7 @@ def exclusive(folder: str | Path, command: str, wait: bool = False) -> Iterator[
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if not wait:
-                raise LungsegError(
+                raise LockBusy(
                     f"is in use by another lungseg process ({_holder(path)}); wait for it to "
                     "finish, or use another folder",
                     folder,
@@ -78,6 +78,25 @@ def exclusive(folder: str | Path, command: str, wait: bool = False) -> Iterator[
         os.close(fd)
         if created:
             _remove_if_only_the_lock(folder)
+
+
+def is_held(folder: str | Path) -> bool:
+    """Whether a process holds the lock of ``folder`` now (this one counts too)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    try:
+        fd = os.open(Path(folder) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
 
 
 def _me(command: str) -> dict:

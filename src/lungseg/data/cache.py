@@ -383,7 +383,7 @@ def load_cache(
     if damage:
         raise LungsegError(
             f"damaged cache ({damage}); rebuild it with 'lungseg prepare --data "
-            f"{_recorded_source(path)} --out {path}'",
+            f"{_recorded_source(path)}{_recorded_flags(path)} --out {path}'",
             path,
         )
     manifest = load_yaml(path / MANIFEST)
@@ -406,6 +406,16 @@ def load_cache(
             "cache is inconsistent (arrays and split.csv differ); re-run prepare", path
         )
     return PreparedData(path, images, masks, rows, config, manifest.get("source", ""))
+
+
+def _recorded_flags(path: Path) -> str:
+    """`` --size N`` as the manifest records it: a cache rebuilt at the default size would no
+    longer match the runs that used it ("" where the manifest cannot say)."""
+    try:
+        size = load_yaml(path / MANIFEST)["config"]["preprocess"]["size"]
+    except (LungsegError, KeyError, TypeError):
+        return ""
+    return f" --size {size}" if isinstance(size, int) and not isinstance(size, bool) else ""
 
 
 def _recorded_source(path: Path) -> str:

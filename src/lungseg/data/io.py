@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from lungseg.core.errors import LungsegError
+from lungseg.core.io_utils import read_regular
 from lungseg.data.dicom_decode import checked_size, pixel_array
 from lungseg.data.dicom_header import DISPLAY, Orientation
 from lungseg.data.dicom_header import orientation as dicom_orientation
@@ -87,10 +88,11 @@ class Decoded:
 
 
 def read_file(path: str | Path, name: str) -> bytes:
-    """A file's bytes; a file that cannot be read (a symlink loop, a dangling link, no
-    permission) is a :class:`LungsegError` naming ``name``, like any other bad file."""
+    """A file's bytes (:func:`read_regular`); a file that cannot be read (a symlink loop, a
+    dangling link, no permission, a named pipe) is a :class:`LungsegError` naming ``name``, like
+    any other bad file."""
     try:
-        return Path(path).read_bytes()
+        return read_regular(path)
     except OSError as exc:
         raise LungsegError(f"cannot read file ({exc.strerror or exc})", name) from None
 

@@ -15,7 +15,7 @@ line can show the presets and defaults in its help without loading them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from lungseg.core.errors import LungsegError
@@ -45,7 +45,7 @@ class PreprocessConfig:
     switches given beside it override it.
     """
 
-    size: int = 256
+    size: int = field(default=256, metadata={"range": (1, 16384)})
     blur: bool = _DEFAULT_STEPS["blur"]
     blur_ksize: int = 5
     blur_sigma: float = 0.0

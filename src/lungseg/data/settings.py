@@ -40,7 +40,7 @@ class PrepareConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     val_fraction: float = 0.2
     test_fraction: float = 0.1
-    seed: int = 0
+    seed: int = field(default=0, metadata={"range": (0, 2**32 - 1)})
 
     def __post_init__(self) -> None:
         check_fractions(self.val_fraction, self.test_fraction)  # before hours of decoding

@@ -30,9 +30,11 @@ the one road, :mod:`lungseg.inference.road`); DICOM outputs: :mod:`lungseg.dicom
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +42,7 @@ from typing import Any
 
 from lungseg.core.config import to_dict
 from lungseg.core.devices import pipeline_threads, torch_threads
-from lungseg.core.errors import LungsegError
+from lungseg.core.errors import LockBusy, LockLost, LungsegError
 from lungseg.inference.encode import mask_png, overlay, overlay_jpeg
 from lungseg.inference.measure import lung_areas, lung_sides, measure
 from lungseg.inference.segmenter import Segmenter
@@ -66,7 +68,7 @@ from lungseg.segment.ledger import (
 from lungseg.segment.merge import MergeResult, completion, merge, merge_outputs
 from lungseg.segment.pipeline import Pipeline, RunCounts
 from lungseg.segment.shard import Shard, resolve_shard
-from lungseg.storage.sink import StowingSink, open_sink
+from lungseg.storage.sink import Sink, StowingSink, open_sink
 
 __all__ = [
     "MEASUREMENT_COLUMNS",
@@ -141,6 +143,44 @@ def run_settings(
         "dicom_sr": dicom_sr,
         "outputs": OUTPUTS_VERSION,
     }
+
+
+#: The lock held while a run checks ``segment.json`` and, with ``--overwrite``, clears what
+#: other settings left: two shards switching an output to new settings at once take turns.
+SETTINGS_LOCK = "settings"
+
+
+@contextlib.contextmanager
+def _in_turn(sink: Sink, rel: str, patience_s: float = 300.0) -> Iterator[None]:
+    """Hold lock ``rel``, waiting while other processes hold it (each for seconds)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            lock = sink.lock(rel, "segment")
+            lock.__enter__()
+            break
+        except LockBusy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _refuse_other_shardings(sink: Sink, shard: Shard) -> None:
+    """Shards of one sharding split the images; a run of another sharding at the same time
+    (``--shard 0/1`` beside ``--shard 0/2``) would do them twice and record both."""
+    for name in sink.locks_held(LOCKS):
+        other = name.removeprefix("shard-").partition("-of-")[2]
+        if name.startswith("shard-") and other != str(shard.count):
+            raise LungsegError(
+                f"another lungseg segment runs on this output as {name} (shards of another "
+                f"count than this --shard {shard}); run the shards of one count at a time "
+                f"(wait for it, or use --shard K/{other})",
+                sink.name,
+            )
 
 
 def default_workers(remote: bool = False) -> int:
@@ -229,7 +269,9 @@ def segment_files(
         raise LungsegError(no_images(source.description))
     settings = run_settings(segmenter, overlays, dicom_seg, dicom_sr)
     with sink.lock(f"{LOCKS}/{shard.name}", "segment"):
-        sid = open_run(sink, settings, shard, overwrite)
+        _refuse_other_shardings(sink, shard)
+        with _in_turn(sink, f"{LOCKS}/{SETTINGS_LOCK}"):
+            sid = open_run(sink, settings, shard, overwrite)
         done = done_set(sink, sid, shard)
         ledger = Ledger(sink, sid, shard, ledger_rows, ledger_seconds)
         ledger.reopen()
@@ -261,6 +303,8 @@ def segment_files(
                 f"{in_all}; run the same command again to do the rest",
                 sink.name,
             ) from None
+        except LockLost:
+            raise
         except LungsegError as exc:
             raise LungsegError(
                 f"{exc.problem}; the {ledger.written} images done in this run before that are "

@@ -8,11 +8,14 @@ construction, name the image's outputs (``masks/<key>.png``), decide its shard, 
 the ledger records as done. Below a given folder, sub-folders named ``masks`` are skipped: in a
 dataset laid out as ``<Class>/images`` + ``<Class>/masks`` they hold ground truth, not X-rays;
 a ``masks`` folder given itself is searched like any other. Hidden files and folders are
-skipped, and so is the output folder when it lies inside an input.
+skipped. An output inside an input is refused (segment would write into the dataset); one
+reached there through a symbolic link is still never listed. A local name whose bytes
+are not UTF-8 has them written ``\\xNN`` in its key (:mod:`lungseg.segment.names`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,7 +23,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from lungseg.core.errors import LungsegError
+from lungseg.core.io_utils import read_regular
 from lungseg.data.io import IMAGE_SUFFIXES
+from lungseg.segment.names import key_text
 
 
 @dataclass(frozen=True)
@@ -121,13 +126,12 @@ class LocalInputs:
                     yield self._item(full, shown, stat)
 
     def _item(self, absolute: str, shown: str, stat: os.stat_result | None) -> Item:
-        key = Path(os.path.relpath(absolute, self.root)).as_posix()
+        key = key_text(Path(os.path.relpath(absolute, self.root)).as_posix())
         version = f"{stat.st_size}-{stat.st_mtime_ns}" if stat is not None else "missing"
         return Item(key, shown, version, absolute)
 
     def read(self, item: Item) -> bytes:
-        with open(item.ref, "rb") as fh:
-            return fh.read()
+        return read_regular(item.ref)
 
 
 class AzureInputs:
@@ -156,7 +160,20 @@ class AzureInputs:
             yield Item(blob.key, f"{self._source.name}/{blob.key}", blob.etag, blob)
 
     def read(self, item: Item) -> bytes:
-        return self._source.fetch(item.ref)
+        """The blob's content.
+
+        Raises:
+            OSError: the blob was deleted or replaced since it was listed: like a local file
+                that vanished, it is an errors.csv row (done again by the next run, as its
+                version changed) and the run goes on.
+        """
+        from lungseg.storage.azure.connection import BlobGone
+
+        try:
+            return self._source.fetch(item.ref)
+        except BlobGone:
+            raise OSError(errno.ENOENT, "the blob was deleted or replaced since it was listed",
+                          item.name) from None  # fmt: skip
 
     def nothing_found(self) -> str:
         """Why nothing was listed, naming what the container holds instead."""
@@ -213,6 +230,8 @@ def open_inputs(
     remote = [t for t in texts if "://" in t]
     if not remote:
         exclude = None if out is None or "://" in str(out) else out
+        if exclude is not None:
+            _refuse_out_inside(os.path.abspath(exclude), [os.path.abspath(t) for t in texts])
         return LocalInputs(inputs, exclude=exclude)
     if len(texts) > 1:
         raise LungsegError(
@@ -231,7 +250,18 @@ def open_inputs(
     exclude = None
     if out is not None and str(out).startswith("az://"):
         exclude = str(out)[len("az://") :].strip("/") + "/"
+        _refuse_out_inside(exclude.rstrip("/"), [remote[0][len("az://") :].strip("/")], "/")
     return AzureInputs(remote[0], exclude=exclude, workers=workers)
+
+
+def _refuse_out_inside(out: str, inputs: list[str], sep: str = os.sep) -> None:
+    """An output in an input folder (or prefix) would write masks into the dataset."""
+    for given in inputs:
+        if out == given or out.startswith(given.rstrip(sep) + sep):
+            raise LungsegError(
+                f"the output {out} lies inside the input {given}: segment would write into "
+                "the dataset; choose an output outside it"
+            )
 
 
 def find_images(inputs: Sequence[str | Path]) -> list[Path]:

@@ -35,6 +35,7 @@ import datetime
 import hashlib
 import io
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from lungseg.core.errors import LungsegError
+from lungseg.core.errors import LockLost, LungsegError, printable
 from lungseg.core.io_utils import csv_text, sha256_json
+from lungseg.segment.names import one_line, output_stem
 from lungseg.segment.shard import Shard
 from lungseg.storage.sink import Sink, delete_folder
 
@@ -72,20 +74,16 @@ def output_names(key: str) -> dict[str, str]:
     """The outputs of the image with this key: ``{"mask": "masks/<key>.png", ...}``.
 
     The key keeps its own extension (``x.png`` -> ``masks/x.png.png``, ``x.jpg`` ->
-    ``masks/x.jpg.png``), so two inputs can never map to one output.
-
-    Raises:
-        LungsegError: the key cannot be a file name (``..``, ``.`` or an empty part: possible in
-            a blob name, never in a local path).
+    ``masks/x.jpg.png``), so two inputs can never map to one output. A key that cannot be a file
+    name as it is (control characters, a part too long, ``..``) is named by its hash instead
+    (:func:`lungseg.segment.names.output_stem`); the CSVs keep the key.
     """
-    parts = key.split("/")
-    if any(p in ("", ".", "..") for p in parts) or "\\" in key:
-        raise LungsegError("name cannot be written as an output file ('.', '..' or '//' in it)")
+    stem = output_stem(key)
     return {
-        "mask": f"{MASKS}/{key}.png",
-        "overlay": f"{OVERLAYS}/{key}.jpg",
-        "dicom_seg": f"{DICOM_SEG}/{key}.dcm",
-        "dicom_sr": f"{DICOM_SR}/{key}.dcm",
+        "mask": f"{MASKS}/{stem}.png",
+        "overlay": f"{OVERLAYS}/{stem}.jpg",
+        "dicom_seg": f"{DICOM_SEG}/{stem}.dcm",
+        "dicom_sr": f"{DICOM_SR}/{stem}.dcm",
     }
 
 
@@ -96,9 +94,11 @@ def open_run(sink: Sink, settings: dict[str, Any], shard: Shard, overwrite: bool
     """Check ``segment.json`` against ``settings`` (creating it on a new output) and apply
     ``--overwrite``; returns the settings' id, which names the ledgers.
 
-    With ``overwrite``, one unsharded run clears everything segment wrote before; a shard of
-    several clears its own ledger only (the other shards run at the same time) and redoes its
-    images, whose outputs are replaced as they are written.
+    With ``overwrite``, a run of other settings clears everything segment wrote before (every
+    shard's); with the same settings, one unsharded run clears everything, and a shard of
+    several its own ledger only (the other shards run at the same time), redoing its images,
+    whose outputs are replaced as they are written. The caller holds a lock while this runs, so
+    shards that switch an output at the same time take turns.
 
     Raises:
         LungsegError: the output holds results of other settings (or of an older lungseg, or a
@@ -134,12 +134,9 @@ def open_run(sink: Sink, settings: dict[str, Any], shard: Shard, overwrite: bool
                 "pass --overwrite to redo everything there, or choose another --out",
                 sink.name,
             )
-        if shard.count == 1:
-            clear(sink)
-        else:
-            stale = {rel.split("/")[1] for rel in sink.list(PARTS)} - {sid}
-            for other in stale:
-                delete_folder(sink, f"{PARTS}/{other}")
+        # Every shard's outputs go, not only this one's: masks of other settings left beside
+        # the new ones would be taken for theirs (the shards that switch take turns).
+        clear(sink)
         sink.put(MANIFEST, data)
     elif overwrite:
         if shard.count == 1:
@@ -218,7 +215,7 @@ class Ledger:
         import time
 
         self._clock = time.monotonic
-        self.sink, self.folder = sink, ledger_folder(sid, shard)
+        self.sink, self.sid, self.folder = sink, sid, ledger_folder(sid, shard)
         self.every_rows, self.every_seconds = every_rows, every_seconds
         numbers = [int(Path(rel).stem) for rel in sink.list(self.folder) if is_ledger(rel)]
         self.next_number = max(numbers, default=-1) + 1
@@ -227,6 +224,7 @@ class Ledger:
         self.written = 0
 
     def add(self, row: dict[str, Any]) -> None:
+        row = {**row, "problem": one_line(row.get("problem") or "")}
         if not self.rows:
             self._since = self._clock()
         self.rows.append(row)
@@ -241,6 +239,13 @@ class Ledger:
         """Write the rows added since the last file as the next file (sorted by key)."""
         if not self.rows:
             return
+        found = read_manifest(self.sink)
+        if found is None or found.get("settings_id") != self.sid:
+            raise LockLost(
+                f"{MANIFEST} now holds other settings (another run of lungseg segment --overwrite "
+                "replaced them); this run stopped before recording more",
+                self.sink.name,
+            )
         self.sink.sync()  # the outputs of these rows reach the disk before the rows do
         text = csv_text(sorted(self.rows, key=order), LEDGER_COLUMNS)
         self.sink.put(f"{self.folder}/{self.next_number:06d}.csv", text.encode())
@@ -269,16 +274,48 @@ def is_ledger(rel: str) -> bool:
     return name.endswith(".csv") and name[:-4].isdigit()
 
 
+class DamagedLedger(LungsegError):
+    """A ledger file that is cut or holds a value segment never writes (a damaged disk, a hand
+    edit): the images it recorded are to be done again."""
+
+
+#: Columns of an ``ok`` row that hold numbers (checked when a ledger is read).
+_INT_COLUMNS = ("height", "width", "lung_px")
+_FLOAT_COLUMNS = ("lung_fraction", "uncertain_fraction")
+
+
 def read_rows(lines: Iterable[str], where: str) -> Iterator[dict[str, str]]:
-    """The rows of a ledger file (``lines``: its text, line by line)."""
+    """The rows of a ledger file (``lines``: its text, line by line).
+
+    Raises:
+        DamagedLedger: the file is not one segment wrote whole (other columns, a row cut short
+            or too long, a status or number segment never writes).
+    """
     reader = csv.DictReader(lines)
     if tuple(reader.fieldnames or ()) != LEDGER_COLUMNS:
-        raise LungsegError(
-            "damaged ledger file (unexpected columns); delete it and run again (its images are "
-            "done again)",
-            where,
-        )
-    yield from reader
+        raise DamagedLedger("damaged ledger file (unexpected columns)", where)
+    for row in reader:
+        problem = _row_problem(row)
+        if problem:
+            raise DamagedLedger(f"damaged ledger file (line {reader.line_num}: {problem})", where)
+        yield row
+
+
+def _row_problem(row: dict[str, Any]) -> str:
+    if None in row or any(value is None for value in row.values()):
+        return "a row of the wrong length"
+    if not row["key"] or not row["done_at"] or row["status"] not in ("ok", "error"):
+        return "no key, no time or an unknown status"
+    if row["status"] == "ok":
+        try:
+            for column in _INT_COLUMNS:
+                int(row[column])
+            for column in _FLOAT_COLUMNS:
+                if not np.isfinite(float(row[column])):
+                    raise ValueError
+        except ValueError:
+            return f"{column} is not a number"
+    return ""
 
 
 def item_id(key: str, version: str) -> int:
@@ -302,7 +339,11 @@ class DoneSet:
 
 
 def done_set(sink: Sink, sid: str, shard: Shard) -> DoneSet:
-    """What the ledgers of these settings (any sharding) record as done for ``shard``."""
+    """What the ledgers of these settings (any sharding) record as done for ``shard``.
+
+    A damaged ledger file is removed, with one line on stderr, together with the completion
+    record of its shard: its images are done again (by this run where they are its own).
+    """
     ids = []
     for rel in sink.list(f"{PARTS}/{sid}"):
         if not is_ledger(rel):
@@ -310,9 +351,13 @@ def done_set(sink: Sink, sid: str, shard: Shard) -> DoneSet:
         data = sink.get(rel)
         if data is None:  # deleted meanwhile by an --overwrite
             continue
-        ids.extend(
-            item_id(row["key"], row["version"])
-            for row in read_rows(io.StringIO(data.decode("utf-8")), sink.where(rel))
-            if shard.owns(row["key"])
-        )
+        try:
+            rows = list(read_rows(io.StringIO(data.decode("utf-8"), newline=""), sink.where(rel)))
+        except (DamagedLedger, UnicodeDecodeError) as exc:
+            problem = exc.problem if isinstance(exc, DamagedLedger) else "damaged ledger file"
+            print(f"{printable(sink.where(rel))}: {problem}; removed, its images are done again",
+                  file=sys.stderr)  # fmt: skip
+            sink.delete([rel, f"{rel.rsplit('/', 1)[0]}/{COMPLETE}"])
+            continue
+        ids.extend(item_id(row["key"], row["version"]) for row in rows if shard.owns(row["key"]))
     return DoneSet(np.unique(np.array(ids, dtype=np.uint64)))

@@ -173,7 +173,6 @@ class Pipeline:
         except OSError as exc:  # a local file that vanished or may not be read
             return _error(item, f"cannot read file ({exc.strerror or exc})")
         try:
-            output_names(item.key)
             prepared = road.prepare(data, item.name, self.segmenter, self.outputs)
         except LungsegError as exc:
             return _error(item, exc.problem)

@@ -24,6 +24,10 @@ from dataclasses import dataclass
 
 from lungseg.core.errors import LungsegError
 
+#: Most shards of one archive: far more processes than any cluster runs on one output, few
+#: enough that a list of the shards (which are pending) stays small.
+MAX_SHARDS = 100_000
+
 #: What a Kubernetes Indexed Job sets to its ``completions`` (the number of shards).
 ENV_SHARDS = "LUNGSEG_SHARDS"
 
@@ -41,6 +45,11 @@ class Shard:
             raise LungsegError(
                 f"invalid shard {self.index}/{self.count} (from {self.source}): expected K/N "
                 "with 0 <= K < N"
+            )
+        if self.count > MAX_SHARDS:
+            raise LungsegError(
+                f"invalid shard {self.index}/{self.count} (from {self.source}): N must be at "
+                f"most {MAX_SHARDS:,}"
             )
 
     @property

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lungseg.core.errors import LungsegError
+from lungseg.core.io_utils import read_regular
 
 
 @dataclass
@@ -40,7 +41,7 @@ class LocalSource:
         return sorted(keys)
 
     def read_bytes(self, key: str) -> bytes:
-        return (self.root / key).read_bytes()
+        return read_regular(self.root / key)
 
     def stat(self, key: str) -> tuple[int, str]:
         st = (self.root / key).stat()

@@ -68,6 +68,10 @@ class Sink(Protocol):
         """Hold ``rel`` for this process while the block runs; refuse when another holds it."""
         ...
 
+    def locks_held(self, prefix: str) -> list[str]:
+        """The locks directly under folder ``prefix`` that a process holds now."""
+        ...
+
 
 class LocalSink:
     """A local output folder (created when needed)."""
@@ -133,6 +137,13 @@ class LocalSink:
         from lungseg.core.locking import exclusive
 
         return exclusive(self.root / rel, command)
+
+    def locks_held(self, prefix: str) -> list[str]:
+        from lungseg.core.locking import is_held
+
+        top = self.root / prefix
+        names = sorted(p.name for p in top.iterdir()) if top.is_dir() else []
+        return [name for name in names if is_held(top / name)]
 
 
 class StowingSink:

@@ -61,6 +61,14 @@ class AugmentConfig:
             raise LungsegError("augment.scale and augment.contrast must be < 1")
 
 
+#: Bounds of settings that a typo makes absurd (``batch_size: 100000000000000000000``): far
+#: beyond any real run, far below what would exhaust memory before a line of output.
+MAX_EPOCHS = 1_000_000
+MAX_BATCH = 65_536
+#: Seeds go to NumPy, whose seeds are 32-bit.
+MAX_SEED = 2**32 - 1
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run; round-trips through ``to_dict`` / ``from_dict``.
@@ -95,25 +103,25 @@ class TrainConfig:
     """
 
     model: str = "unet"
-    n_filters: int = 16
-    dropout: float = 0.1
+    n_filters: int = field(default=16, metadata={"range": (1, 1024)})
+    dropout: float = field(default=0.1, metadata={"range": (0.0, 1.0)})
     batch_norm: bool = True
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 50
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    epochs: int = field(default=50, metadata={"range": (1, MAX_EPOCHS)})
+    batch_size: int = field(default=16, metadata={"range": (1, MAX_BATCH)})
+    lr: float = field(default=1e-3, metadata={"range": (0.0, 10.0)})
+    weight_decay: float = field(default=0.0, metadata={"range": (0.0, 10.0)})
     loss: str = "bce"
     schedule: str = "none"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     select: str = "loss"
-    seed: int = 0
+    seed: int = field(default=0, metadata={"range": (0, MAX_SEED)})
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
-    threads: int | None = None
-    workers: int | None = None
+    threads: int | None = field(default=None, metadata={"range": (1, 4096)})
+    workers: int | None = field(default=None, metadata={"range": (0, 4096)})
     postprocess: str = DEFAULT_POSTPROCESS
 
     def __post_init__(self) -> None:

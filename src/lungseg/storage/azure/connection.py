@@ -273,7 +273,14 @@ class Container:
             message = _translate(exc, self.account, self.location, doing)
             if getattr(exc, "error_code", None) == "ContainerNotFound":
                 message += self.if_missing
-        raise LungsegError(message, self.location.url)
+            status = getattr(exc, "status_code", None)
+            code = str(getattr(exc, "error_code", None) or "")
+            gone = status == 412 or (status == 404 and code.endswith("BlobNotFound"))
+        raise (BlobGone if gone else LungsegError)(message, self.location.url)
+
+
+class BlobGone(LungsegError):
+    """A blob was deleted or replaced since it was listed (404 or a failed ETag condition)."""
 
 
 def _translate(exc: AzureError, account: Account, location: BlobLocation, doing: str) -> str:

@@ -5,7 +5,8 @@ A block blob becomes visible only when its upload completes, so a run killed mid
 the old blob or none, never half of one. Each blob carries its MD5 (``Content-MD5``, checked by
 the service) and content type. :meth:`AzureSink.lock` holds a renewed 30-second lease on a
 lock blob: a second process asking for the same lock is refused, and the lease of a process that
-died runs out by itself.
+died runs out by itself. A holder checks its lease before every write: a process stopped past
+its lease (SIGSTOP, a suspended VM) finds another run may hold it now, and stops.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import mimetypes
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import IO, Any
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContentSettings
 
-from lungseg.core.errors import LungsegError
+from lungseg.core.errors import LockBusy, LockLost
 from lungseg.storage.azure.connection import DEFAULT_WORKERS, BlobLocation, Container, parse_url
 
 #: Seconds a lock lease lasts without renewal (Azure allows 15-60): how long a killed process
@@ -46,6 +48,7 @@ class AzureSink:
         self.name = location.url
         self.workers = workers
         self._container = Container.open(location, workers, if_missing=_CREATE_HINT)
+        self._held: list[_Held] = []
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> AzureSink:
@@ -65,6 +68,7 @@ class AzureSink:
         self._upload(rel, data, len(data), hashlib.md5(data, usedforsecurity=False).digest())
 
     def _upload(self, rel: str, data: bytes | IO[bytes], length: int, md5: bytes) -> None:
+        self._check_held()
         settings = ContentSettings(
             content_type=mimetypes.guess_type(rel)[0] or "application/octet-stream",
             content_md5=bytearray(md5),
@@ -90,6 +94,7 @@ class AzureSink:
             self._upload(rel, fh, length, md5)
 
     def create(self, rel: str, data: bytes) -> bool:
+        self._check_held()
         client = self._container.client
 
         def create() -> bool:
@@ -133,6 +138,7 @@ class AzureSink:
                 yield blob.name[len(self.location.prefix) :]
 
     def delete(self, rels: list[str]) -> None:
+        self._check_held()
         client = self._container.client
 
         def delete(rel: str) -> None:
@@ -168,25 +174,85 @@ class AzureSink:
 
         lease = self._container.call(f"locking {rel} in", acquire)
         if lease is None:
-            raise LungsegError(
+            raise LockBusy(
                 f"is in use by another lungseg process (it holds the lease on {rel}; a process "
                 f"that died releases it within {LEASE_S} s); wait for it to finish, or use "
                 "another output",
                 self.name,
             )
+        held = _Held(rel, lease)
         stop = threading.Event()
 
         def renew() -> None:
             while not stop.wait(LEASE_S / 3):
-                with contextlib.suppress(Exception):  # the next try, or the run's own calls, fail
-                    lease.renew()
+                held.renew(quiet=True)
 
         renewer = threading.Thread(target=renew, daemon=True, name="lungseg-lease")
         renewer.start()
+        self._held.append(held)
         try:
             yield
         finally:
+            self._held.remove(held)
             stop.set()
             renewer.join()
             with contextlib.suppress(Exception):
                 lease.release()
+
+    def locks_held(self, prefix: str) -> list[str]:
+        """The locks under folder ``prefix`` that some process holds now (a live lease)."""
+        folder = self._blob(prefix.rstrip("/") + "/")
+        client = self._container.client
+
+        def leased() -> list[str]:
+            return [
+                blob.name[len(folder) :]
+                for blob in client.list_blobs(name_starts_with=folder)
+                if blob.lease.state == "leased"
+            ]
+
+        return self._container.call("listing", leased)
+
+    def _check_held(self) -> None:
+        """Before every write: each lock this process holds is still its own. A renewal that is
+        overdue (this process was stopped, or could not reach the service) is made now; a lease
+        that is gone stops the run with :class:`~lungseg.core.errors.LockLost`."""
+        for held in list(self._held):
+            if held.lost or time.monotonic() - held.renewed > LEASE_S / 2:
+                held.renew(quiet=False)
+            if held.lost:
+                raise LockLost(
+                    f"lost the lease on {held.rel}: this process was stopped or cut off for "
+                    f"longer than the lease ({LEASE_S} s), so another run may have taken over; "
+                    "stopped before writing again (its images are recorded by the run that "
+                    "holds the lease now)",
+                    self.name,
+                )
+
+
+class _Held:
+    """A lease this process holds, and when it was last renewed."""
+
+    def __init__(self, rel: str, lease: Any) -> None:
+        self.rel, self.lease = rel, lease
+        self.renewed = time.monotonic()
+        self.lost = False
+        self._mutex = threading.Lock()
+
+    def renew(self, quiet: bool) -> None:
+        """Renew the lease; a refusal (another process took the blob's lease, 409/412) marks it
+        lost. Other failures are left to the next try (``quiet``) or raised."""
+        with self._mutex:
+            if self.lost:
+                return
+            try:
+                self.lease.renew()
+                self.renewed = time.monotonic()
+            except HttpResponseError as exc:
+                if exc.status_code in (409, 412):
+                    self.lost = True
+                elif not quiet:
+                    raise
+            except Exception:
+                if not quiet:
+                    raise
