@@ -14,7 +14,10 @@ from lungseg.cli import main
 from lungseg.data.cache import load_cache
 from lungseg.data.settings import prepare_settings
 
-COUNTS_LINE = "prepared {n} images at {s}x{s} in {out} (train {train}, val {val}, test {test})"
+COUNTS_LINE = (
+    "prepared {n} images at {s}x{s} in {out} (unknown convention) "
+    "(train {train}, val {val}, test {test})"
+)
 
 
 def _lungseg(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -10,13 +10,17 @@ trained at 128 and at 256 are scored against the same masks.
 
 Writes into ``OUT``:
 
-* ``metrics.json`` - ``model``, ``n_images``, ``dice_mean``, ``iou_mean``, ``mse_mean``,
+* ``metrics.json`` - ``model``, its mask ``convention`` and the data's (``data_convention``,
+  as its prepare settings state it), ``n_images``, ``dice_mean``, ``iou_mean``, ``mse_mean``,
   ``hd95_mean``, ``dice_ci95`` and every other summary of
   :class:`~lungseg.metrics.MetricAccumulator`, plus the inference time per image and, when
   several postprocessing presets were asked for, a summary per preset (``postprocess_presets``);
 * ``per_image.csv`` - ``stem, dice, iou, mse, hd95, precision, recall, accuracy`` and the
   ground-truth-free ``uncertain_fraction`` (:mod:`lungseg.quality`), whose rank correlation with
-  the error is ``uncertainty_error_spearman`` in ``metrics.json``;
+  the error is ``uncertainty_error_spearman`` in ``metrics.json``, with the model's
+  ``review_threshold`` and the share of images it flags; ``convention_check``
+  (:func:`~lungseg.conventions.convention_check`) says whether the model's masks are consistently
+  larger or smaller than the data's, the sign of another mask convention;
 * with ``save_masks``, ``masks/<stem>.png`` - the binary masks (0/255) at the working size.
 """
 
@@ -36,6 +40,7 @@ import cv2
 import numpy as np
 
 from lungseg.config import to_dict
+from lungseg.conventions import convention_check
 from lungseg.data.cache import PreparedData, is_cache, load_cache, prepare
 from lungseg.data.settings import PrepareConfig
 from lungseg.errors import LungsegError
@@ -44,7 +49,7 @@ from lungseg.io_utils import atomic_write_bytes, atomic_write_text, csv_text, sh
 from lungseg.metrics import MetricAccumulator
 from lungseg.postprocessing import PostprocessConfig, list_postprocess_presets, postprocess_batch
 from lungseg.preprocessing import PreprocessConfig
-from lungseg.quality import error_rank_correlation, uncertain_fraction
+from lungseg.quality import error_rank_correlation, review_reason, uncertain_fraction
 
 
 @dataclass
@@ -81,7 +86,11 @@ def _dataset_for(
     """A cache of ``data`` prepared with ``config`` (reused when it already matches)."""
     split_settings = split or PrepareConfig()
     want = PrepareConfig(
-        config, split_settings.val_fraction, split_settings.test_fraction, split_settings.seed
+        config,
+        split_settings.val_fraction,
+        split_settings.test_fraction,
+        split_settings.seed,
+        split_settings.convention,
     )
     if is_cache(data):
         cached = load_cache(data)
@@ -97,7 +106,11 @@ def _dataset_for(
         data, want = (
             cached.source,
             PrepareConfig(
-                config, cached.config.val_fraction, cached.config.test_fraction, cached.config.seed
+                config,
+                cached.config.val_fraction,
+                cached.config.test_fraction,
+                cached.config.seed,
+                cached.config.convention,
             ),
         )
 
@@ -151,7 +164,8 @@ def evaluate(
         batch_size: images per forward pass (default: the model's
             :attr:`~lungseg.inference.Segmenter.batch_size`).
         cache_root: where caches prepared for evaluation go (default: ``out/.cache`` or a temp dir).
-        split_config: split settings when ``data`` is a source folder (default: lungseg's default).
+        split_config: split settings when ``data`` is a source folder (default: lungseg's
+            default), and the convention of its masks (``convention``).
         size: score at ``size x size`` instead of the model's working size (to compare models
             trained at different sizes against the same masks).
         tta: average each prediction over test-time augmentation views (:mod:`lungseg.tta`).
@@ -223,10 +237,14 @@ def evaluate(
     summary, rows, pred = results[main_name]
     # Uncertainty comes from the probabilities at the working size, as 'segment' computes it.
     uncertainty = uncertain_fraction(prob)
-    for row, value in zip(rows, uncertainty, strict=True):
+    threshold = segmenter.review_threshold
+    for row, value, mask in zip(rows, uncertainty, pred, strict=True):
         row["uncertain_fraction"] = float(value)
+        row["review"] = review_reason(mask, float(value), threshold)
     metrics = {
         "model": segmenter.name,
+        "convention": segmenter.convention,
+        "data_convention": reference.config.convention,
         "checkpoint": segmenter.source,
         "checkpoints": [m for m in (segmenter.info or {}).get("members", [])] or [segmenter.source],
         "data": str(data),
@@ -243,6 +261,11 @@ def evaluate(
         "tta": (segmenter.info or {}).get("tta"),
         "uncertainty_error_spearman": error_rank_correlation(
             uncertainty, np.array([row["dice"] for row in rows])
+        ),
+        "review_threshold": threshold,
+        "review_flagged_share": float(np.mean([bool(row["review"]) for row in rows])),
+        "convention_check": convention_check(
+            pred, target, segmenter.convention, reference.config.convention
         ),
     }
     if len(results) > 1:

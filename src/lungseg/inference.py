@@ -144,6 +144,20 @@ class Segmenter:
         return self.preprocess.size
 
     @property
+    def convention(self) -> str:
+        """The mask convention its masks follow (:data:`~lungseg.models.identity.CONVENTIONS`)."""
+        return self.identity.convention if self.identity is not None else "unknown"
+
+    @property
+    def review_threshold(self) -> float:
+        """Above this ``uncertain_fraction`` its masks are flagged for review: the threshold
+        calibrated for this model and recorded in its checkpoint, else
+        :data:`~lungseg.quality.REVIEW_THRESHOLD`."""
+        from lungseg.quality import REVIEW_THRESHOLD
+
+        return float((self.info or {}).get("review_threshold") or REVIEW_THRESHOLD)
+
+    @property
     def on_gpu(self) -> bool:
         """Whether its networks run on a CUDA device."""
         return str(getattr(self.networks[0][0], "device", "cpu")).startswith("cuda")

@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from lungseg.cli import app
-from lungseg.cli.options import Config, Preprocess, Size, SkipBad, Test, Val, default
+from lungseg.cli.options import (
+    Config,
+    Convention,
+    Preprocess,
+    Size,
+    SkipBad,
+    Test,
+    Val,
+    default,
+)
 from lungseg.data.settings import PrepareConfig
 
 
@@ -24,6 +33,7 @@ def prepare_command(
         int | None,
         typer.Option(help="Seed of the split.", show_default=default(PrepareConfig, "seed")),
     ] = None,
+    convention: Convention = None,
     workers: Annotated[int | None, typer.Option(help="Decoding processes.")] = None,
     skip_bad: SkipBad = False,
     force: Annotated[bool, typer.Option(help="Rebuild even if the cache matches.")] = False,
@@ -34,7 +44,13 @@ def prepare_command(
     from lungseg.data.settings import prepare_settings
 
     settings = prepare_settings(
-        config, preprocess=preprocess, size=size, val=val, test=test, seed=seed
+        config,
+        preprocess=preprocess,
+        size=size,
+        val=val,
+        test=test,
+        seed=seed,
+        convention=convention,
     )
     data_ = prepare(data, out, settings, workers=workers, skip_bad=skip_bad, force=force)
     counts = {s: len(data_.indices(s)) for s in ("train", "val", "test")}
@@ -42,5 +58,6 @@ def prepare_command(
     note = f"; skipped files listed in {skipped}" if skipped.exists() else ""
     typer.echo(
         f"prepared {len(data_.rows)} images at {data_.size}x{data_.size} in {out} "
+        f"({settings.convention} convention) "
         f"(train {counts['train']}, val {counts['val']}, test {counts['test']}){note}"
     )

@@ -56,7 +56,7 @@ COMPLETE = "complete.json"
 MEASUREMENT_COLUMNS = (
     "key", "file", "mask", "overlay", "dicom_seg", "height", "width", "lung_px", "lung_fraction",
     "right_lung_px", "left_lung_px", "spacing_mm", "lung_cm2", "right_lung_cm2",
-    "left_lung_cm2", "uncertain_fraction", "review",
+    "left_lung_cm2", "uncertain_fraction", "review", "convention",
 )  # fmt: skip
 ERROR_COLUMNS = ("key", "file", "problem")
 LEDGER_COLUMNS = ("key", "version", "status", "done_at", "problem", *MEASUREMENT_COLUMNS[1:])

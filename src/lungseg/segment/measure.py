@@ -13,7 +13,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from lungseg.quality import review_reason
+from lungseg.quality import REVIEW_THRESHOLD, review_reason
 
 #: Share of a component's pixels that must lie on each side of the midline for it to be taken
 #: as both lungs joined (and cut) rather than one lung reaching over the midline.
@@ -143,11 +143,15 @@ def measure(
     mask: np.ndarray,
     spacing: tuple[float, float] | None,
     uncertainty: float | None = None,
+    convention: str = "unknown",
+    review_threshold: float = REVIEW_THRESHOLD,
 ) -> dict:
     """The measurements of one mask at the image's resolution, as a row of
     ``measurements.csv`` (``uncertainty``: the image's
     :func:`~lungseg.quality.uncertain_fraction`, blank when not given; ``review``: why the mask
-    needs a look, :func:`~lungseg.quality.review_reason`)."""
+    needs a look, :func:`~lungseg.quality.review_reason` with the model's ``review_threshold``;
+    ``convention``: the mask convention of the model that drew it, so an area is never read
+    against the other convention's)."""
     h, w = mask.shape
     right, left = lung_areas(mask)
     total = right + left
@@ -156,7 +160,8 @@ def measure(
         "lung_fraction": round(total / (h * w), 6), "right_lung_px": right, "left_lung_px": left,
         "spacing_mm": "", "lung_cm2": "", "right_lung_cm2": "", "left_lung_cm2": "",
         "uncertain_fraction": "" if uncertainty is None else round(float(uncertainty), 6),
-        "review": review_reason(mask, uncertainty),
+        "review": review_reason(mask, uncertainty, review_threshold),
+        "convention": convention,
     }  # fmt: skip
     if spacing is not None:
         cm2 = spacing[0] * spacing[1] / 100.0

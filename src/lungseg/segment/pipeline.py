@@ -200,7 +200,10 @@ class Pipeline:
         try:
             mask = self.segmenter.masks_from_proba(prob[None], [loaded.shape])[0]
             unsure = float(uncertain_fraction(prob))
-            row = measure(item.key, item.name, mask, loaded.spacing, unsure)
+            row = measure(
+                item.key, item.name, mask, loaded.spacing, unsure,
+                self.segmenter.convention, self.segmenter.review_threshold,
+            )  # fmt: skip
             files = {"mask": mask_png(mask, item.name)}
             if loaded.pixels is not None:
                 files["overlay"] = overlay_jpeg(loaded.pixels, mask, item.name)
