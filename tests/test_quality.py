@@ -62,11 +62,14 @@ def test_review_threshold_is_calibrated_per_model() -> None:
 
     dice = np.array([0.98, 0.97, 0.96, 0.92, 0.91, 0.85, 0.80, 0.97, 0.96, 0.95])
     unsure = np.array([0.05, 0.06, 0.07, 0.30, 0.12, 0.40, 0.50, 0.08, 0.11, 0.09])
-    # Five masks below 0.93; flagging 90 % of them means all five: the least uncertain is 0.12.
-    threshold = calibrate_review_threshold(unsure, dice)
+    # Four masks below 0.93; flagging 90 % of them means all four: the least uncertain is 0.12.
+    threshold = calibrate_review_threshold(unsure, dice, max_flagged=0.5)
     assert threshold == pytest.approx(0.119)
     assert (unsure[dice < 0.93] > threshold).all() and (unsure[dice >= 0.93] <= threshold).all()
-    assert calibrate_review_threshold(unsure, dice, recall=0.6) == pytest.approx(0.299)
+    assert calibrate_review_threshold(unsure, dice, 0.6, max_flagged=0.5) == pytest.approx(0.299)
+    # Flagging 90 % of the bad ones would flag half the images: at most a quarter are.
+    capped = calibrate_review_threshold(unsure, dice)
+    assert np.mean(unsure > capped) <= 0.25 and capped == pytest.approx(0.30)
     assert calibrate_review_threshold(unsure[:3], dice[:3]) == REVIEW_THRESHOLD  # none bad
 
 

@@ -34,7 +34,13 @@ from lungseg.errors import LungsegError
 from lungseg.models.identity import ModelIdentity, combined_digest, file_digest
 from lungseg.postprocessing import PostprocessConfig, postprocess_batch
 from lungseg.preprocessing import PreprocessConfig, preprocess
-from lungseg.shipped import ENSEMBLE_MODELS, SHIPPED_CONVENTIONS, SHIPPED_MODELS, shipped_weights
+from lungseg.shipped import (
+    ENSEMBLE_MODELS,
+    SHIPPED_CONVENTIONS,
+    SHIPPED_MODELS,
+    SHIPPED_REVIEW_THRESHOLDS,
+    shipped_weights,
+)
 from lungseg.tta import DEFAULT_VIEWS, TTANetwork, View
 
 ImageLike = str | Path | bytes | np.ndarray | Decoded
@@ -326,6 +332,8 @@ def _load(
     pre = from_dict(PreprocessConfig, meta["preprocess"], f"{path}:preprocess")
     post = _postprocess_config(postprocess, meta.get("postprocess"), path)
     info = {k: v for k, v in meta.items() if k not in _HEAVY_KEYS}
+    if text in SHIPPED_REVIEW_THRESHOLDS:
+        info.setdefault("review_threshold", SHIPPED_REVIEW_THRESHOLDS[text])
     # A shipped variant keeps its own name (unet-fast is a "unet" architecture).
     name = text if text in SHIPPED_MODELS else meta["model"]["name"]
     identity = ModelIdentity(

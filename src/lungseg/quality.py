@@ -33,6 +33,8 @@ REVIEW_THRESHOLD = 0.2
 #: :func:`calibrate_review_threshold` aims to flag this share of the masks below :data:`BAD_DICE`.
 REVIEW_RECALL = 0.9
 BAD_DICE = 0.93
+#: ... but flags at most this share of all images: a flag on most masks is no flag.
+MAX_FLAGGED = 0.25
 
 
 def uncertain_fraction(prob: np.ndarray) -> np.ndarray:
@@ -86,13 +88,17 @@ def review_reason(
 
 
 def calibrate_review_threshold(
-    uncertainty: np.ndarray, dice: np.ndarray, recall: float = REVIEW_RECALL, bad: float = BAD_DICE
+    uncertainty: np.ndarray,
+    dice: np.ndarray,
+    recall: float = REVIEW_RECALL,
+    bad: float = BAD_DICE,
+    max_flagged: float = MAX_FLAGGED,
 ) -> float:
     """The review threshold of one model, from its validation images.
 
     The highest threshold that still flags ``recall`` of the masks with Dice below ``bad``
-    (rounded down to 3 decimals, so it flags them); :data:`REVIEW_THRESHOLD` when no mask is that
-    bad. The threshold is recorded in the checkpoint (``review_threshold``), so ``segment`` and
+    (rounded down to 3 decimals, so it flags them), raised where it would flag more than
+    ``max_flagged`` of all images; :data:`REVIEW_THRESHOLD` when no mask is that bad. The threshold is recorded in the checkpoint (``review_threshold``), so ``segment`` and
     ``serve`` flag the masks of each model by its own scale of uncertainty.
 
     Args:
@@ -100,6 +106,7 @@ def calibrate_review_threshold(
         dice: ``float[N]`` their Dice against the ground truth.
         recall: share of the bad masks to flag.
         bad: Dice below which a mask counts as bad.
+        max_flagged: the largest share of all images the threshold may flag.
     """
     u, d = np.asarray(uncertainty, float), np.asarray(dice, float)
     worst = np.sort(u[np.isfinite(u) & np.isfinite(d) & (d < bad)])
@@ -107,7 +114,13 @@ def calibrate_review_threshold(
         return REVIEW_THRESHOLD
     # Flagging is "above the threshold": the k-th least uncertain bad mask must be above it.
     k = int(math.floor((1 - recall) * len(worst)))
-    return math.floor(worst[k] * 1000 - 1e-9) / 1000
+    threshold = math.floor(worst[k] * 1000 - 1e-9) / 1000
+    everyone = u[np.isfinite(u)]
+    if np.mean(everyone > threshold) > max_flagged:
+        # "higher": a value of the data, so that strictly above it is at most the share.
+        higher = float(np.quantile(everyone, 1 - max_flagged, method="higher"))
+        threshold = math.ceil(higher * 1000 - 1e-9) / 1000
+    return threshold
 
 
 def error_rank_correlation(uncertainty: np.ndarray, dice: np.ndarray) -> float:
