@@ -157,8 +157,8 @@ def test_per_source_section_ends_the_card(train_shipped) -> None:
         "area_ratio_median": 1.17, "spearman": 0.41, "flagged": 0.2, "flagged_below_090": 0.3,
         "worst5": [{"stem": "CHNCXR_0455_1", "dice": 0.697, "review": "uncertain (0.3 > 0.2)"}],
     }  # fmt: skip
-    sources = {"fcn": {"convention": "anatomical", "review_threshold": 0.175,
-                       "shenzhen": {"split": "val", "convention": "visible", **figures}}}  # fmt: skip
+    shenzhen = {"split": "val", "convention": "visible", **figures}
+    sources = {"fcn": {"convention": "anatomical", "review_threshold": 0.175, "shenzhen": shenzhen}}
     card = train_shipped.model_card(package_results(), sources)
     assert _sections(card)[-1] == "## Results per source (development data)"
     assert (

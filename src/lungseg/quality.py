@@ -98,8 +98,9 @@ def calibrate_review_threshold(
 
     The highest threshold that still flags ``recall`` of the masks with Dice below ``bad``
     (rounded down to 3 decimals, so it flags them), raised where it would flag more than
-    ``max_flagged`` of all images; :data:`REVIEW_THRESHOLD` when no mask is that bad. The threshold is recorded in the checkpoint (``review_threshold``), so ``segment`` and
-    ``serve`` flag the masks of each model by its own scale of uncertainty.
+    ``max_flagged`` of all images; :data:`REVIEW_THRESHOLD` when no mask is that bad. The
+    threshold is recorded in the checkpoint (``review_threshold``), so ``segment`` and ``serve``
+    flag the masks of each model by its own scale of uncertainty.
 
     Args:
         uncertainty: ``float[N]`` :func:`uncertain_fraction` of the validation images.
