@@ -22,7 +22,7 @@ import numpy as np
 
 from lungseg.data.io import Decoded, decode_image, sniff_format
 from lungseg.errors import LungsegError
-from lungseg.quality import REVIEW_THRESHOLD, uncertain_fraction
+from lungseg.quality import uncertain_fraction
 from lungseg.segment import measure
 from lungseg.serve.batcher import MicroBatcher
 from lungseg.serve.loading import ServedModel
@@ -89,7 +89,7 @@ class Segmented:
             },  # fmt: skip
             "uncertain_fraction": round(self.uncertainty, 6),
             "review": self.review,
-            "review_threshold": REVIEW_THRESHOLD,
+            "review_threshold": self.model.segmenter.review_threshold,
             "batch_size": self.batch_size,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
         }
@@ -179,7 +179,10 @@ def _finish(
     prob = prob[None]
     mask = segmenter.masks_from_proba(prob, [decoded.pixels.shape])[0]
     unsure = float(uncertain_fraction(prob)[0])
-    rows = measure(UPLOAD, UPLOAD, mask, decoded.spacing, unsure)
+    rows = measure(
+        UPLOAD, UPLOAD, mask, decoded.spacing, unsure,
+        segmenter.convention, segmenter.review_threshold,
+    )  # fmt: skip
     image_png = encode_png(decoded.pixels) if with_image else None
     return encode_png(mask.astype(np.uint8) * 255), rows, unsure, image_png
 
