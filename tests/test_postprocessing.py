@@ -11,15 +11,14 @@ import pytest
 import yaml
 from scipy import ndimage
 
+from lungseg.anatomy import anatomy_problem, keep_lungs
 from lungseg.config import from_dict, to_dict
 from lungseg.errors import LungsegError
 from lungseg.postprocessing import (
     PostprocessConfig,
-    anatomy_problem,
     fill_holes,
     global_threshold,
     keep_largest_components,
-    keep_lungs,
     list_postprocess_presets,
     local_threshold,
     morphological_filter,

@@ -8,7 +8,8 @@ Each step is a pure function on numpy arrays with the dtype and range it expects
 
 :class:`PostprocessConfig` names the steps, each with an on/off switch and its parameters, and
 :func:`postprocess` runs them in a fixed order: threshold (global, local, or their union) ->
-opening -> closing -> keep the largest components -> fill holes. Two presets exist: ``seed``
+opening -> closing -> keep the lungs (:func:`lungseg.anatomy.keep_lungs`, or the largest
+components) -> fill holes. Two presets exist: ``seed``
 (the pipeline of the study this project reproduces) and ``none`` (``prob > 0.5`` only). Whether a
 step earns its place is an empirical question: keep it only if it raises validation Dice.
 
@@ -23,6 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from lungseg.anatomy import keep_lungs
 from lungseg.config import from_dict
 from lungseg.errors import LungsegError
 
@@ -190,103 +192,6 @@ def keep_largest_components(mask: np.ndarray, n: int = 2, min_fraction: float = 
     keep = np.zeros(count, dtype=bool)
     keep[order + 1] = True
     return keep[labels]
-
-
-#: A blob beside a lung and at least this share of the lung's size is not dropped silently:
-#: :func:`keep_lungs` drops it, and the mask counts as a catastrophe candidate in reviews.
-OUTSIDE_MIN_SHARE = 0.3
-#: :func:`anatomy_problem`: the smaller lung must be at least this share of the larger one.
-MIN_LUNG_RATIO = 0.25
-#: :func:`anatomy_problem`: pieces smaller than this share of the mask are specks, not lungs.
-PIECE_SHARE = 0.02
-#: :func:`anatomy_problem`: a lung lying on the image's side edge along more than this share of
-#: the image height has probably grown into the air beside the chest.
-EDGE_SHARE = 0.3
-
-
-def keep_lungs(mask: np.ndarray, min_fraction: float = 0.0) -> np.ndarray:
-    """At most one lung on each side of the image, each inside the thorax.
-
-    Components are assigned to the image's left or right half by their centroid. On each side a
-    component that touches the image's outer edge and lies wholly outside (lateral to) the centre
-    of another component on that side, one at least :data:`OUTSIDE_MIN_SHARE` of its size, is
-    outside the chest (the air between arm and flank, which models trained on cropped figures
-    take for lung); of the rest, the largest is that side's lung. Unlike keeping the two largest
-    components, this cannot keep a flank blob and drop the lung beside it (the FCN's 0.345 Dice
-    on a Shenzhen film). A mask left with one lung is not made plausible here:
-    :func:`anatomy_problem` names it, and reviews flag it.
-
-    Args:
-        mask: ``bool[H,W]``.
-        min_fraction: components smaller than this fraction of the largest are dropped first.
-
-    Returns:
-        ``bool[H,W]`` with at most two components; all-False stays all-False.
-    """
-    count, labels, stats, centroids = cv2.connectedComponentsWithStats(
-        mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
-    )
-    if count <= 1:
-        return np.zeros(mask.shape, dtype=bool)
-    width = mask.shape[1]
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    left = stats[1:, cv2.CC_STAT_LEFT]
-    right = left + stats[1:, cv2.CC_STAT_WIDTH] - 1
-    cx = centroids[1:, 0]
-    big = np.flatnonzero(areas >= min_fraction * areas.max())
-    keep = np.zeros(count, dtype=bool)
-    for on_left in (True, False):
-        side = [i for i in big if (cx[i] < width / 2) == on_left]
-
-        def outside(b: int, side: list[int] = side, on_left: bool = on_left) -> bool:
-            at_edge = left[b] == 0 if on_left else right[b] == width - 1
-            beyond = (lambda a: right[b] < cx[a]) if on_left else (lambda a: left[b] > cx[a])
-            return at_edge and any(
-                a != b and beyond(a) and areas[a] >= OUTSIDE_MIN_SHARE * areas[b] for a in side
-            )
-
-        inside = [i for i in side if not outside(i)]
-        if inside:
-            # max() keeps the first of equal areas (label, i.e. raster, order): deterministic.
-            keep[max(inside, key=lambda i: areas[i]) + 1] = True
-    return keep[labels]
-
-
-def anatomy_problem(mask: np.ndarray) -> str:
-    """What makes a lung mask anatomically implausible, or ``""``.
-
-    Checked on the final mask: a lung on each side of the image (the patient's right lung is on
-    the image's left), no side in several pieces, neither lung under :data:`MIN_LUNG_RATIO` of
-    the other, and no lung along more than :data:`EDGE_SHARE` of the image's side edge (a lung
-    merged with a blob outside the chest). Pieces under :data:`PIECE_SHARE` of the mask are
-    ignored. An empty mask is another problem (``"no lung found"``, see
-    :func:`lungseg.quality.review_reason`) and gives ``""`` here.
-
-    Args:
-        mask: ``bool[H,W]``.
-    """
-    count, _, stats, centroids = cv2.connectedComponentsWithStats(
-        mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
-    )
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    if count <= 1:
-        return ""
-    pieces = areas >= PIECE_SHARE * areas.sum()
-    on_left = centroids[1:, 0] < mask.shape[1] / 2
-    sides = {"patient's right": pieces & on_left, "patient's left": pieces & ~on_left}
-    for name, which in sides.items():
-        if not which.any():
-            return f"no lung on the {name}"
-        if which.sum() > 1:
-            return f"the {name} lung in {int(which.sum())} pieces"
-    right, left = (int(areas[which].sum()) for which in sides.values())
-    if min(right, left) < MIN_LUNG_RATIO * max(right, left):
-        return f"lungs of very unequal size ({right} and {left} px)"
-    height = mask.shape[0]
-    for name, column in (("patient's right", mask[:, 0]), ("patient's left", mask[:, -1])):
-        if column.sum() > EDGE_SHARE * height:
-            return f"the {name} lung runs along the image edge (outside the chest?)"
-    return ""
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -515,11 +420,9 @@ def postprocess_batch(probs: np.ndarray, config: PostprocessConfig | str = "seed
 
 __all__ = [
     "PostprocessConfig",
-    "anatomy_problem",
     "fill_holes",
     "global_threshold",
     "keep_largest_components",
-    "keep_lungs",
     "list_postprocess_presets",
     "local_threshold",
     "morphological_filter",

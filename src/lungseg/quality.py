@@ -19,6 +19,7 @@ import math
 import numpy as np
 from scipy import stats
 
+from lungseg.anatomy import anatomy_problem
 from lungseg.errors import LungsegError
 
 #: Probabilities strictly between these bounds count as uncertain.
@@ -71,12 +72,10 @@ def review_reason(
     Returns:
         ``"no lung found"`` for an empty mask (a chest X-ray always shows lungs: the image is
         not one, or the model failed); ``"implausible: ..."`` when the mask breaks the anatomy
-        (:func:`lungseg.postprocessing.anatomy_problem`: more than one lung per side, lung
+        (:func:`lungseg.anatomy.anatomy_problem`: more than one lung per side, lung
         outside the thorax); ``"uncertain (U > T)"`` when ``uncertainty`` is above
         ``threshold``; else ``""``.
     """
-    from lungseg.postprocessing import anatomy_problem
-
     if not np.any(mask):
         return "no lung found"
     problem = anatomy_problem(mask)
