@@ -320,6 +320,9 @@ def test_anatomy_problem_names_implausible_masks():
     small = _chest()
     small[10:45, 14:26] = False
     assert anatomy_problem(small).startswith("lungs of very unequal size")
+    joined = _chest()
+    joined[10:14, 26:34] = True  # a bridge across the mediastinum
+    assert anatomy_problem(joined) == "the lungs are joined across the middle"
     merged = _chest()
     merged[10:50, 0:14] = True  # the right lung grown into the air beside the chest
     assert "runs along the image edge" in anatomy_problem(merged)

@@ -21,6 +21,9 @@ PIECE_SHARE = 0.02
 #: :func:`anatomy_problem`: a lung lying on the image's side edge along more than this share of
 #: the image height has probably grown into the air beside the chest.
 EDGE_SHARE = 0.3
+#: :func:`anatomy_problem`: a piece with more than this share of its area on each half of the
+#: image is both lungs joined (across the mediastinum, or through the neck).
+JOINED_SHARE = 0.2
 
 
 def keep_lungs(mask: np.ndarray, min_fraction: float = 0.0) -> np.ndarray:
@@ -74,7 +77,8 @@ def keep_lungs(mask: np.ndarray, min_fraction: float = 0.0) -> np.ndarray:
 def anatomy_problem(mask: np.ndarray) -> str:
     """What makes a lung mask anatomically implausible, or ``""``.
 
-    Checked on the final mask: a lung on each side of the image (the patient's right lung is on
+    Checked on the final mask: no piece spread over both halves of the image (lungs joined), a
+    lung on each side of the image (the patient's right lung is on
     the image's left), no side in several pieces, neither lung under :data:`MIN_LUNG_RATIO` of
     the other, and no lung along more than :data:`EDGE_SHARE` of the image's side edge (a lung
     merged with a blob outside the chest). Pieces under :data:`PIECE_SHARE` of the mask are
@@ -84,13 +88,18 @@ def anatomy_problem(mask: np.ndarray) -> str:
     Args:
         mask: ``bool[H,W]``.
     """
-    count, _, stats, centroids = cv2.connectedComponentsWithStats(
+    count, labels, stats, centroids = cv2.connectedComponentsWithStats(
         mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
     )
     areas = stats[1:, cv2.CC_STAT_AREA]
     if count <= 1:
         return ""
     pieces = areas >= PIECE_SHARE * areas.sum()
+    half = mask.shape[1] // 2
+    on_image_left = np.bincount(labels[:, :half].ravel(), minlength=count)[1:]
+    for i in np.flatnonzero(pieces):
+        if min(on_image_left[i], areas[i] - on_image_left[i]) > JOINED_SHARE * areas[i]:
+            return "the lungs are joined across the middle"
     on_left = centroids[1:, 0] < mask.shape[1] / 2
     sides = {"patient's right": pieces & on_left, "patient's left": pieces & ~on_left}
     for name, which in sides.items():
