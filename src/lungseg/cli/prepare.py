@@ -23,7 +23,13 @@ from lungseg.data.settings import PrepareConfig
 
 @app.command("prepare")
 def prepare_command(
-    data: Annotated[str, typer.Option(help="Dataset folder or az://CONTAINER/PREFIX.")],
+    data: Annotated[
+        list[str],
+        typer.Option(
+            help="Dataset folder or az://CONTAINER/PREFIX; repeat it to prepare several as one "
+            "(each under its folder's name, e.g. --data shenzhen --data covid19-radiography-vp)."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Cache folder to write.")],
     size: Size = None,
     preprocess: Preprocess = None,
@@ -52,7 +58,10 @@ def prepare_command(
         seed=seed,
         convention=convention,
     )
-    data_ = prepare(data, out, settings, workers=workers, skip_bad=skip_bad, force=force)
+    from lungseg.data.sources import open_source
+
+    source = open_source(data)
+    data_ = prepare(source, out, settings, workers=workers, skip_bad=skip_bad, force=force)
     counts = {s: len(data_.indices(s)) for s in ("train", "val", "test")}
     skipped = out / "skipped.csv"
     note = f"; skipped files listed in {skipped}" if skipped.exists() else ""

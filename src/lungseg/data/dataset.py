@@ -19,10 +19,13 @@ import io
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 from lungseg.data.io import IMAGE_SUFFIXES
-from lungseg.data.sources import DataSource
 from lungseg.errors import LungsegError
+
+if TYPE_CHECKING:  # only named in annotations; lungseg.data.sources reaches back here
+    from lungseg.data.sources import DataSource
 
 METADATA_FILE = "METADATA.csv"
 

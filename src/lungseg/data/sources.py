@@ -59,8 +59,15 @@ class DataSource(Protocol):
         ...
 
 
-def open_source(spec: str | Path) -> DataSource:
-    """Open ``--data``: a local folder, or ``az://CONTAINER[/PREFIX]`` (``lungseg[azure]``)."""
+def open_source(spec: str | Path | list[str | Path]) -> DataSource:
+    """Open ``--data``: a local folder, or ``az://CONTAINER[/PREFIX]`` (``lungseg[azure]``); a
+    list of several is one :class:`~lungseg.data.combined.CombinedSource`."""
+    if isinstance(spec, list | tuple):
+        if len(spec) == 1:
+            return open_source(spec[0])
+        from lungseg.data.combined import CombinedSource
+
+        return CombinedSource([open_source(s) for s in spec])
     text = str(spec)
     if text.startswith("az://"):
         return azure_source(text)
