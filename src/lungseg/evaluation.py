@@ -330,7 +330,10 @@ def _presets(
     return [(name, PostprocessConfig.preset(name)) for name in names]
 
 
-PER_IMAGE_COLUMNS = ("stem", "dice", "iou", "mse", "hd95", "precision", "recall", "accuracy")
+PER_IMAGE_COLUMNS = ("stem", "dice", "iou", "mse", "hd95", "precision", "recall", "accuracy",
+                     "uncertain_fraction", "review")  # fmt: skip
+#: Text columns of per_image.csv; the others are numbers.
+TEXT_COLUMNS = ("stem", "review")
 
 
 def _rows_csv(rows: list[dict[str, Any]]) -> str:
@@ -362,7 +365,7 @@ def read_per_image(folder: str | Path) -> list[dict[str, Any]]:
     """Read ``per_image.csv`` of an evaluation folder (metric columns as floats)."""
     with open(Path(folder) / "per_image.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return [{k: (v if k == "stem" else float(v)) for k, v in row.items()} for row in rows]
+    return [{k: (v if k in TEXT_COLUMNS else float(v)) for k, v in row.items()} for row in rows]
 
 
 __all__ = ["Evaluation", "evaluate", "load_metrics", "read_per_image", "run_data"]
