@@ -167,7 +167,8 @@ def cmd_package(args: argparse.Namespace) -> None:
         if model in results:
             results[f"{model}-int8"] = _int8_result(model, results[model], work, weights)
     (work / "shipped_results.json").write_text(json.dumps(results, indent=2, default=str))
-    (weights / "MODEL_CARD.md").write_text(model_card(results))
+    sources = json.loads(SOURCES_JSON.read_text()) if SOURCES_JSON.is_file() else None
+    (weights / "MODEL_CARD.md").write_text(model_card(results, sources))
     if args.report:
         from lungseg.evaluation.report import build_report, load_checkpoint_entry
 
@@ -345,12 +346,36 @@ def _having(results: dict, key: str) -> dict:
     return {name: r for name, r in results.items() if key in r}
 
 
-def model_card(results: dict) -> str:
-    """MODEL_CARD.md for the shipped weights, from the results of ``package``."""
+def model_card(results: dict, sources: dict | None = None) -> str:
+    """MODEL_CARD.md for the shipped weights, from the results of ``package``, and at its end
+    the per-source figures of ``scripts/ship_visible.py sources`` when given."""
     from lungseg.core.render import render
 
     filters = {"ci": _ci, "minutes": _minutes, "having": _having}
-    return render("model_card.md.j2", TEMPLATES, filters=filters, results=results)
+    card = render("model_card.md.j2", TEMPLATES, filters=filters, results=results)
+    if sources:
+        card = card.rstrip("\n") + "\n\n" + sources_section(sources)
+    return card
+
+
+#: The per-source figures of every shipped model (``scripts/ship_visible.py sources``).
+SOURCES_JSON = REPO / "docs" / "sources.json"
+
+
+def sources_section(results: dict) -> str:
+    """The per-source section at the end of MODEL_CARD.md (``templates/sources.md.j2``)."""
+    import math
+
+    from lungseg.core.render import render
+
+    def ci(r: dict) -> str:
+        low, high = r["dice_ci95"]
+        return f"{r['dice_mean']:.4f} ({low:.4f}-{high:.4f})"
+
+    def pct(value: float | None) -> str:
+        return "–" if value is None or math.isnan(value) else f"{value:.0%}"
+
+    return render("sources.md.j2", TEMPLATES, filters={"ci": ci, "pct": pct}, results=results)
 
 
 #: Files of a run that ``pack`` keeps besides its best weights.

@@ -37,6 +37,15 @@ def covid_cxr_fullres() -> Path:
 
 
 @pytest.fixture(scope="session")
+def shenzhen() -> Path:
+    """``../shared/data/shenzhen``: 566 adults, visible-lung-field masks."""
+    path = SHARED_DATA / "shenzhen"
+    if not path.is_dir():
+        pytest.skip(f"shared real data not found at {path} (only on the project's machines)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_run(examples_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """A tiny U-Net trained once per session on the examples (``trained.TinyRun``; about 6 s)."""
     from trained import train_tiny

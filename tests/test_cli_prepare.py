@@ -14,7 +14,10 @@ from lungseg.cli import main
 from lungseg.data.cache import load_cache
 from lungseg.data.settings import prepare_settings
 
-COUNTS_LINE = "prepared {n} images at {s}x{s} in {out} (train {train}, val {val}, test {test})"
+COUNTS_LINE = (
+    "prepared {n} images at {s}x{s} in {out} (unknown convention) "
+    "(train {train}, val {val}, test {test})"
+)
 
 
 def _lungseg(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -181,3 +184,38 @@ def test_cli_uses_yaml_and_flags(examples_dir: Path, tmp_path: Path, capsys) -> 
     data = load_cache(out)
     assert (data.size, data.config.seed, data.config.preprocess.preset) == (48, 3, "none")
     assert "at 48x48" in stdout
+
+
+def test_prepare_several_folders_at_once(tmp_path: Path, capsys) -> None:
+    """Two sources in the database's layout, one with RGB masks and no patient ids, one with a
+    METADATA.csv: one cache, each image's key under its folder's name, patients kept apart."""
+    import cv2
+    import numpy as np
+
+    from lungseg.data.cache import load_cache
+
+    image = np.full((32, 32), 90, np.uint8)
+    image[8:24, 4:14] = image[8:24, 18:28] = 30
+    gray = np.where(image < 60, 255, 0).astype(np.uint8)
+    for name, cls, mask in (("adults", "Normal", gray),
+                            ("children", "Viral Pneumonia", cv2.merge([gray] * 3))):  # fmt: skip
+        for kind, pixels in (("images", image), ("masks", mask)):
+            (tmp_path / name / cls / kind).mkdir(parents=True)
+            for i in range(4):
+                cv2.imwrite(str(tmp_path / name / cls / kind / f"{name}-{i}.png"), pixels)
+    (tmp_path / "adults" / "METADATA.csv").write_text(
+        "stem,class,patient_id\n" + "".join(f"adults-{i},Normal,p{i // 2}\n" for i in range(4))
+    )
+    out = tmp_path / "cache"
+    argv = ["prepare", "--data", str(tmp_path / "adults"), "--data", str(tmp_path / "children"),
+            "--out", str(out), "--size", "32", "--workers", "1"]  # fmt: skip
+    code, _, stderr = _lungseg(argv, capsys)
+    assert code == 0, stderr
+    data = load_cache(out)
+    assert (
+        sorted(r["image_key"].split("/")[0] for r in data.rows) == ["adults"] * 4 + ["children"] * 4
+    )
+    patients = {r["stem"]: r["patient_id"] for r in data.rows}
+    assert patients["adults-0"] == patients["adults-1"] == "adults:p0"
+    assert patients["children-0"] == "image:children-0"
+    assert data.masks.max() == 1 and data.masks[-1].sum() > 0  # RGB masks decoded

@@ -47,6 +47,13 @@ def test_evaluate_run_agrees_with_saved_masks(tiny_run, tmp_path: Path, capsys) 
 
     rows = _per_image(out)
     assert list(rows[0])[:5] == ["stem", "dice", "iou", "mse", "hd95"]
+    # The uncertainty and the review flag are written, by the model's own threshold.
+    assert list(rows[0])[-2:] == ["uncertain_fraction", "review"]
+    flagged = [bool(r["review"]) for r in rows]
+    assert metrics["review_flagged_share"] == pytest.approx(np.mean(flagged))
+    assert all(
+        r["review"].startswith(("uncertain", "implausible", "no lung")) for r in rows if r["review"]
+    )
     assert [r["stem"] for r in rows] == data.stems
     # Dice and IoU recomputed here, from the PNGs on disk and the cache's ground truth.
     dices, ious = [], []

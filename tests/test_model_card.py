@@ -81,7 +81,8 @@ def test_card_has_every_model_and_section(train_shipped) -> None:
     assert "\n\n\n" not in card
     assert _sections(card) == ["## Networks", "## Data", "## Settings", RESULTS, "## int8 ONNX",
                                "## Test-time augmentation (`--tta`, reported separately)",
-                               "## Which masks to review", "## Known limits"]  # fmt: skip
+                               "## Which masks to review", "## Mask conventions",
+                               "## Known limits"]  # fmt: skip
     assert "| unet | `unet (n_filters=16)` | bf16 autocast | 77 min |" in lines
     assert "| fcn | `fcn (n_filters=16, skips=True, depth=4)` | bf16 autocast | 49 min |" in lines
     assert "  train 257, validation 63, test 35" in lines
@@ -121,11 +122,13 @@ def test_optional_sections_and_unmeasured_drift(train_shipped) -> None:
         r["test"].pop("uncertainty_error_spearman")
     results["fcn"]["fp16_val_dice_drift"] = None
     card = train_shipped.model_card(results)
-    assert _sections(card) == ["## Networks", "## Data", "## Settings", RESULTS, "## Known limits"]
+    assert _sections(card) == [
+        "## Networks", "## Data", "## Settings", RESULTS, "## Mask conventions", "## Known limits"
+    ]  # fmt: skip
     assert (
         "| ensemble | 256 | – | – | clean (mean probability) | 0.9601 (0.9521–0.9671) | "
         "0.9201 (0.9081–0.9301) | 0.0235 | 8.58 | 0.8841 (covid-19-caso-94-1-14) |\n\n"
-        "## Known limits\n"
+        "## Mask conventions\n"
     ) in card
     assert (
         "- Weights are stored in fp16; this changed validation mean Dice by at most 2.2e-05 "
@@ -145,3 +148,22 @@ def test_a_missing_result_is_an_error(train_shipped) -> None:
     del results["unet"]["test"]["hd95_mean"]
     with pytest.raises(jinja2.UndefinedError, match="hd95_mean"):
         train_shipped.model_card(results)
+
+
+def test_per_source_section_ends_the_card(train_shipped) -> None:
+    figures = {
+        "n_images": 85, "dice_mean": 0.9012, "dice_ci95": [0.89, 0.91], "dice_worst": 0.697,
+        "below_090": 0.54, "below_080": 0.02, "recall_mean": 0.97, "precision_mean": 0.83,
+        "area_ratio_median": 1.17, "spearman": 0.41, "flagged": 0.2, "flagged_below_090": 0.3,
+        "worst5": [{"stem": "CHNCXR_0455_1", "dice": 0.697, "review": "uncertain (0.3 > 0.2)"}],
+    }  # fmt: skip
+    shenzhen = {"split": "val", "convention": "visible", **figures}
+    sources = {"fcn": {"convention": "anatomical", "review_threshold": 0.175, "shenzhen": shenzhen}}
+    card = train_shipped.model_card(package_results(), sources)
+    assert _sections(card)[-1] == "## Results per source (development data)"
+    assert (
+        "| fcn (anatomical) | 85 | 0.9012 (0.8900-0.9100) | 0.697 | 54% | 2% | 0.970 / 0.830 | "
+        "x1.17 | 0.41 | 20% | 30% |"
+    ) in card
+    assert "- **fcn, shenzhen**: CHNCXR_0455_1 0.697 (flagged: uncertain (0.3 > 0.2))" in card
+    assert "\n\n\n" not in card and card.endswith("\n")

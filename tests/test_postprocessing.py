@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from lungseg.core.config import from_dict, to_dict
 from lungseg.core.errors import LungsegError
+from lungseg.inference.anatomy import anatomy_problem, keep_lungs
 from lungseg.inference.postprocessing import (
     PostprocessConfig,
     fill_holes,
@@ -272,3 +273,91 @@ def test_fill_holes_agrees_with_scipy_on_real_masks(simulated):
     for _, target, _ in simulated:
         holed = target & (rng.random(target.shape) > 0.05)
         assert np.array_equal(fill_holes(holed), ndimage.binary_fill_holes(holed))
+
+
+def _chest(flank: bool = False) -> np.ndarray:
+    """Two lungs on a 60x60 image, and optionally a blob at the image's left edge beside the
+    right lung, larger than it (the FCN's arm/flank failure)."""
+    mask = np.zeros((60, 60), bool)
+    mask[10:50, 14:26] = True  # patient's right lung, 480 px
+    mask[10:50, 34:48] = True  # patient's left lung, 560 px
+    if flank:
+        mask[20:60, 0:13] = True  # 520 px, touching the image edge, lateral to the right lung
+    return mask
+
+
+def test_keep_lungs_drops_the_blob_outside_the_chest_not_the_lung():
+    # Keeping the two largest components keeps the blob and loses the patient's right lung.
+    two_largest = keep_largest_components(_chest(flank=True), n=2)
+    assert not two_largest[30, 20] and two_largest[30, 5]
+    assert np.array_equal(keep_lungs(_chest(flank=True)), _chest())
+    assert np.array_equal(keep_lungs(_chest()), _chest())
+    assert not keep_lungs(np.zeros((5, 5), bool)).any()
+
+
+def test_keep_lungs_keeps_one_lung_per_side_and_a_lung_at_the_edge():
+    mask = _chest()
+    mask[52:56, 16:20] = True  # a small second piece on the right: dropped
+    assert np.array_equal(keep_lungs(mask), _chest())
+    cropped = np.zeros((40, 40), bool)
+    cropped[5:35, 0:12] = True  # a tightly cropped film: the lung touches the edge
+    cropped[5:35, 24:36] = True
+    assert np.array_equal(keep_lungs(cropped), cropped)
+    one = np.zeros((40, 40), bool)
+    one[5:35, 24:36] = True  # one lung only stays one lung (anatomy_problem names it)
+    assert np.array_equal(keep_lungs(one), one)
+
+
+def test_anatomy_problem_names_implausible_masks():
+    assert anatomy_problem(_chest()) == ""
+    assert anatomy_problem(np.zeros((8, 8), bool)) == ""
+    one = _chest()
+    one[:, :30] = False
+    assert anatomy_problem(one) == "no lung on the patient's right"
+    split = _chest()
+    split[30, 34:48] = False
+    assert anatomy_problem(split) == "the patient's left lung in 2 pieces"
+    small = _chest()
+    small[10:45, 14:26] = False
+    assert anatomy_problem(small).startswith("lungs of very unequal size")
+    joined = _chest()
+    joined[10:14, 26:34] = True  # a bridge across the mediastinum
+    assert anatomy_problem(joined) == "the lungs are joined across the middle"
+    merged = _chest()
+    merged[10:50, 0:14] = True  # the right lung grown into the air beside the chest
+    assert "runs along the image edge" in anatomy_problem(merged)
+
+
+def test_one_lung_per_side_is_the_default_and_can_be_switched_off():
+    prob = np.where(_chest(flank=True), 0.9, 0.05).astype(np.float32)
+    assert np.array_equal(postprocess(prob, "clean"), _chest())
+    legacy = dataclasses.replace(PostprocessConfig.preset("clean"), one_lung_per_side=False)
+    assert postprocess(prob, legacy)[30, 5]
+    # A checkpoint that recorded its settings before the switch existed gets it on.
+    recorded = {k: v for k, v in to_dict(PostprocessConfig()).items() if k != "one_lung_per_side"}
+    assert from_dict(PostprocessConfig, recorded).one_lung_per_side
+
+
+@pytest.mark.parametrize(("stem", "before"), [("CHNCXR_0455_1", 0.345), ("CHNCXR_0010_0", 0.377)])
+def test_fcn_keeps_the_right_lung_of_a_shenzhen_film(shenzhen: Path, stem: str, before: float):
+    """The real failure: on these adult films the shipped FCN finds a blob of 'lung' in
+    the air beside the chest, larger than the right lung; keeping the two largest components
+    kept the blob and dropped the lung (Dice 0.345 and 0.377 at 256)."""
+    from lungseg.data.io import decode_mask
+    from lungseg.inference.segmenter import load_model
+
+    model = load_model("fcn", device="cpu")
+    folder = shenzhen / ("Tuberculosis" if stem.endswith("_1") else "Normal")
+    image = folder / "images" / f"{stem}.png"
+    truth = decode_mask((folder / "masks" / f"{stem}.png").read_bytes(), stem)
+    prob = model.predict_proba(image)
+    truth = cv2.resize(truth.astype(np.uint8), prob.shape[::-1], interpolation=cv2.INTER_NEAREST)
+
+    def dice(mask: np.ndarray) -> float:
+        return 2 * float((mask & (truth > 0)).sum()) / (mask.sum() + (truth > 0).sum())
+
+    legacy = dataclasses.replace(model.postprocess, one_lung_per_side=False)
+    assert dice(postprocess(prob, legacy)) < before + 0.1
+    mask = postprocess(prob, model.postprocess)
+    assert dice(mask) > 0.65
+    assert mask[:, : mask.shape[1] // 2].any() and mask[:, mask.shape[1] // 2 :].any()

@@ -64,3 +64,33 @@ def test_uncertainty_ranks_bad_masks_of_unseen_patients(covid_cxr: Path, tmp_pat
     worst10 = np.mean([r["dice"] for r in ranked[:10]])
     rest = np.mean([r["dice"] for r in ranked[10:]])
     assert worst10 < rest - 0.01, (worst10, rest)
+
+
+def test_review_threshold_is_calibrated_per_model() -> None:
+    from lungseg.inference.quality import REVIEW_THRESHOLD, calibrate_review_threshold
+
+    dice = np.array([0.98, 0.97, 0.96, 0.92, 0.91, 0.85, 0.80, 0.97, 0.96, 0.95])
+    unsure = np.array([0.05, 0.06, 0.07, 0.30, 0.12, 0.40, 0.50, 0.08, 0.11, 0.09])
+    # Four masks below 0.93; flagging 90 % of them means all four: the least uncertain is 0.12.
+    threshold = calibrate_review_threshold(unsure, dice, max_flagged=0.5)
+    assert threshold == pytest.approx(0.119)
+    assert (unsure[dice < 0.93] > threshold).all() and (unsure[dice >= 0.93] <= threshold).all()
+    assert calibrate_review_threshold(unsure, dice, 0.6, max_flagged=0.5) == pytest.approx(0.299)
+    # Flagging 90 % of the bad ones would flag half the images: at most a quarter are.
+    capped = calibrate_review_threshold(unsure, dice)
+    assert np.mean(unsure > capped) <= 0.25 and capped == pytest.approx(0.30)
+    assert calibrate_review_threshold(unsure[:3], dice[:3]) == REVIEW_THRESHOLD  # none bad
+
+
+def test_review_reason_uses_the_models_threshold_and_the_anatomy() -> None:
+    from lungseg.inference.quality import review_reason
+
+    mask = np.zeros((40, 40), bool)
+    mask[5:35, 4:16] = True
+    mask[5:35, 24:36] = True
+    assert review_reason(mask, 0.15) == ""
+    assert review_reason(mask, 0.15, threshold=0.1) == "uncertain (0.150 > 0.1)"
+    assert review_reason(np.zeros((40, 40), bool), 0.0) == "no lung found"
+    one = mask.copy()
+    one[:, 20:] = False
+    assert review_reason(one, 0.0) == "implausible: no lung on the patient's left"

@@ -23,8 +23,9 @@ from trained import lungseg, read_gray
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TABLE_HEADER = ["model", "parameters", "mDice", "95% CI", "mIoU", "MSE", "HD95 (px)",
-                "worst Dice", "pooled Dice", "train time", "inference ms/image"]  # fmt: skip
+TABLE_HEADER = ["model", "convention", "parameters", "mDice", "95% CI", "mIoU", "MSE",
+                "HD95 (px)", "worst Dice", "pooled Dice", "train time",
+                "inference ms/image"]  # fmt: skip
 SECTIONS = ["## Results on the test split", "## Which model is best?", "## Training curves",
             "## Sample predictions", "## Data and settings", "## Software"]  # fmt: skip
 
@@ -170,13 +171,14 @@ def test_compare_report_has_every_section(comparison: Path) -> None:
         run = runs[row[0]]
         metrics = json.loads((run / "eval-seed" / "metrics.json").read_text())
         summary = json.loads((run / "summary.json").read_text())
-        assert row[1] == f"{summary['params'] / 1e6:.2f} M"
-        assert row[2] == f"{metrics['dice_mean']:.4f}"
+        assert row[1] == metrics["convention"]
+        assert row[2] == f"{summary['params'] / 1e6:.2f} M"
+        assert row[3] == f"{metrics['dice_mean']:.4f}"
         low, high = metrics["dice_ci95"]
-        assert row[3] == f"{low:.4f}–{high:.4f}"
-        assert row[4] == f"{metrics['iou_mean']:.4f}"
-        assert row[5] == f"{metrics['mse_mean']:.5f}"
-        assert row[9].endswith(" s") and row[10] == f"{metrics['inference_ms_per_image']:.2f}"
+        assert row[4] == f"{low:.4f}–{high:.4f}"
+        assert row[5] == f"{metrics['iou_mean']:.4f}"
+        assert row[6] == f"{metrics['mse_mean']:.5f}"
+        assert row[10].endswith(" s") and row[11] == f"{metrics['inference_ms_per_image']:.2f}"
         if best is None or metrics["dice_mean"] > best[1]:
             best = (row[0], metrics["dice_mean"])
     # Paired statistics: one Wilcoxon row per pair, and the plain sentence naming the best model.

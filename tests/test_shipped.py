@@ -12,13 +12,21 @@ import pytest
 
 from lungseg.inference.segmenter import load_model
 from lungseg.models.checkpoint import load_checkpoint
-from lungseg.models.shipped import ENSEMBLE_MODELS, SHIPPED_MODELS, shipped_weights
+from lungseg.models.shipped import (
+    ENSEMBLE_MODELS,
+    SHIPPED_CONVENTIONS,
+    SHIPPED_MODELS,
+    shipped_weights,
+)
 from trained import dice, lungseg
 
 REPO = Path(__file__).resolve().parents[1]
 
 #: Shipped variants of a registered architecture.
-ARCHITECTURE = {"unet-fast": "unet"}
+ARCHITECTURE = {"unet-fast": "unet", "unet-visible": "unet"}
+#: Mean and worst Dice on the bundled examples, whose masks (covid-cxr) are anatomical: a
+#: visible-lung-field model leaves out the lung behind the heart, 15-30 % of the area.
+EXAMPLE_DICE = {"anatomical": (0.93, 0.85), "visible": (0.80, 0.70)}
 
 
 @pytest.mark.parametrize("name", SHIPPED_MODELS)
@@ -28,6 +36,7 @@ def test_shipped_checkpoint_is_self_describing_and_small(name: str) -> None:
     ckpt = load_checkpoint(path)
     assert ckpt["model"]["name"] == ARCHITECTURE.get(name, name)
     assert ckpt["postprocess_preset"] in ("clean", "none", "seed")
+    assert load_model(name, device="cpu").convention == SHIPPED_CONVENTIONS[name]
     assert {"optimizer", "rng"}.isdisjoint(ckpt)  # no training state shipped
     assert all(v.dtype != np.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
 
@@ -44,8 +53,9 @@ def test_shipped_model_segments_the_examples(name: str, examples_dir: Path, one_
         # The example masks are 256x256 and the images 299x299: compare at the mask's size.
         resized = cv2.resize(mask.astype(np.uint8), truth.shape[::-1], cv2.INTER_NEAREST) > 0
         scores.append(dice(resized, truth))
-    assert np.mean(scores) > 0.93, scores
-    assert min(scores) > 0.85, scores
+    mean, worst = EXAMPLE_DICE[model.convention]
+    assert np.mean(scores) > mean, scores
+    assert min(scores) > worst, scores
 
 
 def test_evaluate_shipped_model_by_name(examples_dir: Path, tmp_path: Path, capsys) -> None:

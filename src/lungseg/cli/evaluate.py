@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lungseg.cli import app
-from lungseg.cli.options import InferenceDevice, SkipBad
+from lungseg.cli.options import Convention, InferenceDevice, SkipBad
 from lungseg.models.shipped import MODEL_NAMES
 
 
@@ -46,10 +46,12 @@ def evaluate_command(
     tta: Annotated[
         bool, typer.Option(help="Test-time augmentation: average over 5 zoomed/rotated views.")
     ] = False,
+    convention: Convention = None,
     skip_bad: SkipBad = False,
 ) -> None:
     """Evaluate a model: mean Dice, IoU, MSE, HD95 with 95% confidence intervals."""
     from lungseg.core.errors import LungsegError
+    from lungseg.data.settings import PrepareConfig
     from lungseg.evaluation.evaluate import evaluate
 
     if (run is None) == (model is None):
@@ -66,14 +68,17 @@ def evaluate_command(
         size=size,
         tta=tta,
         skip_bad=skip_bad,
+        split_config=PrepareConfig(convention=convention) if convention else None,
     )
     m = result.metrics
     low, high = m["dice_ci95"]
     typer.echo(
-        f"{m['model']} on {m['n_images']} {m['split']} images: "
+        f"{m['model']} ({m['convention']} convention) on {m['n_images']} {m['split']} images: "
         f"Dice {m['dice_mean']:.4f} (95% CI {low:.4f}-{high:.4f}), IoU {m['iou_mean']:.4f}, "
         f"MSE {m['mse_mean']:.4f}, HD95 {m['hd95_mean']:.2f} px; worst {m['dice_worst']:.4f} "
         f"({m['dice_worst_stem']}) -> {out}/metrics.json"
     )
     for name, s in (m.get("postprocess_presets") or {}).items():
         typer.echo(f"  postprocess {name:>6}: Dice {s['dice_mean']:.4f}, IoU {s['iou_mean']:.4f}")
+    if m["convention_check"]["warning"]:
+        typer.echo(f"warning: {m['convention_check']['warning']}", err=True)

@@ -54,6 +54,15 @@ Test = Annotated[
         help="Test share of all images.", show_default=default(PrepareConfig, "test_fraction")
     ),
 ]
+Convention = Annotated[
+    str | None,
+    typer.Option(
+        help="Mask convention of the dataset's masks: anatomical (the lung behind the heart "
+        "included), visible (visible lung fields, as the COVID-19 Radiography Database's own "
+        "masks), unknown.",
+        show_default=default(PrepareConfig, "convention"),
+    ),
+]
 Config = Annotated[
     Path | None,
     typer.Option(help="YAML settings file (prepare: and train: sections)."),

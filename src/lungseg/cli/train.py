@@ -12,6 +12,7 @@ from lungseg.cli import app
 from lungseg.cli.options import (
     BatchSize,
     Config,
+    Convention,
     Device,
     Epochs,
     Loss,
@@ -46,6 +47,7 @@ def train_command(
     lr: Lr = None,
     size: Size = None,
     preprocess: Preprocess = None,
+    convention: Convention = None,
     device: Device = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
     loss: Loss = None,
@@ -108,7 +110,9 @@ def train_command(
         "threads": threads, "compile": compile, "amp": amp,
         "model_kwargs": parse_model_args(model_arg) if model_arg else None,
     }  # fmt: skip
-    plan = resolve_run(out, flags, prepare_flags(preprocess, size), config, data, resume)
+    plan = resolve_run(
+        out, flags, prepare_flags(preprocess, size, convention=convention), config, data, resume
+    )
     try:
         result = train(
             plan.config, plan.data, out, resume=resume, cache=cache, prepare=plan.prepare,

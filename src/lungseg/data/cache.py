@@ -37,12 +37,13 @@ from lungseg.core.io_utils import atomic_write, atomic_write_text, csv_text, sha
 from lungseg.core.locking import exclusive
 from lungseg.core.progress import track
 from lungseg.data.cache_integrity import MANIFEST, cache_damage
+from lungseg.data.combined import open_data
 from lungseg.data.dataset import METADATA_FILE, Record, discover
 from lungseg.data.io import decode_image, decode_mask, read_file
 from lungseg.data.preprocessing import PreprocessConfig, preprocess, resize_mask
 from lungseg.data.settings import PrepareConfig, disagreements
 from lungseg.data.split import SPLITS, split_records
-from lungseg.storage.sources import DataSource, open_source
+from lungseg.storage.sources import DataSource
 
 #: Mask and image may differ in size (299 vs 256 in the database) but not in shape beyond this.
 ASPECT_TOLERANCE = 0.05
@@ -201,7 +202,7 @@ def prepare(
         BadInputError: listing every bad file, when ``skip_bad`` is False.
     """
     config = config or PrepareConfig()
-    source = data if not isinstance(data, str | Path) else open_source(data)
+    source = open_data(data) if isinstance(data, str | Path | list | tuple) else data
     out = Path(out)
     found = discover(source)
     problems = [(_display(source, key), problem) for key, problem in found.problems]

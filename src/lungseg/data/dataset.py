@@ -19,10 +19,14 @@ import io
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 from lungseg.core.errors import LungsegError
 from lungseg.data.io import IMAGE_SUFFIXES
 from lungseg.storage.sources import DataSource
+
+if TYPE_CHECKING:  # only named in annotations; lungseg.storage.sources reaches back here
+    from lungseg.storage.sources import DataSource
 
 METADATA_FILE = "METADATA.csv"
 

@@ -3,7 +3,8 @@
 :class:`PrepareConfig` is what a prepared cache records (``prepare.yaml``) and what a run's
 ``config.yaml`` keeps in its ``prepare:`` section. :func:`prepare_layers` turns the flags that
 every command taking a dataset shares (``--size``, ``--preprocess``, ``--val``, ``--test``,
-``--seed``) and a settings file into the layers :func:`~lungseg.core.config.resolve` applies, so
+``--seed``, ``--convention``) and a settings file into the layers
+:func:`~lungseg.core.config.resolve` applies, so
 ``prepare``, ``train``, ``evaluate`` and ``compare`` resolve them the same way. This module imports
 no NumPy: the command line builds its help from it.
 """
@@ -35,15 +36,28 @@ class PrepareConfig:
         val_fraction: validation share of the images left after the test split (the study's 20%).
         test_fraction: test share of all images (the study's 10%).
         seed: seed of the split; the same seed and files give the same split.
+        convention: the mask convention of the dataset's masks
+            (:data:`~lungseg.models.identity.CONVENTIONS`): ``anatomical`` (the lung behind the
+            heart included, as in ``covid-cxr``), ``visible`` (visible lung fields, as in the
+            COVID-19 Radiography Database's own masks) or ``unknown``. A model trained on the
+            data records it; ``evaluate`` compares it with the model's.
     """
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     val_fraction: float = 0.2
     test_fraction: float = 0.1
     seed: int = field(default=0, metadata={"range": (0, 2**32 - 1)})
+    convention: str = "unknown"
 
     def __post_init__(self) -> None:
         check_fractions(self.val_fraction, self.test_fraction)  # before hours of decoding
+        # Imported here: lungseg.models loads PyTorch; the command line's help reads this module.
+        from lungseg.models.identity import CONVENTIONS
+
+        if self.convention not in CONVENTIONS:
+            raise LungsegError(
+                f"unknown mask convention {self.convention!r}; valid: {', '.join(CONVENTIONS)}"
+            )
 
 
 def prepare_flags(
@@ -52,9 +66,11 @@ def prepare_flags(
     val: float | None = None,
     test: float | None = None,
     seed: int | None = None,
+    convention: str | None = None,
 ) -> dict[str, Any]:
     """The data flags of the command line as a layer of ``prepare`` settings (None: not given)."""
     return {
+        "convention": convention,
         "preprocess": {"preset": preprocess, "size": size},
         "val_fraction": val,
         "test_fraction": test,

@@ -10,14 +10,18 @@ models trained at 128 and at 256 are scored against the same masks.
 
 Writes into ``OUT``:
 
-* ``metrics.json`` - ``model``, ``n_images``, ``dice_mean``, ``iou_mean``, ``mse_mean``,
+* ``metrics.json`` - ``model``, its mask ``convention`` and the data's (``data_convention``,
+  as its prepare settings state it), ``n_images``, ``dice_mean``, ``iou_mean``, ``mse_mean``,
   ``hd95_mean``, ``dice_ci95`` and every other summary of
   :class:`~lungseg.evaluation.metrics.MetricAccumulator`, plus the inference time per image and,
   when several postprocessing presets were asked for, a summary per preset
   (``postprocess_presets``);
 * ``per_image.csv`` - ``stem, dice, iou, mse, hd95, precision, recall, accuracy`` and the
   ground-truth-free ``uncertain_fraction`` (:mod:`lungseg.inference.quality`), whose rank
-  correlation with the error is ``uncertainty_error_spearman`` in ``metrics.json``;
+  correlation with the error is ``uncertainty_error_spearman`` in ``metrics.json``, with the model's
+  ``review_threshold`` and the share of images it flags; ``convention_check``
+  (:func:`~lungseg.evaluation.conventions.convention_check`) says whether the model's
+  masks are consistently larger or smaller than the data's, the sign of another mask convention;
 * with ``save_masks``, ``masks/<stem>.png`` - the binary masks (0/255) at the working size.
 """
 
@@ -42,6 +46,7 @@ from lungseg.core.io_utils import atomic_write_bytes, atomic_write_text, csv_tex
 from lungseg.data.cache import PreparedData, cache_name, is_cache, load_cache, prepare
 from lungseg.data.preprocessing import PreprocessConfig
 from lungseg.data.settings import PrepareConfig
+from lungseg.evaluation.conventions import convention_check
 from lungseg.evaluation.metrics import MetricAccumulator
 from lungseg.inference import road
 from lungseg.inference.encode import mask_png
@@ -50,7 +55,7 @@ from lungseg.inference.postprocessing import (
     list_postprocess_presets,
     postprocess_batch,
 )
-from lungseg.inference.quality import error_rank_correlation, uncertain_fraction
+from lungseg.inference.quality import error_rank_correlation, review_reason, uncertain_fraction
 from lungseg.inference.segmenter import Segmenter, load_model, upscale_mask
 
 
@@ -88,7 +93,11 @@ def _dataset_for(
     """A cache of ``data`` prepared with ``config`` (reused when it already matches)."""
     split_settings = split or PrepareConfig()
     want = PrepareConfig(
-        config, split_settings.val_fraction, split_settings.test_fraction, split_settings.seed
+        config,
+        split_settings.val_fraction,
+        split_settings.test_fraction,
+        split_settings.seed,
+        split_settings.convention,
     )
     if is_cache(data):
         cached = load_cache(data)
@@ -104,7 +113,11 @@ def _dataset_for(
         data, want = (
             cached.source,
             PrepareConfig(
-                config, cached.config.val_fraction, cached.config.test_fraction, cached.config.seed
+                config,
+                cached.config.val_fraction,
+                cached.config.test_fraction,
+                cached.config.seed,
+                cached.config.convention,
             ),
         )
 
@@ -116,10 +129,10 @@ def _dataset_for(
 
 def _require_masks(data: str | Path) -> None:
     """One clear line for a folder of images without any masks (instead of one per image)."""
+    from lungseg.data.combined import open_data
     from lungseg.data.dataset import discover
-    from lungseg.storage.sources import open_source
 
-    found = discover(open_source(data), require_masks=False)
+    found = discover(open_data(data), require_masks=False)
     if found.records and not any(r.mask_key for r in found.records):
         raise LungsegError(
             f"no ground-truth masks found for its {len(found.records)} images (expected "
@@ -159,7 +172,8 @@ def evaluate(
         batch_size: images per forward pass (default: the model's
             :attr:`~lungseg.inference.segmenter.Segmenter.batch_size`).
         cache_root: where caches prepared for evaluation go (default: ``out/.cache`` or a temp dir).
-        split_config: split settings when ``data`` is a source folder (default: lungseg's default).
+        split_config: split settings when ``data`` is a source folder (default: lungseg's
+            default), and the convention of its masks (``convention``).
         size: score at ``size x size`` instead of the model's working size (to compare models
             trained at different sizes against the same masks).
         tta: average each prediction over test-time augmentation views
@@ -232,10 +246,14 @@ def evaluate(
     summary, rows, pred = results[main_name]
     # Uncertainty comes from the probabilities at the working size, as 'segment' computes it.
     uncertainty = uncertain_fraction(prob)
-    for row, value in zip(rows, uncertainty, strict=True):
+    threshold = segmenter.review_threshold
+    for row, value, mask in zip(rows, uncertainty, pred, strict=True):
         row["uncertain_fraction"] = float(value)
+        row["review"] = review_reason(mask, float(value), threshold)
     metrics = {
         "model": segmenter.name,
+        "convention": segmenter.convention,
+        "data_convention": reference.config.convention,
         "checkpoint": segmenter.source,
         "checkpoints": [m for m in (segmenter.info or {}).get("members", [])] or [segmenter.source],
         "data": str(data),
@@ -253,6 +271,11 @@ def evaluate(
         "tta": (segmenter.info or {}).get("tta"),
         "uncertainty_error_spearman": error_rank_correlation(
             uncertainty, np.array([row["dice"] for row in rows])
+        ),
+        "review_threshold": threshold,
+        "review_flagged_share": float(np.mean([bool(row["review"]) for row in rows])),
+        "convention_check": convention_check(
+            pred, target, segmenter.convention, reference.config.convention
         ),
     }
     if len(results) > 1:
@@ -320,7 +343,10 @@ def _presets(
     return [(name, PostprocessConfig.preset(name)) for name in names]
 
 
-PER_IMAGE_COLUMNS = ("stem", "dice", "iou", "mse", "hd95", "precision", "recall", "accuracy")
+PER_IMAGE_COLUMNS = ("stem", "dice", "iou", "mse", "hd95", "precision", "recall", "accuracy",
+                     "uncertain_fraction", "review")  # fmt: skip
+#: Text columns of per_image.csv; the others are numbers.
+TEXT_COLUMNS = ("stem", "review")
 
 
 def _rows_csv(rows: list[dict[str, Any]]) -> str:
@@ -352,7 +378,7 @@ def read_per_image(folder: str | Path) -> list[dict[str, Any]]:
     """Read ``per_image.csv`` of an evaluation folder (metric columns as floats)."""
     with open(Path(folder) / "per_image.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return [{k: (v if k == "stem" else float(v)) for k, v in row.items()} for row in rows]
+    return [{k: (v if k in TEXT_COLUMNS else float(v)) for k, v in row.items()} for row in rows]
 
 
 __all__ = ["Evaluation", "evaluate", "load_metrics", "read_per_image", "run_data"]

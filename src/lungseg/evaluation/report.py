@@ -285,7 +285,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def comparison_table(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the main table."""
-    header = ["model", "parameters", "mDice", "95% CI", "mIoU", "MSE", "HD95 (px)",
+    header = ["model", "convention", "parameters", "mDice", "95% CI", "mIoU", "MSE", "HD95 (px)",
               "worst Dice", "pooled Dice", "train time", "inference ms/image"]  # fmt: skip
     rows = []
     for e in entries:
@@ -295,6 +295,7 @@ def comparison_table(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
         seconds = s.get("train_seconds")
         rows.append([
             e.label,
+            m.get("convention") or "unknown",
             f"{params / 1e6:.2f} M" if params else "–",
             _fmt(m.get("dice_mean")),
             f"{_fmt(low)}–{_fmt(high)}",

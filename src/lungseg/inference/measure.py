@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from lungseg.data.dicom_header import DISPLAY, Orientation
-from lungseg.inference.quality import review_reason
+from lungseg.inference.quality import REVIEW_THRESHOLD, review_reason
 
 #: Share of a component's pixels that must lie on each side of the midline for it to be taken
 #: as both lungs joined (and cut) rather than one lung reaching over the midline.
@@ -157,12 +157,16 @@ def measure(
     *,
     spacing_source: str = "",
     orientation: Orientation = DISPLAY,
+    convention: str = "unknown",
+    review_threshold: float = REVIEW_THRESHOLD,
 ) -> dict:
     """The measurements of one mask at the image's resolution, as a row of
     ``measurements.csv`` (``uncertainty``: the image's
     :func:`~lungseg.inference.quality.uncertain_fraction`, blank when not given; ``review``: why
-    the mask needs a look, :func:`~lungseg.inference.quality.review_reason`; ``spacing_source`` and
-    ``orientation``: as :class:`~lungseg.data.io.Decoded` has them)."""
+    the mask needs a look, :func:`~lungseg.inference.quality.review_reason` with the model's
+    ``review_threshold``; ``spacing_source`` and ``orientation``: as
+    :class:`~lungseg.data.io.Decoded` has them; ``convention``: the mask convention of the model
+    that drew it, so an area is never read against the other convention's)."""
     h, w = mask.shape
     right, left = lung_areas(mask, orientation)
     total = right + left
@@ -173,7 +177,8 @@ def measure(
         "spacing_mm": "", "spacing_source": "", "lung_cm2": "", "right_lung_cm2": "",
         "left_lung_cm2": "",
         "uncertain_fraction": "" if uncertainty is None else round(float(uncertainty), 6),
-        "review": review_reason(mask, uncertainty),
+        "review": review_reason(mask, uncertainty, review_threshold),
+        "convention": convention,
     }  # fmt: skip
     if spacing is not None:
         cm2 = spacing[0] * spacing[1] / 100.0

@@ -8,7 +8,8 @@ Each step is a pure function on numpy arrays with the dtype and range it expects
 
 :class:`PostprocessConfig` names the steps, each with an on/off switch and its parameters, and
 :func:`postprocess` runs them in a fixed order: threshold (global, local, or their union) ->
-opening -> closing -> keep the largest components -> fill holes. Two presets exist: ``seed``
+opening -> closing -> keep the lungs (:func:`lungseg.inference.anatomy.keep_lungs`, or
+the largest components) -> fill holes. Two presets exist: ``seed``
 (the pipeline of the study this project reproduces) and ``none`` (``prob > 0.5`` only). Whether a
 step earns its place is an empirical question: keep it only if it raises validation Dice.
 
@@ -26,6 +27,7 @@ import numpy as np
 from lungseg.core.config import from_dict
 from lungseg.core.errors import LungsegError
 from lungseg.inference import DEFAULT_POSTPROCESS
+from lungseg.inference.anatomy import keep_lungs
 
 GLOBAL_METHODS = ("otsu", "fixed")
 LOCAL_METHODS = ("gaussian", "mean")
@@ -237,8 +239,12 @@ class PostprocessConfig:
         opening_radius: its elliptical kernel radius in pixels.
         closing: run a morphological closing (after the opening).
         closing_radius: its elliptical kernel radius in pixels.
-        keep_largest: run :func:`keep_largest_components`.
-        keep_largest_n: how many components to keep.
+        keep_largest: run :func:`keep_largest_components`, or :func:`keep_lungs` with
+            ``one_lung_per_side``.
+        keep_largest_n: how many components to keep (without ``one_lung_per_side``).
+        one_lung_per_side: keep at most one lung per side, none outside the chest
+            (:func:`keep_lungs`) instead of the ``keep_largest_n`` largest components. On by
+            default, so checkpoints that recorded their settings before it existed get it too.
         min_component_fraction: drop kept components smaller than this fraction of the largest.
         fill_holes: run :func:`fill_holes`.
     """
@@ -258,6 +264,7 @@ class PostprocessConfig:
     closing_radius: int = 3
     keep_largest: bool = True
     keep_largest_n: int = 2
+    one_lung_per_side: bool = True
     min_component_fraction: float = 0.1
     fill_holes: bool = True
 
@@ -374,7 +381,9 @@ def _postprocess(prob: np.ndarray, config: PostprocessConfig) -> np.ndarray:
         opening_radius=config.opening_radius if config.opening else 0,
         closing_radius=config.closing_radius if config.closing else 0,
     )
-    if config.keep_largest:
+    if config.keep_largest and config.one_lung_per_side:
+        mask = keep_lungs(mask, config.min_component_fraction)
+    elif config.keep_largest:
         mask = keep_largest_components(mask, config.keep_largest_n, config.min_component_fraction)
     if config.fill_holes:
         mask = fill_holes(mask)

@@ -20,15 +20,22 @@ import numpy as np
 from scipy import stats
 
 from lungseg.core.errors import LungsegError
+from lungseg.inference.anatomy import anatomy_problem
 
 #: Probabilities strictly between these bounds count as uncertain.
 UNCERTAIN_LOW = 0.1
 UNCERTAIN_HIGH = 0.9
-#: Above this ``uncertain_fraction`` a mask is flagged for review (:func:`review_reason`).
-#: Chosen with ``unet-fast`` on the 355 development images: it flags 12 % of them, among them all
-#: 4 with Dice below 0.90 and 9 of the 11 below 0.93. Most of those images were seen in
-#: training, so expect a larger share of new images to be flagged.
+#: Above this ``uncertain_fraction`` a mask is flagged for review (:func:`review_reason`), for a
+#: model that records no threshold of its own (checkpoint key ``review_threshold``, set by
+#: :func:`calibrate_review_threshold`). Chosen with ``unet-fast`` on the 355 development images:
+#: it flags 12 % of them, among them all 4 with Dice below 0.90 and 9 of the 11 below 0.93; with
+#: other models it misses most bad masks, hence one threshold per model.
 REVIEW_THRESHOLD = 0.2
+#: :func:`calibrate_review_threshold` aims to flag this share of the masks below :data:`BAD_DICE`.
+REVIEW_RECALL = 0.9
+BAD_DICE = 0.93
+#: ... but flags at most this share of all images: a flag on most masks is no flag.
+MAX_FLAGGED = 0.25
 
 
 def uncertain_fraction(prob: np.ndarray) -> np.ndarray:
@@ -54,24 +61,69 @@ def uncertain_fraction(prob: np.ndarray) -> np.ndarray:
     return unsure / np.maximum(region, 1).astype(np.float64)
 
 
-def review_reason(mask: np.ndarray, uncertainty: float | None = None) -> str:
+def review_reason(
+    mask: np.ndarray, uncertainty: float | None = None, threshold: float = REVIEW_THRESHOLD
+) -> str:
     """Why a mask must be looked at before it is used, or ``""``: the one rule that
     ``lungseg segment`` (the ``review`` column) and ``lungseg serve`` (the review flag) apply.
 
     Args:
         mask: ``bool[H, W]``, the final (postprocessed) mask.
         uncertainty: the image's :func:`uncertain_fraction`, when known.
+        threshold: the model's review threshold (``Segmenter.review_threshold``).
 
     Returns:
         ``"no lung found"`` for an empty mask (a chest X-ray always shows lungs: the image is
-        not one, or the model failed); ``"uncertain (U > 0.2)"`` when ``uncertainty`` is above
-        :data:`REVIEW_THRESHOLD`; else ``""``.
+        not one, or the model failed); ``"implausible: ..."`` when the mask breaks the anatomy
+        (:func:`lungseg.inference.anatomy.anatomy_problem`: more than one lung per side,
+        lung outside the thorax); ``"uncertain (U > T)"`` when ``uncertainty`` is above
+        ``threshold``; else ``""``.
     """
     if not np.any(mask):
         return "no lung found"
-    if uncertainty is not None and uncertainty > REVIEW_THRESHOLD:
-        return f"uncertain ({uncertainty:.3f} > {REVIEW_THRESHOLD})"
+    problem = anatomy_problem(mask)
+    if problem:
+        return f"implausible: {problem}"
+    if uncertainty is not None and uncertainty > threshold:
+        return f"uncertain ({uncertainty:.3f} > {threshold:g})"
     return ""
+
+
+def calibrate_review_threshold(
+    uncertainty: np.ndarray,
+    dice: np.ndarray,
+    recall: float = REVIEW_RECALL,
+    bad: float = BAD_DICE,
+    max_flagged: float = MAX_FLAGGED,
+) -> float:
+    """The review threshold of one model, from its validation images.
+
+    The highest threshold that still flags ``recall`` of the masks with Dice below ``bad``
+    (rounded down to 3 decimals, so it flags them), raised where it would flag more than
+    ``max_flagged`` of all images; :data:`REVIEW_THRESHOLD` when no mask is that bad. The
+    threshold is recorded in the checkpoint (``review_threshold``), so ``segment`` and ``serve``
+    flag the masks of each model by its own scale of uncertainty.
+
+    Args:
+        uncertainty: ``float[N]`` :func:`uncertain_fraction` of the validation images.
+        dice: ``float[N]`` their Dice against the ground truth.
+        recall: share of the bad masks to flag.
+        bad: Dice below which a mask counts as bad.
+        max_flagged: the largest share of all images the threshold may flag.
+    """
+    u, d = np.asarray(uncertainty, float), np.asarray(dice, float)
+    worst = np.sort(u[np.isfinite(u) & np.isfinite(d) & (d < bad)])
+    if len(worst) == 0:
+        return REVIEW_THRESHOLD
+    # Flagging is "above the threshold": the k-th least uncertain bad mask must be above it.
+    k = int(math.floor((1 - recall) * len(worst)))
+    threshold = math.floor(worst[k] * 1000 - 1e-9) / 1000
+    everyone = u[np.isfinite(u)]
+    if np.mean(everyone > threshold) > max_flagged:
+        # "higher": a value of the data, so that strictly above it is at most the share.
+        higher = float(np.quantile(everyone, 1 - max_flagged, method="higher"))
+        threshold = math.ceil(higher * 1000 - 1e-9) / 1000
+    return threshold
 
 
 def error_rank_correlation(uncertainty: np.ndarray, dice: np.ndarray) -> float:

@@ -155,6 +155,7 @@ def finish(
     row = measure(
         name if key is None else key, name, mask, decoded.spacing, unsure,
         spacing_source=decoded.spacing_source, orientation=decoded.orientation,
+        convention=segmenter.convention, review_threshold=segmenter.review_threshold,
     )  # fmt: skip
     result = Result(prepared, probabilities, mask, unsure, row)
     for kind in outputs:

@@ -44,6 +44,7 @@ from lungseg.models.shipped import (
     ENSEMBLE_MODELS,
     SHIPPED_CONVENTIONS,
     SHIPPED_MODELS,
+    SHIPPED_REVIEW_THRESHOLDS,
     shipped_name,
     shipped_weights,
 )
@@ -163,6 +164,20 @@ class Segmenter:
     @property
     def size(self) -> int:
         return self.preprocess.size
+
+    @property
+    def convention(self) -> str:
+        """The mask convention its masks follow (:data:`~lungseg.models.identity.CONVENTIONS`)."""
+        return self.identity.convention if self.identity is not None else "unknown"
+
+    @property
+    def review_threshold(self) -> float:
+        """Above this ``uncertain_fraction`` its masks are flagged for review: the threshold
+        calibrated for this model and recorded in its checkpoint, else
+        :data:`~lungseg.inference.quality.REVIEW_THRESHOLD`."""
+        from lungseg.inference.quality import REVIEW_THRESHOLD
+
+        return float((self.info or {}).get("review_threshold") or REVIEW_THRESHOLD)
 
     @property
     def on_gpu(self) -> bool:
@@ -320,6 +335,8 @@ def _load(
     # the same identity. A shipped variant keeps its own name (unet-fast is a "unet").
     recorded = meta.get("identity") or {}
     shipped = shipped_name(path) or ""
+    if shipped in SHIPPED_REVIEW_THRESHOLDS:
+        info.setdefault("review_threshold", SHIPPED_REVIEW_THRESHOLDS[shipped])
     name = shipped or recorded.get("name") or meta["model"]["name"]
     identity = ModelIdentity(
         name=name,

@@ -3,6 +3,13 @@
 ``lungseg segment --model unet`` and ``load_model("unet")`` find ``weights/unet.pt`` here; the
 ``ensemble`` averages :data:`ENSEMBLE_MODELS`. Light to import (no NumPy or PyTorch), so the
 command line can list the names in its help.
+
+Two mask conventions are shipped, and a model's name says which it draws: ``unet``, ``fcn``,
+``deeplabv3``, ``unet-fast`` and the ``ensemble`` draw the whole (anatomical) lung, including the
+lung behind the heart, as the masks of ``covid-cxr`` do; ``unet-visible`` draws the visible lung
+fields, as the COVID-19 Radiography Database's own masks (and JSRT, Montgomery, Shenzhen) do.
+A name, not a ``--convention`` switch, because the two are different weights with different
+accuracy, and every output names the model (and its convention) that made it.
 """
 
 from __future__ import annotations
@@ -13,12 +20,26 @@ from pathlib import Path
 from lungseg.core.errors import LungsegError
 
 #: Models shipped inside the package. ``unet-fast`` is the U-Net run at half resolution inside
-#: the model (``downsample=2``), the variant for CPU latency (see MODEL_CARD.md for its accuracy).
-SHIPPED_MODELS = ("unet", "fcn", "deeplabv3", "unet-fast")
+#: the model (``downsample=2``), the variant for CPU latency (see MODEL_CARD.md for its accuracy);
+#: ``unet-visible`` is that network trained on visible-lung-field masks (shenzhen + the database's
+#: Viral Pneumonia class).
+SHIPPED_MODELS = ("unet", "fcn", "deeplabv3", "unet-fast", "unet-visible")
 #: The mask convention each shipped model was trained on
-#: (:data:`lungseg.models.identity.CONVENTIONS`): all four learnt the masks of ``covid-cxr``,
-#: which include the lung behind the heart.
-SHIPPED_CONVENTIONS = {name: "anatomical" for name in SHIPPED_MODELS}
+#: (:data:`lungseg.models.identity.CONVENTIONS`), for checkpoints that do not record it: the first
+#: four learnt the masks of ``covid-cxr``, which include the lung behind the heart.
+SHIPPED_CONVENTIONS = {
+    "unet": "anatomical",
+    "fcn": "anatomical",
+    "deeplabv3": "anatomical",
+    "unet-fast": "anatomical",
+    "unet-visible": "visible",
+}
+#: Review thresholds (:func:`lungseg.inference.quality.calibrate_review_threshold`) of the shipped
+# models
+#: whose checkpoints predate the ``review_threshold`` key, calibrated on their ``covid-cxr``
+#: validation split (63 images): flagging 90 % of the masks below Dice 0.93 would flag 40-63 % of
+#: the images, so each is the cap, a quarter of the images (unet-visible records its own).
+SHIPPED_REVIEW_THRESHOLDS = {"unet": 0.169, "fcn": 0.175, "deeplabv3": 0.189, "unet-fast": 0.191}
 #: The reference study's three architectures, compared by default.
 STUDY_MODELS = ("unet", "fcn", "deeplabv3")
 #: The members of ``load_model("ensemble")``: the study's three architectures.

@@ -60,7 +60,7 @@ MEASUREMENT_COLUMNS = (
     "key", "file", "mask", "overlay", "dicom_seg", "dicom_sr", "height", "width", "lung_px",
     "lung_fraction", "orientation", "right_lung_px", "left_lung_px", "spacing_mm",
     "spacing_source", "lung_cm2", "right_lung_cm2", "left_lung_cm2", "uncertain_fraction",
-    "review",
+    "review", "convention",
 )  # fmt: skip
 ERROR_COLUMNS = ("key", "file", "problem")
 LEDGER_COLUMNS = ("key", "version", "status", "done_at", "problem", *MEASUREMENT_COLUMNS[1:])

@@ -286,7 +286,8 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             "models": [m.describe(m.name == default) for m in service.models.values()],
             "outputs": list(offered_outputs()),
             "max_upload_mb": config.max_upload_mb,
-            "review_threshold": REVIEW_THRESHOLD,
+            # The default model's; each model's is in its entry and in every answer.
+            "review_threshold": service.model(None).segmenter.review_threshold,
         }
 
     @app.post(

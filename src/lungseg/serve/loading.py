@@ -73,6 +73,9 @@ class ServedModel:
             "preprocess": self.segmenter.preprocess.preset,
             "networks": len(self.segmenter.networks),
             "tta_views": len(self.augmented.info["tta"]),
+            "weights_sha256": self.identity.digest,
+            "convention": self.identity.convention,
+            "review_threshold": self.segmenter.review_threshold,
         }
 
 

@@ -22,7 +22,6 @@ import numpy as np
 from lungseg.core.errors import LungsegError
 from lungseg.data.io import sniff_format
 from lungseg.inference import road
-from lungseg.inference.quality import REVIEW_THRESHOLD
 from lungseg.serve.batcher import MicroBatcher
 from lungseg.serve.loading import ServedModel
 from lungseg.serve.negotiation import unsupported_format
@@ -103,7 +102,7 @@ class Segmented:
             },  # fmt: skip
             "uncertain_fraction": round(self.uncertainty, 6),
             "review": self.review,
-            "review_threshold": REVIEW_THRESHOLD,
+            "review_threshold": self.model.segmenter.review_threshold,
             "batch_size": self.batch_size,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
         }

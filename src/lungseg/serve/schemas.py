@@ -96,6 +96,9 @@ class ModelEntry(BaseModel):
     preprocess: str
     networks: int = Field(description="Networks averaged (3 for the ensemble).")
     tta_views: int
+    weights_sha256: str = Field(description="SHA-256 of the weights: the model's identity.")
+    convention: str = Field(description="Mask convention: anatomical, visible or unknown.")
+    review_threshold: float = Field(description="uncertain_fraction above which a mask is flagged.")
 
 
 class ModelsResponse(BaseModel):

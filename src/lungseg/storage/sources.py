@@ -60,7 +60,8 @@ class DataSource(Protocol):
 
 
 def open_source(spec: str | Path) -> DataSource:
-    """Open ``--data``: a local folder, or ``az://CONTAINER[/PREFIX]`` (``lungseg[azure]``)."""
+    """Open one ``--data``: a local folder, or ``az://CONTAINER[/PREFIX]`` (``lungseg[azure]``);
+    several are a dataset's business (:func:`lungseg.data.combined.open_data`)."""
     text = str(spec)
     if text.startswith("az://"):
         return azure_source(text)

@@ -157,6 +157,8 @@ def training_checkpoint(
         "model": {"name": config.model, "kwargs": to_dict(model.init_kwargs)},
         "size": prepared.size,
         "preprocess": to_dict(prepared.config.preprocess),
+        # The masks' convention is the data's, so the model's is what it was trained on.
+        "convention": prepared.config.convention,
         "postprocess": to_dict(PostprocessConfig.preset(config.postprocess)),
         "epoch": history[-1]["epoch"],
         "best_epoch": best["epoch"],

@@ -5,7 +5,6 @@
 
 (() => {
   const $ = (id) => document.getElementById(id);
-  const REVIEW = Number(document.body.dataset.reviewThreshold);
   const MAX_BYTES = Number(document.body.dataset.maxUploadMb) * 1024 * 1024;
   const PARALLEL = 3; // requests in flight: enough for the server to batch them
   const FILL = [38, 208, 124];
@@ -212,7 +211,7 @@
       left_lung_fraction: percent(m.left_lung_px / pixels), lung_fraction: percent(m.lung_fraction),
       right_lung_cm2: area(m.right_lung_cm2), left_lung_cm2: area(m.left_lung_cm2),
       lung_cm2: area(m.lung_cm2),
-      uncertain_fraction: `${r.uncertain_fraction.toFixed(3)} (review above ${REVIEW})`,
+      uncertain_fraction: `${r.uncertain_fraction.toFixed(3)} (review above ${r.review_threshold})`,
       model: `${r.model.name}${r.model.tta ? " with test-time augmentation" : ""} · ${r.model.backend} · ${r.model.version}`,
       time: `${Math.round(r.timings_ms.total)} ms${r.batch_size > 1 ? ` (in a batch of ${r.batch_size})` : ""}`,
     };
@@ -227,7 +226,7 @@
     const flag = $("review");
     flag.className = `flag ${r.review ? "review" : "clear"}`;
     const why = m.lung_px === 0 ? "No lung was found in this image."
-      : `Uncertainty ${r.uncertain_fraction.toFixed(3)} is ${r.review ? "above" : "below"} the review threshold ${REVIEW}.`;
+      : `Uncertainty ${r.uncertain_fraction.toFixed(3)} is ${r.review ? "above" : "below"} the review threshold ${r.review_threshold} of ${r.model.name}.`;
     flag.replaceChildren(strong(r.review ? "Review this mask" : "No review flag"), why);
     const stem = item.name.replace(/\.[^.]+$/, "");
     const download = $("download-mask");

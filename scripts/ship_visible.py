@@ -1,0 +1,202 @@
+"""The visible-lung-field model (``unet-visible``) and every shipped model's per-source figures.
+
+The anatomical models come from ``scripts/train_shipped.py`` (``covid-cxr``); this script
+adds the model of the other mask convention, trained on ``shenzhen/`` + ``covid19-radiography-vp/``,
+and scores every shipped model on each development source::
+
+    python scripts/ship_visible.py data --shared ../shared/data --out work/visible-data
+    lungseg train --config configs/unet-visible.yaml --data work/visible-data \\
+        --out work/runs/unet-visible
+    python scripts/ship_visible.py ship --run work/runs/unet-visible
+    python scripts/ship_visible.py sources --shared ../shared/data \\
+        --visible-data work/visible-data --work work
+
+``data`` links both sources' class folders into one dataset folder (the split is per class, so
+per source, and by patient). ``ship`` stores the best epoch's weights in fp16 with the run's
+history, the ``clean`` postprocessing, the ``visible`` convention and a review threshold
+calibrated on the validation split (:func:`lungseg.inference.quality.calibrate_review_threshold`).
+``sources`` evaluates each shipped model on the development sources (``covid-cxr`` test split,
+the ``shenzhen`` and ``covid19-radiography-vp`` validation splits) and writes
+``docs/sources.json`` and the per-source section of ``src/lungseg/weights/MODEL_CARD.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+from train_shipped import SOURCES_JSON, shipped_checkpoint, sources_section
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO / "src" / "lungseg" / "weights"
+RECIPE = REPO / "configs" / "unet-visible.yaml"
+#: Where the per-source section of MODEL_CARD.md starts; ``sources`` replaces everything after it.
+CARD_MARKER = "## Results per source (development data)"
+#: The visible-convention sources and their class folders.
+VISIBLE_SOURCES = {
+    "shenzhen": ("Normal", "Tuberculosis"),
+    "covid19-radiography-vp": ("Viral Pneumonia",),
+}
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    """Link every image and mask of the visible sources into ``--out/<source>/<class>/``."""
+    shared, out = Path(args.shared), Path(args.out)
+    for source, classes in VISIBLE_SOURCES.items():
+        for cls in classes:
+            for kind in ("images", "masks"):
+                folder = out / source / cls / kind
+                folder.mkdir(parents=True, exist_ok=True)
+                for file in sorted((shared / source / cls / kind).iterdir()):
+                    link = folder / file.name
+                    if not link.is_symlink():
+                        os.symlink(file.resolve(), link)
+    print(f"linked {', '.join(VISIBLE_SOURCES)} into {out}")
+
+
+def cmd_ship(args: argparse.Namespace) -> None:
+    """``weights/unet-visible.pt`` from a finished run (see the module docstring)."""
+    import numpy as np
+
+    from lungseg.evaluation.evaluate import evaluate
+    from lungseg.inference.quality import calibrate_review_threshold
+    from lungseg.inference.segmenter import load_model
+    from lungseg.models.checkpoint import save_checkpoint
+
+    run = Path(args.run)
+    ckpt = shipped_checkpoint(run, "clean", "shenzhen/ + covid19-radiography-vp/ (visible-data)")
+    ckpt["convention"] = "visible"
+    out = Path(args.weights_dir) / f"{args.name}.pt"
+    save_checkpoint(out, ckpt)
+    # The threshold is the fp16 model's, on the run's validation split.
+    cache = run_cache(run)
+    val = evaluate(load_model(out, device="cpu"), None, data=cache, split="val")
+    unsure = np.array([r["uncertain_fraction"] for r in val.per_image])
+    dice = np.array([r["dice"] for r in val.per_image])
+    ckpt["review_threshold"] = calibrate_review_threshold(unsure, dice)
+    save_checkpoint(out, ckpt)
+    print(
+        f"{out}: validation Dice {val.metrics['dice_mean']:.4f} (fp16, clean), review "
+        f"threshold {ckpt['review_threshold']}"
+    )
+
+
+def run_cache(run: Path) -> Path:
+    from lungseg.models.checkpoint import load_checkpoint
+
+    last = run / "last.pt" if (run / "last.pt").is_file() else run / "best.pt"
+    return Path(load_checkpoint(last)["data"]["cache"])
+
+
+def source_of(key: str) -> str:
+    """The development source of an image key: its top folder."""
+    return key.split("/", 1)[0]
+
+
+def summarize_source(rows: list[dict], check: dict) -> dict:
+    """Per-source figures from ``evaluate``'s per-image rows (one source's)."""
+    import numpy as np
+
+    from lungseg.evaluation.statistics import bootstrap_ci
+    from lungseg.inference.quality import error_rank_correlation
+
+    dice = np.array([r["dice"] for r in rows])
+    flagged = np.array([bool(r["review"]) for r in rows])
+    below = dice < 0.90
+    worst = sorted(rows, key=lambda r: r["dice"])[:5]
+    return {
+        "n_images": len(rows),
+        "dice_mean": float(dice.mean()),
+        "dice_ci95": bootstrap_ci(dice),
+        "dice_worst": float(dice.min()),
+        "below_090": float(below.mean()),
+        "below_080": float((dice < 0.80).mean()),
+        "recall_mean": float(np.mean([r["recall"] for r in rows])),
+        "precision_mean": float(np.mean([r["precision"] for r in rows])),
+        "area_ratio_median": check["area_ratio_median"],
+        "spearman": error_rank_correlation([r["uncertain_fraction"] for r in rows], dice),
+        "flagged": float(flagged.mean()),
+        "flagged_below_090": float(flagged[below].mean()) if below.any() else math.nan,
+        "worst5": [{"stem": r["stem"], "dice": r["dice"], "review": r["review"]} for r in worst],
+    }
+
+
+def cmd_sources(args: argparse.Namespace) -> None:
+    """Score each shipped model per development source; write sources.json and the card."""
+    import numpy as np
+
+    from lungseg.data.cache import prepare
+    from lungseg.data.settings import prepare_settings
+    from lungseg.evaluation.conventions import convention_check
+    from lungseg.evaluation.evaluate import evaluate
+    from lungseg.inference.segmenter import load_model
+
+    work = Path(args.work)
+    visible = prepare(
+        args.visible_data, work / "cache-visible", prepare_settings(RECIPE), progress=False
+    )
+    sets = {
+        "covid-cxr": (Path(args.shared) / "covid-cxr", "test", "anatomical"),
+        "visible": (visible.path, "val", "visible"),
+    }
+    results = json.loads(SOURCES_JSON.read_text()) if SOURCES_JSON.is_file() else {}
+    for name in args.models:
+        model = load_model(name, device="cpu")
+        entry = {"convention": model.convention, "review_threshold": model.review_threshold}
+        for data, split, convention in sets.values():
+            ev = evaluate(model, None, data=data, split=split, cache_root=work / "eval-cache")
+            keys = [ev.data.rows[i]["image_key"] for i in ev.indices]
+            groups: dict[str, list[int]] = {}
+            for i, key in enumerate(keys):
+                source = "covid-cxr" if convention == "anatomical" else source_of(key)
+                groups.setdefault(source, []).append(i)
+            pred = np.asarray(ev.probabilities) > 0.5
+            target = np.asarray(ev.data.masks[ev.indices]).astype(bool)
+            for source, idx in groups.items():
+                check = convention_check(pred[idx], target[idx], model.convention, convention)
+                figures = summarize_source([ev.per_image[i] for i in idx], check)
+                entry[source] = {"split": split, "convention": convention, **figures}
+                print(
+                    f"{name} {source} ({split}, {len(idx)}): Dice {figures['dice_mean']:.4f} "
+                    f"worst {figures['dice_worst']:.3f} <0.90 {figures['below_090']:.0%}",
+                    flush=True,
+                )
+        results[name] = entry
+    SOURCES_JSON.parent.mkdir(parents=True, exist_ok=True)
+    SOURCES_JSON.write_text(json.dumps(results, indent=2) + "\n")
+    write_card_section(results)
+
+
+def write_card_section(results: dict, card: Path = WEIGHTS / "MODEL_CARD.md") -> None:
+    """Replace the per-source section at the end of MODEL_CARD.md (or append it)."""
+    text = card.read_text()
+    head = text.split(CARD_MARKER)[0].rstrip("\n")
+    card.write_text(head + "\n\n" + sources_section(results))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="link the visible sources into one dataset folder")
+    data.add_argument("--shared", required=True)
+    data.add_argument("--out", required=True)
+    ship = sub.add_parser("ship", help="package a finished run as a shipped model")
+    ship.add_argument("--run", required=True)
+    ship.add_argument("--name", default="unet-visible")
+    ship.add_argument("--weights-dir", default=str(WEIGHTS))
+    sources = sub.add_parser("sources", help="per-source figures of the shipped models")
+    sources.add_argument("--shared", required=True)
+    sources.add_argument("--visible-data", required=True)
+    sources.add_argument("--work", required=True)
+    sources.add_argument(
+        "--models", nargs="+", default=["unet", "fcn", "deeplabv3", "unet-fast", "unet-visible"]
+    )
+    args = parser.parse_args()
+    {"data": cmd_data, "ship": cmd_ship, "sources": cmd_sources}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""scripts/ship_visible.py: the linked dataset of both visible-convention sources prepares with
+one patient-disjoint validation split per source, and each image's source is known."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture(scope="module")
+def ship_visible():
+    sys.path.insert(0, str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location("ship_visible", SCRIPTS / "ship_visible.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.path.remove(str(SCRIPTS))
+    sys.modules.pop("train_shipped", None)
+
+
+def test_linked_sources_prepare_with_a_split_per_source(ship_visible, tmp_path: Path) -> None:
+    from lungseg.data.cache import prepare
+    from lungseg.data.settings import PrepareConfig
+
+    shared = tmp_path / "shared"
+    image = np.full((32, 32), 90, np.uint8)
+    image[8:24, 4:14] = image[8:24, 18:28] = 30
+    # RGB masks, as the COVID-19 Radiography Database stores them.
+    mask = cv2.cvtColor(np.where(image < 60, 255, 0).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    for source, classes in ship_visible.VISIBLE_SOURCES.items():
+        for cls in classes:
+            for i in range(5):
+                for kind, pixels in (("images", image), ("masks", mask)):
+                    (shared / source / cls / kind).mkdir(parents=True, exist_ok=True)
+                    cv2.imwrite(str(shared / source / cls / kind / f"{cls[:3]}-{i}.png"), pixels)
+    out = tmp_path / "visible-data"
+    ship_visible.cmd_data(argparse.Namespace(shared=shared, out=out))
+    ship_visible.cmd_data(argparse.Namespace(shared=shared, out=out))  # again: nothing to do
+    data = prepare(out, tmp_path / "cache", PrepareConfig(val_fraction=0.2, test_fraction=0.0,
+                   convention="visible"), workers=1, progress=False)  # fmt: skip
+    assert data.config.convention == "visible" and len(data.rows) == 15
+    assert data.masks.max() == 1 and data.masks.mean() > 0.2  # the RGB masks decoded
+    sources = {ship_visible.source_of(r["image_key"]) for r in data.rows}
+    assert sources == set(ship_visible.VISIBLE_SOURCES)
+    for cls in ("Normal", "Tuberculosis", "Viral Pneumonia"):
+        assert [r["split"] for r in data.rows if r["class"] == cls].count("val") == 1
