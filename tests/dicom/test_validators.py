@@ -11,11 +11,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+from films import FILMS
 
-from dicom_files import dicom_bytes
 from lungseg.data.io import decode_image
 from lungseg.dicom.seg import segmentation, to_bytes
 from lungseg.dicom.sr import report
@@ -27,80 +26,26 @@ pydicom = pytest.importorskip("pydicom")
 
 IDENTITY = ModelIdentity("unet", "unet", "5" * 64, "anatomical", tta=True)
 
-#: ``name: (photometric, bits stored, spacing attributes, (rows, columns))``: DX and CR as
-#: detectors store them.
-FILMS = {
-    "dx-mono2-12bit-pixelspacing": ("MONOCHROME2", 12, {"PixelSpacing": [0.15, 0.15]}, (300, 248)),
-    "dx-mono1-16bit-imager": (
-        "MONOCHROME1", 16,
-        {"ImagerPixelSpacing": [0.16, 0.16], "EstimatedRadiographicMagnificationFactor": 1.09},
-        (300, 256),
-    ),
-    "cr-mono2-16bit-imager-only": (
-        "MONOCHROME2", 16, {"ImagerPixelSpacing": [0.1, 0.1]}, (280, 333)
-    ),
-    "cr-mono1-12bit-calibrated": (
-        "MONOCHROME1", 12,
-        {"PixelSpacing": [0.139, 0.139], "ImagerPixelSpacing": [0.15, 0.15],
-         "PixelSpacingCalibrationType": "GEOMETRY"},
-        (257, 301),
-    ),
-}  # fmt: skip
-
-
-def _film(examples_dir: Path, name: str) -> bytes:
-    from pydicom.uid import generate_uid
-
-    photometric, bits, spacing, (rows, cols) = FILMS[name]
-    image = cv2.imread(str(examples_dir / "COVID" / "images" / "1d435a4b.png"), 0)
-    grey = cv2.resize(image, (cols, rows), interpolation=cv2.INTER_AREA).astype(np.int64)
-    raw = grey * (2**bits - 1) // 255
-    if photometric == "MONOCHROME1":
-        raw = (2**bits - 1) - raw
-    raw = raw.astype(np.uint16)
-    modality = name[:2].upper()
-    header = {
-        "StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid(),
-        "PatientID": "P-17", "PatientName": "Doe^John", "PatientBirthDate": "19600101",
-        "PatientSex": "M", "StudyID": "S1", "AccessionNumber": "A17", "StudyDate": "20240305",
-        "StudyTime": "083000", "ContentDate": "20240305", "ContentTime": "083112",
-        "Modality": modality, "SeriesNumber": 1, "InstanceNumber": 1,
-        "PatientOrientation": ["L", "F"], "BodyPartExamined": "CHEST", "ViewPosition": "PA",
-        "BitsStored": bits, "HighBit": bits - 1, **spacing,
-    }  # fmt: skip
-    if modality == "CR":
-        header["SOPClassUID"] = "1.2.840.10008.5.1.4.1.1.1"
-    return dicom_bytes(raw, photometric, header=header)
-
-
-def _lungs(shape: tuple[int, int]) -> np.ndarray:
-    """Two lung-shaped ellipses, the right one (image's left) larger."""
-    mask = np.zeros(shape, np.uint8)
-    h, w = shape
-    cv2.ellipse(mask, (w * 3 // 10, h // 2), (w // 7, h // 3), 0, 0, 360, 1, -1)
-    cv2.ellipse(mask, (w * 7 // 10, h // 2), (w // 8, h // 3), 0, 0, 360, 1, -1)
-    return mask.astype(bool)
-
 
 @pytest.fixture(scope="module")
-def outputs(examples_dir, tmp_path_factory) -> dict[str, dict[str, Path]]:
-    """``{film: {"source", "seg", "sr": path}}`` for every film of :data:`FILMS`."""
+def outputs(film_catalogue, tmp_path_factory) -> dict[str, dict]:
+    """``{film: {"source", "seg", "sr": path, "row": measurements}}`` for every realistic film
+    (``films.FILMS``: DX and CR, MONOCHROME1 and 2, 12 and 16 bits, each kind of spacing, a
+    width of 509, a mirrored film), its SEG and SR made from the lungs drawn by hand."""
     folder = tmp_path_factory.mktemp("validators")
     made = {}
-    for name in FILMS:
-        data = _film(examples_dir, name)
-        decoded = decode_image(data, name)
-        mask = _lungs(decoded.pixels.shape)
+    for name, film in film_catalogue.items():
+        decoded = decode_image(film.data, name)
+        mask = film.mask_stored
         row = measure(
             name, name, mask, decoded.spacing,
             spacing_source=decoded.spacing_source, orientation=decoded.orientation,
         )  # fmt: skip
-        seg = segmentation(data, mask, IDENTITY, name=name)
-        paths = {"source": folder / f"{name}.dcm", "seg": folder / f"{name}.seg.dcm",
+        seg = segmentation(film.data, mask, IDENTITY, name=name)
+        paths = {"source": film.write(folder), "seg": folder / f"{name}.seg.dcm",
                  "sr": folder / f"{name}.sr.dcm"}  # fmt: skip
-        paths["source"].write_bytes(data)
         paths["seg"].write_bytes(to_bytes(seg))
-        paths["sr"].write_bytes(to_bytes(report(data, seg, row, IDENTITY, name=name)))
+        paths["sr"].write_bytes(to_bytes(report(film.data, seg, row, IDENTITY, name=name)))
         made[name] = paths | {"row": row}
     return made
 
@@ -111,18 +56,18 @@ def _dciodvfy(path: Path) -> list[str]:
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) missing")
-@pytest.mark.parametrize("film", FILMS)
+@pytest.mark.parametrize("film", sorted(FILMS))
 @pytest.mark.parametrize("kind", ["seg", "sr"])
 def test_dciodvfy_finds_no_error(outputs, film, kind):
-    """Not even the errors of the source (these minimal films lack DX attributes such as
-    DetectorType): a SEG and an SR copy only what they must be valid with."""
+    """The films themselves are clean (tests/dicom/test_films.py): what is reported here is
+    lungseg's."""
     lines = _dciodvfy(outputs[film][kind])
     assert lines, "dciodvfy printed nothing"
     errors = [line for line in lines if line.startswith("Error")]
     assert errors == [], "\n".join(lines)
 
 
-@pytest.mark.parametrize("film", FILMS)
+@pytest.mark.parametrize("film", sorted(FILMS))
 def test_highdicom_reads_each_seg_back(outputs, film):
     seg = hd.seg.segread(outputs[film]["seg"])
     source = pydicom.dcmread(outputs[film]["source"])
@@ -142,7 +87,7 @@ def test_highdicom_reads_each_seg_back(outputs, film):
 
 
 @pytest.mark.skipif(shutil.which("segimage2itkimage") is None, reason="dcmqi missing")
-@pytest.mark.parametrize("film", FILMS)
+@pytest.mark.parametrize("film", sorted(FILMS))
 def test_dcmqi_converts_each_seg(outputs, film, tmp_path):
     done = subprocess.run(
         ["segimage2itkimage", "--inputDICOM", str(outputs[film]["seg"]),
@@ -156,12 +101,27 @@ def test_dcmqi_converts_each_seg(outputs, film, tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.nrrd")) == ["1.nrrd", "2.nrrd"]
 
 
-def test_seg_and_sr_are_the_same_bytes_twice(outputs, examples_dir):
-    name = "cr-mono2-16bit-imager-only"
-    data = outputs[name]["source"].read_bytes()
-    mask = _lungs(decode_image(data, name).pixels.shape)
-    seg = segmentation(data, mask, IDENTITY, name=name)
+def test_seg_and_sr_are_the_same_bytes_twice(outputs, film_catalogue):
+    name = "cr-pa-mono2-16bit-width509"
+    film = film_catalogue[name]
+    seg = segmentation(film.data, film.mask_stored, IDENTITY, name=name)
     assert to_bytes(seg) == outputs[name]["seg"].read_bytes()
-    again = to_bytes(report(data, seg, outputs[name]["row"], IDENTITY, name=name))
+    again = to_bytes(report(film.data, seg, outputs[name]["row"], IDENTITY, name=name))
     assert again == outputs[name]["sr"].read_bytes()
     assert pydicom.dcmread(io.BytesIO(again)).Modality == "SR"
+
+
+def test_the_mirrored_film_has_the_patients_right_lung_as_segment_1(outputs, film_catalogue):
+    """The hand-drawn mask seen as displayed: its right lung (the image's left) is segment 1 of
+    the SEG, on the stored (mirrored) grid."""
+    from lungseg.segment.measure import RIGHT, lung_sides
+
+    name = "dx-pa-mono2-12bit-mirrored"
+    film = film_catalogue[name]
+    seg = hd.seg.segread(outputs[name]["seg"])
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[film.header["SOPInstanceUID"]], segment_numbers=[1, 2]
+    )[0]
+    right_as_displayed = lung_sides(film.mask) == RIGHT
+    np.testing.assert_array_equal(pixels[..., 0].astype(bool), right_as_displayed[:, ::-1])
+    assert outputs[name]["row"]["orientation"] == "dicom"

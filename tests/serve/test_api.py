@@ -92,7 +92,7 @@ def test_models_health_and_documentation(server):
     ModelsResponse.model_validate(models)
     (entry,) = models["models"]
     assert entry["name"] == "unet-fast" and entry["default"] and entry["backend"] == "onnxruntime"
-    assert models["outputs"] == ["json", "png", "dicom-seg"]  # highdicom is in the test extra
+    assert models["outputs"] == ["json", "png", "dicom-seg", "dicom-sr"]  # highdicom: test extra
     assert models["max_upload_mb"] == MAX_UPLOAD_MB
 
     status, schema = server.json("GET", "/openapi.json")

@@ -39,6 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lungseg.dicom.decode import checked_size, pixel_array
 from lungseg.dicom.header import DISPLAY, Orientation
 from lungseg.dicom.header import orientation as dicom_orientation
 from lungseg.dicom.header import spacing as dicom_spacing_source
@@ -122,7 +123,7 @@ def check_header(data: bytes, name: str) -> tuple[int, int]:
         )
     if fmt == "dicom":
         ds = _read_dicom(data, name, pixels=False)
-        height, width = _dicom_size(ds, name)
+        height, width = checked_size(ds, name, MAX_PIXELS)
     else:
         from PIL import Image, UnidentifiedImageError
 
@@ -337,65 +338,10 @@ def _read_dicom(data: bytes, name: str, pixels: bool = True):
     return ds
 
 
-def _dicom_size(ds, name: str) -> tuple[int, int]:
-    """``(Rows, Columns)``, after refusing from the header alone what must not be decoded: more
-    pixels in all frames than :data:`MAX_PIXELS` (a file of thousands of frames would be
-    decoded whole), or several frames (which one is the radiograph is not ours to guess)."""
-    try:
-        height, width = int(ds.Rows), int(ds.Columns)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
-        raise LungsegError(
-            "DICOM file has an unreadable Rows, Columns or NumberOfFrames", name
-        ) from None
-    if height * width * max(frames, 1) > MAX_PIXELS:
-        raise LungsegError(
-            f"declared size {frames} frame(s) of {width}x{height} "
-            f"({height * width * frames / 1e6:.0f} MP) exceeds the {MAX_PIXELS / 1e6:.0f} MP "
-            "limit (possible decompression bomb)",
-            name,
-        )
-    if frames > 1:
-        raise LungsegError(
-            f"multi-frame DICOM ({frames} frames) is not supported; send the radiograph as a "
-            "single-frame file",
-            name,
-        )
-    return height, width
-
-
-def _pixel_array(ds, name: str) -> np.ndarray:
-    """The pixels of a single-frame file, or one line on why they cannot be decoded (which
-    compression, and what to install), never a decoder's multi-line message."""
-    from pydicom.pixels.decoders.base import get_decoder
-
-    meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    label = f"{syntax.name} ({syntax})" if syntax is not None else "an unknown transfer syntax"
-    try:
-        decoder = get_decoder(syntax) if syntax is not None else None
-    except NotImplementedError:
-        raise LungsegError(f"DICOM pixel data in {label} is not supported", name) from None
-    if decoder is not None and not decoder.is_available:
-        raise LungsegError(
-            f"cannot decode DICOM pixel data in {label}: no decoder installed "
-            "(pip install 'lungseg[dicom]')",
-            name,
-        )
-    try:
-        return ds.pixel_array
-    except Exception as exc:
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        # pydicom's "exceptions were raised by all available plugins" lists each plugin's own
-        # failure below it, which for a damaged stream says nothing to a reader.
-        why = "corrupt or truncated" if "all available plugins" in lines[0] else lines[0]
-        raise LungsegError(f"cannot decode DICOM pixel data in {label} ({why})", name) from None
-
-
 def _decode_dicom(data: bytes, name: str) -> Decoded:
     ds = _read_dicom(data, name)
-    _dicom_size(ds, name)
-    raw = _pixel_array(ds, name)
+    checked_size(ds, name, MAX_PIXELS)
+    raw = pixel_array(ds, name)
     spacing, source = dicom_spacing_source(ds)
     meaning = {"spacing": spacing, "spacing_source": source, "orientation": dicom_orientation(ds)}
     if raw.ndim == 3:  # RGB DICOM (secondary captures)

@@ -151,7 +151,20 @@ def report(
     )
     ids.stamp(sr)
     _whole_references(sr, str(source.SOPInstanceUID))
+    sr.CodingSchemeIdentificationSequence = [_private_scheme()]
     return sr
+
+
+def _private_scheme():
+    """The Coding Scheme Identification of :data:`SCHEME` (PS3.3 C.12.1.1.2.1), so a reader
+    learns whose codes the measurement methods are."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodingSchemeDesignator = SCHEME
+    item.CodingSchemeName = "lungseg pixel spacing sources"
+    item.CodingSchemeResponsibleOrganization = "lungseg"
+    return item
 
 
 def _whole_references(dataset, source_uid: str) -> None:
