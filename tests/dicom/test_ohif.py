@@ -19,13 +19,9 @@ import pytest
 
 from lungseg.dicom.seg import dicom_seg_bytes
 from lungseg.models.identity import ModelIdentity
-from ohif import chromium, chromium_missing, ohif_missing, serve
+from ohif import DIST, chromium, chromium_missing, ohif_missing, serve
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing())),
-    pytest.mark.skipif(ohif_missing() is not None, reason=str(ohif_missing())),
-]
+pytestmark = pytest.mark.skipif(ohif_missing() is not None, reason=str(ohif_missing()))
 pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
 
@@ -137,6 +133,42 @@ def _show(driver, url: str, seg: bytes, logs: list) -> tuple[dict, bytes]:
     return found, driver.get_screenshot_as_png()
 
 
+def test_one_origin_serves_the_viewer_and_passes_dicomweb_through(orthanc, film_catalogue):
+    import http.client
+    import json
+
+    film = film_catalogue["dx-ap-mono1-16bit-imager"]
+    orthanc.stow([film.data])
+    study, series = film.header["StudyInstanceUID"], film.header["SeriesInstanceUID"]
+    with serve(orthanc.http_port) as web:
+
+        def get(path: str, accept: str = "*/*") -> tuple[int, str, bytes]:
+            conn = http.client.HTTPConnection("127.0.0.1", web.server_port, timeout=30)
+            try:
+                conn.request("GET", path, headers={"Accept": accept})
+                response = conn.getresponse()
+                return response.status, response.getheader("Content-Type"), response.read()
+            finally:
+                conn.close()
+
+        status, kind, page = get(f"/viewer?StudyInstanceUIDs={study}")  # OHIF's own route
+        assert status == 200 and kind.startswith("text/html") and b"app-config.js" in page
+        status, _, config = get("/app-config.js")
+        assert b"qidoRoot: '/dicom-web'" in config
+        assert get("/../../etc/passwd")[2] == page  # nothing outside dist/
+        wasm = next(path.name for path in DIST.glob("*.wasm"))
+        assert get(f"/{wasm}")[1] == "application/wasm"  # else WebAssembly refuses to stream it
+        status, _, body = get(f"/dicom-web/studies/{study}/series/{series}/metadata",
+                              "application/dicom+json")  # fmt: skip
+        (instance,) = json.loads(body)
+        # Orthanc writes bulk data URLs from the Host header: they come back to this origin.
+        origin = f"http://127.0.0.1:{web.server_port}/dicom-web/"
+        assert instance["7FE00010"]["BulkDataURI"].startswith(origin)
+        assert web.refused == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
 def test_ohif_shows_both_lungs_of_the_seg_over_the_xray(orthanc, film_catalogue, tmp_path):
     films = [film_catalogue[name] for name in SHOWN]
     segs = [seg_of(film) for film in films]
@@ -148,10 +180,11 @@ def test_ohif_shows_both_lungs_of_the_seg_over_the_xray(orthanc, film_catalogue,
             study = film.header["StudyInstanceUID"]
             url = f"http://127.0.0.1:{web.server_port}/viewer?StudyInstanceUIDs={study}"
             logs: list[dict] = []
+            web.refused.clear()
             try:
                 found, png = _show(driver, url, seg, logs)
             except AssertionError as exc:  # the next study still gets its chance
-                problems[film.name] = str(exc)
+                problems[film.name] = f"{exc}; Orthanc refused: {web.refused}"
                 continue
             timings[film.name] = round(time.perf_counter() - t0, 1)
             (tmp_path / f"{film.name}.png").write_bytes(png)
