@@ -62,11 +62,14 @@ def test_the_mirrored_film_read_as_displayed_swaps_the_sides():
     assert lung_areas(mirrored, Orientation(flip_columns=True)) == (1800, 1200)
 
 
-@pytest.mark.parametrize("value", [None, ["A", "F"], ["P", "H"], ["", ""], "LF"])
+@pytest.mark.parametrize("value", [None, ["A", "F"], ["P", "H"], ["", ""], "LF", "LL"])
 def test_no_usable_patient_orientation_is_assumed(value):
-    """Missing, a lateral view (an anterior-posterior axis) or malformed: the display assumed."""
+    """Missing, a lateral view (an anterior-posterior axis, or ViewPosition LL) or malformed:
+    the display assumed."""
     ds = pydicom.Dataset()
-    if value is not None:
+    if value == "LL":
+        ds.ViewPosition, ds.PatientOrientation = "LL", ["R", "F"]
+    elif value is not None:
         ds.PatientOrientation = value
     assert orientation(ds) == Orientation() and orientation(ds).source == ASSUMED
 

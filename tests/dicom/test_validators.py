@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,14 @@ def outputs(film_catalogue, tmp_path_factory) -> dict[str, dict]:
     return made
 
 
+#: dcmqi's converter: installed by pip beside this Python (its venv's bin, which may not be on
+#: PATH when the tests run as ``.venv/bin/pytest``).
+SEGIMAGE2ITKIMAGE = shutil.which(
+    "segimage2itkimage",
+    path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+)
+
+
 def _dciodvfy(path: Path) -> list[str]:
     done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
@@ -86,11 +96,11 @@ def test_highdicom_reads_each_seg_back(outputs, film):
         outputs[film]["source"].read_bytes(), film).spacing, rtol=1e-5)  # fmt: skip
 
 
-@pytest.mark.skipif(shutil.which("segimage2itkimage") is None, reason="dcmqi missing")
+@pytest.mark.skipif(SEGIMAGE2ITKIMAGE is None, reason="dcmqi missing (pip install dcmqi)")
 @pytest.mark.parametrize("film", sorted(FILMS))
 def test_dcmqi_converts_each_seg(outputs, film, tmp_path):
     done = subprocess.run(
-        ["segimage2itkimage", "--inputDICOM", str(outputs[film]["seg"]),
+        [SEGIMAGE2ITKIMAGE, "--inputDICOM", str(outputs[film]["seg"]),
          "--outputDirectory", str(tmp_path), "--outputType", "nrrd"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -20,8 +20,8 @@ that applies:
 columns) and down a column. A frontal chest X-ray is displayed with the patient's right on the
 viewer's left and the head up: ``L\\F``. Any other pair with one left-right and one head-foot
 axis (``R\\F`` mirrored, ``F\\L`` rotated...) is mapped onto that display before right and left
-are told apart. Without it (every PNG or JPEG, a DICOM without the attribute, a lateral view)
-the display is assumed, and the outputs say so.
+are told apart. Without it (every PNG or JPEG, a DICOM without the attribute, a lateral view by
+its axes or its ``ViewPosition``) the display is assumed, and the outputs say so.
 """
 
 from __future__ import annotations
@@ -72,9 +72,16 @@ class Orientation:
 DISPLAY = Orientation()
 
 
+#: ViewPosition values of lateral views (left and right lateral, and decubitus):
+#: the lungs overlap, so there is no right and left to tell apart whatever the orientation says.
+LATERAL_VIEWS = frozenset({"LL", "RL", "LLD", "RLD", "LATERAL"})
+
+
 def orientation(ds) -> Orientation:
     """The :class:`Orientation` that a header's ``PatientOrientation`` states, else
-    :data:`DISPLAY` (assumed)."""
+    :data:`DISPLAY` (assumed): also for a lateral ``ViewPosition``."""
+    if str(ds.get("ViewPosition", "") or "").strip().upper() in LATERAL_VIEWS:
+        return DISPLAY
     value = ds.get("PatientOrientation")
     if value is None or isinstance(value, str) or len(value) != 2:
         return DISPLAY

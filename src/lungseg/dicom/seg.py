@@ -31,6 +31,7 @@ import numpy as np
 from lungseg.dicom.header import orientation, spacing
 from lungseg.errors import LungsegError
 from lungseg.models.identity import ModelIdentity
+from lungseg.segment.measure import lung_sides
 
 #: ``(segment label, SNOMED CT code, meaning, display colour as sRGB)`` of segments 1 and 2;
 #: the colours are the overlay's (:mod:`lungseg.segment.render`).
@@ -173,9 +174,6 @@ def segmentation(
         raise LungsegError("a DICOM SEG needs highdicom: pip install 'lungseg[dicom]'") from None
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-
-    # Here, not at the top: the package lungseg.segment imports this module.
-    from lungseg.segment.measure import lung_sides
 
     if isinstance(source, bytes):
         source = read_header(source, name)
