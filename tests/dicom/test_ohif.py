@@ -120,10 +120,18 @@ def _show(driver, url: str, seg: bytes, logs: list) -> tuple[dict, bytes]:
         logs,
     )[0]
     driver.execute_script("arguments[0].click()", panel)
-    _wait(driver, lambda d: all(label in _body(d) for label in LABELS),
-          f"segments {LABELS} in the segmentation panel", logs)  # fmt: skip
-    colours = _colours(pydicom.dcmread(io.BytesIO(seg)))
     pane = driver.find_element(By.CSS_SELECTOR, "[data-cy=viewport-pane]")
+
+    def listed(d) -> bool:
+        # In the panel: right of the viewport (the study browser is on its left).
+        right = pane.rect["x"] + pane.rect["width"]
+        return all(
+            any(e.rect["x"] >= right for e in d.find_elements(By.XPATH, f"//*[text()={label!r}]"))
+            for label in LABELS
+        )
+
+    _wait(driver, listed, f"segments {LABELS} in the segmentation panel", logs)
+    colours = _colours(pydicom.dcmread(io.BytesIO(seg)))
 
     def drawn(d):
         found = _overlay(d.get_screenshot_as_png(), pane.rect, colours)
