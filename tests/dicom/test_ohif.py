@@ -10,6 +10,7 @@ study; the first study's screenshot is kept as ``docs/dicom/ohif-seg.png``.
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 
@@ -143,7 +144,6 @@ def _show(driver, url: str, seg: bytes, logs: list) -> tuple[dict, bytes]:
 
 def test_one_origin_serves_the_viewer_and_passes_dicomweb_through(orthanc, film_catalogue):
     import http.client
-    import json
 
     film = film_catalogue["dx-ap-mono1-16bit-imager"]
     orthanc.stow([film.data])
@@ -173,6 +173,27 @@ def test_one_origin_serves_the_viewer_and_passes_dicomweb_through(orthanc, film_
         origin = f"http://127.0.0.1:{web.server_port}/dicom-web/"
         assert instance["7FE00010"]["BulkDataURI"].startswith(origin)
         assert web.refused == []
+
+
+def test_orthanc_serves_every_seg_frame_as_ohif_asks_for_it(orthanc, film_catalogue):
+    """OHIF reads a SEG's frames one by one (WADO-RS ``/frames/N``): each must come back, for
+    every film's size (Orthanc 1.10 cannot cut 1-bit frames whose width is not a multiple of 8)."""
+    segs = {name: seg_of(film) for name, film in film_catalogue.items()}
+    orthanc.stow([*(film.data for film in film_catalogue.values()), *segs.values()])
+    accept = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+    refused = []
+    for name, data in segs.items():
+        seg = pydicom.dcmread(io.BytesIO(data))
+        path = (f"/dicom-web/studies/{seg.StudyInstanceUID}/series/{seg.SeriesInstanceUID}"
+                f"/instances/{seg.SOPInstanceUID}/frames/")  # fmt: skip
+        for frame in range(1, int(seg.NumberOfFrames) + 1):
+            status, _, body = orthanc.request("GET", f"{path}{frame}", headers={"Accept": accept})
+            if status != 200:
+                message = json.loads(body).get("Message", body[:200])
+                refused.append(
+                    f"{name} ({seg.Rows}x{seg.Columns}) frame {frame}: {status} {message}"
+                )
+    assert refused == [], refused
 
 
 @pytest.mark.slow
