@@ -134,6 +134,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         finally:
             conn.close()
+        if response.status >= 400:
+            self.server.refused.append(
+                f"{response.status} {self.command} {self.path}: {data[:300]!r}"
+            )
         self.send_response(response.status)
         for key, value in passed:
             self.send_header(key, value)
@@ -157,6 +161,8 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.orthanc_port = orthanc_port
         self.requests: list[str] = []
+        #: What Orthanc refused (status >= 400): often the reason OHIF shows nothing.
+        self.refused: list[str] = []
 
 
 @contextmanager

@@ -182,10 +182,6 @@ class Orthanc:
         self.stop()
         return self.start()
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
     def tail(self, chars: int = 3000) -> str:
         """The end of its log."""
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
@@ -221,10 +217,6 @@ class Orthanc:
             raise OrthancError(f"{method} {path}: HTTP {status} {data[:500]!r}")
         return json.loads(data) if data.strip() else None
 
-    def instances(self) -> list[str]:
-        """Orthanc IDs of every stored instance."""
-        return self.rest("GET", "/instances")
-
     def clear(self) -> None:
         """Delete every patient (and so every study, series and instance)."""
         for patient in self.rest("GET", "/patients"):
@@ -248,9 +240,6 @@ class Orthanc:
     def remove_modality(self, name: str) -> None:
         self.rest("DELETE", f"/modalities/{name}")
 
-    def modalities(self) -> list[str]:
-        return self.rest("GET", "/modalities")
-
     def echo(self, modality: str) -> bool:
         """Whether the node answers Orthanc's C-ECHO."""
         status, _, _ = self.request("POST", f"/modalities/{modality}/echo", b"{}")
@@ -261,14 +250,6 @@ class Orthanc:
         what a PACS router does. Raises OrthancError when the node refuses or is down."""
         payload = {"Resources": list(resources), "Synchronous": True, "Timeout": int(timeout)}
         return self.rest("POST", f"/modalities/{modality}/store", payload)
-
-    def find_instance(self, sop_instance_uid: str) -> str | None:
-        """The Orthanc ID of a stored SOP instance UID, or None."""
-        status, _, body = self.request("POST", "/tools/lookup", sop_instance_uid.encode())
-        if status >= 400:
-            raise OrthancError(f"/tools/lookup: HTTP {status} {body[:300]!r}")
-        hits = [hit["ID"] for hit in json.loads(body) if hit["Type"] == "Instance"]
-        return hits[0] if hits else None
 
     # --- DICOMweb ------------------------------------------------------------------------------
 

@@ -104,7 +104,7 @@ def test_a_stopped_pacs_refuses_and_comes_back_with_its_data(film_catalogue, tmp
         server.kill()  # a crash: nothing of the stored study may be lost
         with pytest.raises(ConnectionError):
             server.qido("studies")
-        restart_s = server.start()
+        restart_s = server.restart()
         (study,) = server.qido("studies")
         assert pacs.value(study, STUDY) == film.header["StudyInstanceUID"]
         assert restart_s < 30
