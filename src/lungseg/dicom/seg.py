@@ -195,10 +195,19 @@ def segmentation(
         for number, (label, code, meaning, rgb) in enumerate(SEGMENTS, start=1)
     ]
     pixels = np.stack([sides == 1, sides == 2], axis=-1)[None]
+    # BINARY frames are packed 8 pixels a byte across rows; Orthanc 1.10 cannot cut such a
+    # frame out of its instance when the width is not a multiple of 8 (WADO-RS /frames answers
+    # 400, and OHIF hangs on "Loading SEG..."). There the SEG is FRACTIONAL (occupancy, one
+    # byte a pixel, 0 or the maximum): the same mask, which every reader takes.
+    binary = int(source.Columns) % 8 == 0
+    kind = (
+        hd.seg.SegmentationTypeValues.BINARY if binary else hd.seg.SegmentationTypeValues.FRACTIONAL
+    )
     seg = hd.seg.Segmentation(
         source_images=[source],
-        pixel_array=pixels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        pixel_array=pixels if binary else pixels.astype(np.float32),
+        segmentation_type=kind,
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.OCCUPANCY,
         segment_descriptions=descriptions,
         series_instance_uid=ids.uid(str(source.SeriesInstanceUID), "lungseg SEG series"),
         series_number=SERIES_NUMBER,
