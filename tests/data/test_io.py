@@ -358,3 +358,18 @@ def test_bomb_rejected_without_decoding(monkeypatch, size: int) -> None:
 def test_check_header_returns_declared_size(xray: np.ndarray) -> None:
     assert check_header(_cv2_bytes(xray[:200], ".png"), "x.png") == (200, 299)
     assert check_header(png_declaring(3000, 2500), "x.png") == (2500, 3000)
+
+
+def test_a_multi_page_tiff_is_refused_not_cut_to_its_first_page(tmp_path: Path) -> None:
+    """Issue 24 (minor): a TIFF of several pages was segmented from its first page without a
+    note; like a multi-frame DICOM, it is now one line naming the file."""
+    from PIL import Image
+
+    pages = [Image.fromarray(np.full((64, 64), v, np.uint8)) for v in (10, 200)]
+    buf = io.BytesIO()
+    pages[0].save(buf, format="TIFF", save_all=True, append_images=pages[1:])
+    with pytest.raises(LungsegError, match="a TIFF of 2 pages; give one radiograph per file"):
+        decode_image(buf.getvalue(), "stack.tif")
+    single = io.BytesIO()
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint8).reshape(64, 64)).save(single, "TIFF")
+    assert decode_image(single.getvalue(), "one.tif").pixels.shape == (64, 64)

@@ -132,12 +132,19 @@ def check_header(data: bytes, name: str) -> tuple[int, int]:
         try:
             with _pillow_open(data) as im:
                 width, height = im.size
+                pages = int(getattr(im, "n_frames", 1) or 1)
         except Image.DecompressionBombError:
             raise LungsegError(_BOMB, name) from None
         except UnidentifiedImageError:  # its text is only a repr of our in-memory buffer
             raise LungsegError(f"corrupt {fmt.upper()} file (header unreadable)", name) from None
         except Exception as exc:
             raise LungsegError(f"corrupt {fmt.upper()} header ({exc})", name) from None
+        if pages > 1:
+            # As a multi-frame DICOM is: which page is the radiograph is not ours to guess,
+            # and the first one alone would be segmented without a word.
+            raise LungsegError(
+                f"a {fmt.upper()} of {pages} pages; give one radiograph per file", name
+            )
         if fmt == "png":
             _check_png_chunks(data, name)
         if fmt == "jpeg" and b"\xff\xd9" not in data[-64:]:
