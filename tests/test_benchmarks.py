@@ -116,7 +116,7 @@ def test_records_merge_across_runs_and_devices(tmp_path):
     text = render(loaded, "records")
     assert "### On cpu (M1)" in text and "### On cuda (M2)" in text
     assert "1 x NVIDIA H100" in text
-    assert text.count("Not measured yet") == 5  # infer, scaling, segment, serve and cli
+    assert text.count("Not measured yet") == 6  # infer, scaling, segment, serve, cli and node
     assert "| speed | 6,000 | images/s | 3,000–9,000" in text
 
     out = tmp_path / "BENCHMARKS.md"
