@@ -75,6 +75,27 @@ def keep_lungs(mask: np.ndarray, min_fraction: float = 0.0) -> np.ndarray:
     return keep[labels]
 
 
+#: Longest side, in pixels, at which :func:`anatomy_problem` looks at a mask: the anatomy is a
+#: matter of shape, and on a full-resolution film (up to 15 MP) the connected components took
+#: 25 ms of the 44 ms ``segment`` spends on an image; a mask is shrunk to this size first.
+CHECK_SIZE = 512
+
+
+def _at_most(mask: np.ndarray, size: int) -> np.ndarray:
+    """``bool[H, W]`` shrunk (nearest pixel: a copy of every k-th row and column, which is all a
+    shape check needs and costs no pass over the whole mask) so that its longer side is at most
+    ``size``; contiguous ``bool`` either way."""
+    h, w = mask.shape
+    scale = size / max(h, w)
+    m8 = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    if scale >= 1:
+        return m8.view(bool)
+    small = cv2.resize(
+        m8, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_NEAREST
+    )
+    return small.view(bool)
+
+
 def anatomy_problem(mask: np.ndarray) -> str:
     """What makes a lung mask anatomically implausible, or ``""``.
 
@@ -89,8 +110,9 @@ def anatomy_problem(mask: np.ndarray) -> str:
     Args:
         mask: ``bool[H,W]``.
     """
+    mask = _at_most(mask, CHECK_SIZE)
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(
-        mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
+        mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S
     )
     areas = stats[1:, cv2.CC_STAT_AREA]
     if count <= 1:
