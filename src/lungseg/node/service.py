@@ -80,6 +80,7 @@ class Node:
         self._stopping = threading.Event()
         self._status_lock = threading.Lock()
         self._last_status = 0.0
+        self._status_failed = False
         self._threads: list[threading.Thread] = []
         self._server = None
 
@@ -242,5 +243,14 @@ class Node:
             if not force and now - self._last_status < 0.5:
                 return
             self._last_status = now
-            atomic_write_text(self.spool.root / "status.json",
-                              json.dumps(self.status(), indent=1) + "\n")  # fmt: skip
+            try:
+                atomic_write_text(self.spool.root / "status.json",
+                                  json.dumps(self.status(), indent=1) + "\n")  # fmt: skip
+            except OSError as exc:
+                # A full or read-only spool disk: the health file is not worth a dead thread
+                # or a traceback; the next write tries again (the log says so once per state).
+                if not self._status_failed:
+                    log.error("cannot write %s/status.json (%s)", self.spool.root, exc)
+                self._status_failed = True
+            else:
+                self._status_failed = False
