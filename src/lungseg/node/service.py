@@ -101,7 +101,7 @@ class Node:
             self.settings.ae_title, self.settings.host, self.settings.port,
             queued["received"], queued["segmented"],
         )  # fmt: skip
-        self.write_status(force=True)
+        self.write_status(force=True, strict=True)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -237,7 +237,7 @@ class Node:
             "updated": datetime.now(UTC).isoformat(timespec="seconds"),
         }
 
-    def write_status(self, force: bool = False) -> None:
+    def write_status(self, force: bool = False, strict: bool = False) -> None:
         with self._status_lock:
             now = time.monotonic()
             if not force and now - self._last_status < 0.5:
@@ -247,8 +247,11 @@ class Node:
                 atomic_write_text(self.spool.root / "status.json",
                                   json.dumps(self.status(), indent=1) + "\n")  # fmt: skip
             except OSError as exc:
-                # A full or read-only spool disk: the health file is not worth a dead thread
-                # or a traceback; the next write tries again (the log says so once per state).
+                # At start, a spool that cannot be written stops the node (one line). Later, a
+                # full disk is not worth a dead thread or a traceback: the next write tries
+                # again, and the log says so once.
+                if strict:
+                    raise
                 if not self._status_failed:
                     log.error("cannot write %s/status.json (%s)", self.spool.root, exc)
                 self._status_failed = True
