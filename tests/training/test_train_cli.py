@@ -395,3 +395,29 @@ def test_a_second_training_on_the_same_run_directory_is_refused(cache32, tmp_pat
     time.sleep(0.1)
     assert run_cli("train", "--out", out, "--resume", "--epochs", 2, *FAST) == 0
     assert load_checkpoint(out / "last.pt")["model"]["name"] == "fcn"
+
+
+def test_excluded_images_stay_out_of_training_only(cache32, tmp_path, capsys):
+    data = load_cache(cache32)
+    train_rows = [data.rows[i] for i in data.indices("train")]
+    val_row = data.rows[data.indices("val")[0]]
+    # One by stem, one by image key, and a validation image (scored as it is, not left out).
+    names = [train_rows[0]["stem"], train_rows[1]["image_key"], val_row["stem"]]
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump({"train": {"exclude": names}}))
+    out = tmp_path / "run"
+    base = ["train", "--model", "fcn", "--n-filters", 4, "--data", cache32, *FAST]
+    code = run_cli(*base, "--out", out, "--epochs", 1, "--config", config)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    said = " ".join((captured.out + captured.err).split())
+    assert "2 left out of training: train.exclude" in said
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_train"] == len(train_rows) - 2
+    assert summary["n_val"] == len(data.indices("val"))
+    assert load_checkpoint(out / "best.pt")["train_config"]["exclude"] == names
+
+    config.write_text(yaml.safe_dump({"train": {"exclude": [names[0], "no-such-film"]}}))
+    code = run_cli(*base, "--out", tmp_path / "typo", "--epochs", 1, "--config", config)
+    _assert_error(capsys, code, "train.exclude names 1 image(s)", "'no-such-film'", str(cache32))
+    assert not (tmp_path / "typo").exists()

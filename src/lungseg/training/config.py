@@ -100,6 +100,10 @@ class TrainConfig:
         threads: CPU threads per process; ``None``: physical cores / processes on the machine.
         workers: processes for preparing a source on the fly (``None``: one per core).
         postprocess: postprocessing preset recorded in the checkpoints.
+        exclude: images left out of training, by stem or image key (masks found wrong, e.g.
+            drawn in another convention). Validation and test keep every image, so their
+            figures stay comparable and a wrong mask there is reported, not hidden; a name that
+            is not in the data is an error.
     """
 
     model: str = "unet"
@@ -123,6 +127,7 @@ class TrainConfig:
     threads: int | None = field(default=None, metadata={"range": (1, 4096)})
     workers: int | None = field(default=None, metadata={"range": (0, 4096)})
     postprocess: str = DEFAULT_POSTPROCESS
+    exclude: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from lungseg.models import list_models

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lungseg.core.config import resolve
 from lungseg.core.errors import LungsegError
 from lungseg.core.io_utils import sha256_json
@@ -69,9 +71,16 @@ def default_cache(data: str | Path, out: Path, config: PrepareConfig) -> Path:
     return out.absolute().parent / ".cache" / cache_name(data, config)
 
 
-def check_splits(prepared: PreparedData) -> tuple[Any, Any]:
-    """The training and validation indices; an empty one is an error naming the cache."""
+def check_splits(prepared: PreparedData, exclude: Sequence[str] = ()) -> tuple[Any, Any]:
+    """The training and validation indices; an empty one is an error naming the cache.
+
+    ``exclude`` (stems or image keys, :attr:`TrainConfig.exclude
+    <lungseg.training.config.TrainConfig.exclude>`) leaves those images out of the training
+    indices; the validation indices keep every image. A name the data does not hold is an error.
+    """
     train_idx, val_idx = prepared.indices("train"), prepared.indices("val")
+    if exclude:
+        train_idx = train_idx[~np.isin(train_idx, excluded_indices(prepared, exclude))]
     for split, idx in (("training", train_idx), ("validation", val_idx)):
         if len(idx) == 0:
             counts = ", ".join(f"{s} {len(prepared.indices(s))}" for s in ("train", "val", "test"))
@@ -81,6 +90,23 @@ def check_splits(prepared: PreparedData) -> tuple[Any, Any]:
                 prepared.path,
             )
     return train_idx, val_idx
+
+
+def excluded_indices(prepared: PreparedData, exclude: Sequence[str]) -> Any:
+    """Indices of the images that ``exclude`` names (by stem or by image key)."""
+    where: dict[str, list[int]] = {}
+    for i, row in enumerate(prepared.rows):
+        for name in {row["stem"], row.get("image_key", "")} - {""}:
+            where.setdefault(name, []).append(i)
+    unknown = [name for name in exclude if name not in where]
+    if unknown:
+        shown = ", ".join(repr(n) for n in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise LungsegError(
+            f"train.exclude names {len(unknown)} image(s) that the data does not hold: {shown} "
+            "(give stems or image keys as in the cache's split.csv)",
+            prepared.path,
+        )
+    return np.array(sorted({i for name in exclude for i in where[name]}), dtype=int)
 
 
 def split_digest(stems: Sequence[str], train_idx: Sequence[int], val_idx: Sequence[int]) -> str:

@@ -165,7 +165,7 @@ class _Run:
         self.progress = progress and ctx.is_main
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": 0, "name": "", "value": math.nan}
-        self.train_idx, self.val_idx = check_splits(prepared)
+        self.train_idx, self.val_idx = check_splits(prepared, config.exclude)
         self.split = split_digest(prepared.stems, self.train_idx, self.val_idx)
 
     def run(self, resume: bool) -> RunResult:
@@ -189,6 +189,13 @@ class _Run:
                 f"divisible by {divisor} (e.g. --size {hint})"
             )
         return model
+
+    def _excluded(self) -> str:
+        """`` (N left out: train.exclude)`` for the start line, or nothing."""
+        if not self.config.exclude:
+            return ""
+        left_out = len(self.prepared.indices("train")) - len(self.train_idx)
+        return f" ({left_out} left out of training: train.exclude)"
 
     def _checkpoint_to_resume(self, resume: bool) -> dict[str, Any] | None:
         return checkpoint_to_resume(self.out, resume, self.config, self.split)
@@ -242,8 +249,9 @@ class _Run:
         if self.progress:
             _log(
                 f"training {self._title()}: {self.n_parameters / 1e6:.2f} M parameters, "
-                f"{len(self.train_idx)} training / {len(self.val_idx)} validation images, "
-                f"{device.type}{' x ' + str(ctx.world_size) if ctx.distributed else ''}, "
+                f"{len(self.train_idx)} training / {len(self.val_idx)} validation images"
+                f"{self._excluded()}, {device.type}"
+                f"{' x ' + str(ctx.world_size) if ctx.distributed else ''}, "
                 f"{'bf16 autocast' if self.bf16 else 'float32'}, epochs {start}-{cfg.epochs}"
             )
         self.setup_seconds = time.perf_counter() - t_setup
