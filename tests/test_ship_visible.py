@@ -52,3 +52,25 @@ def test_linked_sources_prepare_with_a_split_per_source(ship_visible, tmp_path: 
     assert sources == set(ship_visible.VISIBLE_SOURCES)
     for cls in ("Normal", "Tuberculosis", "Viral Pneumonia"):
         assert [r["split"] for r in data.rows if r["class"] == cls].count("val") == 1
+
+
+@pytest.mark.shared_data
+def test_the_recipe_leaves_out_shenzhen_training_masks_only(ship_visible, shenzhen, tmp_path):
+    """Every name in configs/unet-visible.yaml's train.exclude is a Shenzhen training image of
+    the recipe's own split, and the validation masks of the other rule are validation images:
+    the recipe runs (an unknown name stops training) and no validation image leaves training
+    it never was in."""
+    import yaml
+
+    from lungseg.data.cache import prepare
+    from lungseg.data.settings import prepare_settings
+
+    data = tmp_path / "visible-data"
+    ship_visible.cmd_data(argparse.Namespace(shared=shenzhen.parent, out=data))
+    prepared = prepare(data, tmp_path / "cache", prepare_settings(ship_visible.RECIPE),
+                       workers=1, progress=False)  # fmt: skip
+    split = {r["stem"]: (ship_visible.source_of(r["image_key"]), r["split"]) for r in prepared.rows}
+    exclude = yaml.safe_load(ship_visible.RECIPE.read_text())["train"]["exclude"]
+    assert len(exclude) == len(set(exclude)) > 0
+    assert {split[stem] for stem in exclude} == {("shenzhen", "train")}
+    assert {split[stem] for stem in ship_visible.OTHER_RULE_VAL} == {("shenzhen", "val")}
