@@ -13,12 +13,14 @@ from __future__ import annotations
 import http.client
 import mimetypes
 import os
-import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from browser import chromium as browser_chromium
+from browser import chromium_missing  # noqa: F401 (the OHIF test's import)
 
 REPO = Path(__file__).resolve().parents[1]
 VERSION = "3.13.2"
@@ -180,38 +182,9 @@ def serve(orthanc_port: int) -> Iterator[_Server]:
         thread.join(10)
 
 
-def chromium_missing() -> str | None:
-    """Why the viewer cannot be driven here, or None."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed (pip install -e '.[test]')"
-    for binary in ("chromium", "chromedriver"):
-        if shutil.which(binary) is None:
-            return f"{binary} not found (apt-get install chromium chromium-driver)"
-    return None
-
-
 @contextmanager
 def chromium(profile: Path, width: int = 1400, height: int = 900):
-    """Headless Chromium (Selenium) that can run OHIF: WebGL on SwiftShader, ANGLE's CPU
-    renderer (cornerstone3D draws with WebGL; without a GPU, ``--disable-gpu`` leaves it none),
-    the console kept at every level, nothing that reaches beyond this machine."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in (
-        "--headless", "--no-sandbox", "--use-gl=angle", "--use-angle=swiftshader",
-        "--enable-unsafe-swiftshader", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--window-size={width},{height}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
-    try:
+    """Headless Chromium that can run OHIF: WebGL on SwiftShader, the console kept at every
+    level (:func:`browser.chromium`)."""
+    with browser_chromium(profile, width, height, webgl=True, console=True) as driver:
         yield driver
-    finally:
-        driver.quit()

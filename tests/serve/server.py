@@ -12,7 +12,6 @@ import http.client
 import io
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from browser import chromium, chromium_missing  # noqa: F401 (the page tests' imports)
 from trained import lungseg
 
 #: The main test server's settings: small enough limits to test them cheaply.
@@ -139,39 +139,6 @@ def _wait_ready(server: Server, t0: float, limit: float = 120.0) -> float:
             pass
         time.sleep(0.05)
     raise RuntimeError(f"lungseg serve not ready after {limit:.0f} s: {server.log.read_text()}")
-
-
-def chromium_missing() -> str | None:
-    """Why the browser tests cannot run here, or None."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed (pip install -e '.[test]')"
-    for binary in ("chromium", "chromedriver"):
-        if shutil.which(binary) is None:
-            return f"{binary} not found (apt-get install chromium chromium-driver)"
-    return None
-
-
-@contextmanager
-def chromium(profile: Path, width: int = 1366, height: int = 900):
-    """Headless Chromium driven by Selenium, with nothing that reaches beyond this machine."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--window-size={width},{height}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 #: Patient tags written into the test DICOM files: they must never reach a log or a response.
