@@ -25,6 +25,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lungseg.storage.dicomweb import multipart_parts
+
 #: Where Debian's packages put the server and the plugin.
 BINARY = "Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -329,21 +331,6 @@ def value(item: dict, tag: str):
     """The first value of ``tag`` (8 hex digits) in a DICOM JSON object, or None."""
     values = item.get(tag, {}).get("Value") or [None]
     return values[0]
-
-
-def multipart_parts(content_type: str, body: bytes) -> list[bytes]:
-    """The bodies of a ``multipart/related`` response."""
-    params = dict(p.strip().split("=", 1) for p in content_type.split(";")[1:] if "=" in p)
-    boundary = params.get("boundary", "").strip('"')
-    if not boundary:
-        raise OrthancError(f"not a multipart response: {content_type!r}")
-    parts = []
-    for chunk in body.split(b"--" + boundary.encode())[1:]:
-        if chunk.startswith(b"--"):
-            break
-        _, _, content = chunk.partition(b"\r\n\r\n")
-        parts.append(content[:-2] if content.endswith(b"\r\n") else content)
-    return parts
 
 
 @contextmanager
