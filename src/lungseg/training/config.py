@@ -29,6 +29,9 @@ RESUMABLE_CHANGES = ("epochs", "device", "threads", "workers", "compile")
 #: Keys of ``train_config`` in checkpoints written before the data settings moved to the
 #: ``prepare`` section (lungseg 0.1.0); the checkpoint's ``size`` and ``preprocess`` hold them.
 LEGACY_KEYS = ("size", "preprocess")
+#: Settings newer than some checkpoints, with the value that does what those checkpoints did:
+#: a run trained before ``exclude`` existed left nothing out, and resumes as it was.
+ADDED_KEYS: dict[str, Any] = {"exclude": []}
 
 
 @dataclass
@@ -281,8 +284,10 @@ def _written_by_train(config: Path) -> bool:
 
 
 def stored_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The ``train_config`` a checkpoint recorded, without :data:`LEGACY_KEYS`."""
-    return {k: v for k, v in ckpt["train_config"].items() if k not in LEGACY_KEYS}
+    """The ``train_config`` a checkpoint recorded, without :data:`LEGACY_KEYS`, with
+    :data:`ADDED_KEYS` where it is older than them."""
+    stored = {k: v for k, v in ckpt["train_config"].items() if k not in LEGACY_KEYS}
+    return {**{k: list(v) for k, v in ADDED_KEYS.items()}, **stored}
 
 
 def _stored_settings(checkpoint: Path) -> dict[str, Any]:
