@@ -421,3 +421,9 @@ def test_excluded_images_stay_out_of_training_only(cache32, tmp_path, capsys):
     code = run_cli(*base, "--out", tmp_path / "typo", "--epochs", 1, "--config", config)
     _assert_error(capsys, code, "train.exclude names 1 image(s)", "'no-such-film'", str(cache32))
     assert not (tmp_path / "typo").exists()
+
+    everything = [row["stem"] for row in train_rows]
+    config.write_text(yaml.safe_dump({"train": {"exclude": everything}}))
+    code = run_cli(*base, "--out", tmp_path / "none", "--epochs", 1, "--config", config)
+    _assert_error(capsys, code, "train.exclude leaves no training image", str(cache32))
+    assert not (tmp_path / "none").exists()

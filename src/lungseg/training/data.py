@@ -81,6 +81,12 @@ def check_splits(prepared: PreparedData, exclude: Sequence[str] = ()) -> tuple[A
     train_idx, val_idx = prepared.indices("train"), prepared.indices("val")
     if exclude:
         train_idx = train_idx[~np.isin(train_idx, excluded_indices(prepared, exclude))]
+        if len(train_idx) == 0:
+            raise LungsegError(
+                f"train.exclude leaves no training image (it names all "
+                f"{len(prepared.indices('train'))} of the training split)",
+                prepared.path,
+            )
     for split, idx in (("training", train_idx), ("validation", val_idx)):
         if len(idx) == 0:
             counts = ", ".join(f"{s} {len(prepared.indices(s))}" for s in ("train", "val", "test"))
