@@ -249,8 +249,9 @@ def main() -> None:
         "--models", nargs="+", default=["unet", "fcn", "deeplabv3", "unet-fast", "unet-visible"]
     )
     args = parser.parse_args()
-    commands = {"data": cmd_data, "ship": cmd_ship, "sources": cmd_sources}
-    commands["suspects"] = cmd_suspects
+    commands = {
+        "data": cmd_data, "ship": cmd_ship, "sources": cmd_sources, "suspects": cmd_suspects,
+    }  # fmt: skip
     commands[args.command](args)
 
 

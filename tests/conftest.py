@@ -12,6 +12,14 @@ EXAMPLES = REPO / "examples"
 SHARED_DATA = Path(os.environ.get("LUNGSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def shared_data(name: str) -> Path:
+    """``../shared/data/<name>``; skips the test where the shared data is absent."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"shared real data not found at {path} (only on the project's machines)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def examples_dir() -> Path:
     """The bundled 12 example pairs (always present in a clone)."""
@@ -21,28 +29,19 @@ def examples_dir() -> Path:
 @pytest.fixture(scope="session")
 def covid_cxr() -> Path:
     """``../shared/data/covid-cxr``: 355 real pairs; skips where the shared data is absent."""
-    path = SHARED_DATA / "covid-cxr"
-    if not path.is_dir():
-        pytest.skip(f"shared real data not found at {path} (only on the project's machines)")
-    return path
+    return shared_data("covid-cxr")
 
 
 @pytest.fixture(scope="session")
 def covid_cxr_fullres() -> Path:
     """``../shared/data/covid-cxr-fullres``: 40 originals of many sizes and colour modes."""
-    path = SHARED_DATA / "covid-cxr-fullres"
-    if not path.is_dir():
-        pytest.skip(f"shared real data not found at {path} (only on the project's machines)")
-    return path
+    return shared_data("covid-cxr-fullres")
 
 
 @pytest.fixture(scope="session")
 def shenzhen() -> Path:
     """``../shared/data/shenzhen``: 566 adults, visible-lung-field masks."""
-    path = SHARED_DATA / "shenzhen"
-    if not path.is_dir():
-        pytest.skip(f"shared real data not found at {path} (only on the project's machines)")
-    return path
+    return shared_data("shenzhen")
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ settings. This module imports no PyTorch, so the command line can build its help
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,7 +288,7 @@ def stored_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
     """The ``train_config`` a checkpoint recorded, without :data:`LEGACY_KEYS`, with
     :data:`ADDED_KEYS` where it is older than them."""
     stored = {k: v for k, v in ckpt["train_config"].items() if k not in LEGACY_KEYS}
-    return {**{k: list(v) for k, v in ADDED_KEYS.items()}, **stored}
+    return {**copy.deepcopy(ADDED_KEYS), **stored}
 
 
 def _stored_settings(checkpoint: Path) -> dict[str, Any]:
