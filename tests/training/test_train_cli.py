@@ -427,3 +427,41 @@ def test_excluded_images_stay_out_of_training_only(cache32, tmp_path, capsys):
     code = run_cli(*base, "--out", tmp_path / "none", "--epochs", 1, "--config", config)
     _assert_error(capsys, code, "train.exclude leaves no training image", str(cache32))
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.slow
+def test_a_run_starts_from_given_weights_and_records_them(cache32, tmp_path, capsys):
+    from lungseg.models.identity import file_digest
+
+    base = ["train", "--model", "fcn", "--n-filters", 4, "--data", cache32, "--epochs", 1, *FAST]
+    assert run_cli(*base, "--out", tmp_path / "a") == 0
+    start = load_checkpoint(tmp_path / "a" / "best.pt")
+    capsys.readouterr()
+    # A learning rate too small to move a weight: the fine-tuned run ends where it started.
+    code = run_cli(*base, "--out", tmp_path / "b", "--init", tmp_path / "a", "--lr", 1e-12)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    digest = file_digest(tmp_path / "a" / "best.pt")
+    said = " ".join((captured.out + captured.err).split())
+    assert f"from {tmp_path / 'a'} (sha256 {digest[:12]})" in said
+    tuned = load_checkpoint(tmp_path / "b" / "best.pt")
+    assert tuned["init"] == {"from": str(tmp_path / "a"), "sha256": digest}
+    assert tuned["train_config"]["init"] == str(tmp_path / "a")
+    weights = [k for k, v in start["state_dict"].items() if v.is_floating_point()]
+    weights = [k for k in weights if "running" not in k]  # batch norm's statistics do move
+    for key in weights:
+        assert torch.allclose(tuned["state_dict"][key], start["state_dict"][key], atol=1e-6), key
+    # The same run from random weights is elsewhere: the test can tell the two apart.
+    assert run_cli(*base, "--out", tmp_path / "c", "--lr", 1e-12, "--seed", 1) == 0
+    fresh = load_checkpoint(tmp_path / "c" / "best.pt")["state_dict"]
+    assert not all(torch.allclose(fresh[k], start["state_dict"][k], atol=1e-6) for k in weights)
+
+    capsys.readouterr()
+    code = run_cli(*base, "--out", tmp_path / "wide", "--init", tmp_path / "a", "--n-filters", 8)
+    _assert_error(capsys, code, "holds a fcn (", "n_filters=4", "this run builds a fcn (",
+                  "n_filters=8")  # fmt: skip
+    assert not (tmp_path / "wide").exists()
+    code = run_cli(*base, "--out", tmp_path / "e", "--init", "ensemble")
+    _assert_error(capsys, code, "train.init 'ensemble'", "not an ensemble")
+    code = run_cli(*base, "--out", tmp_path / "n", "--init", tmp_path / "nothing")
+    _assert_error(capsys, code, "model not found", str(tmp_path / "nothing"))

@@ -72,6 +72,14 @@ def train_command(
         ),
     ] = None,
     seed: TrainSeed = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="Start from these weights instead of random ones (fine-tuning): a shipped "
+            "model, a checkpoint or a run directory of the same architecture.",
+            show_default="random",
+        ),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Processes preparing a source.", show_default="one per core")
     ] = None,
@@ -106,7 +114,7 @@ def train_command(
     flags = {
         "model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device,
         "loss": loss, "schedule": schedule, "augment": augment, "select": select,
-        "n_filters": n_filters, "dropout": dropout, "seed": seed, "workers": workers,
+        "n_filters": n_filters, "dropout": dropout, "seed": seed, "init": init, "workers": workers,
         "threads": threads, "compile": compile, "amp": amp,
         "model_kwargs": parse_model_args(model_arg) if model_arg else None,
     }  # fmt: skip

@@ -1,13 +1,17 @@
 """Data augmentation on whole batches, on the training device.
 
-One random affine transform per image (small rotation, scaling and shift) is applied to the
-image and its mask alike, through ``F.affine_grid`` + ``F.grid_sample``; brightness, contrast
-and gamma then change the image only. There is no flip: a chest X-ray is not left-right
-symmetric (the heart is on the left), and the model should keep that prior.
+One random affine transform per image (small rotation, scaling, aspect change and shift) is
+applied to the image and its mask alike, through ``F.affine_grid`` + ``F.grid_sample``;
+brightness, contrast, gamma, sharpness and noise then change the image only: the ways films from
+other hospitals differ (detector shape, exposure, the vendor's edge processing, dose). There is
+no flip: a chest X-ray is not left-right symmetric (the heart is on the left), and the model
+should keep that prior.
 
 Every random number comes from the ``torch.Generator`` passed in, which training seeds from
 ``(seed, epoch, rank)``, so an epoch's augmentation is the same whether or not the run was
-interrupted and resumed.
+interrupted and resumed. The acquisition ranges (``aspect``, ``sharpness``, ``noise``) draw
+their numbers after the others and only when one of them is set, so a run without them keeps
+the stream it had before they existed.
 """
 
 from __future__ import annotations
@@ -50,11 +54,25 @@ def augment_batch(
     offset = u[:, 4] * config.brightness
     contrast = 1 + u[:, 5] * config.contrast
     gamma = torch.exp(u[:, 6] * math.log1p(config.gamma))
+    acquisition = config.aspect > 0 or config.sharpness > 0 or config.noise > 0
+    if acquisition:
+        v = torch.rand(n, 3, generator=generator, device=images.device)
+        stretch = torch.exp((v[:, 0] * 2 - 1) * (0.5 * math.log1p(config.aspect)))
+        sharpen = (v[:, 1] * 2 - 1) * config.sharpness
+        sigma = v[:, 2] * config.noise
+    else:
+        stretch = torch.ones_like(zoom)
 
-    # affine_grid maps output coordinates to input ones: dividing by the zoom enlarges the image.
+    # affine_grid maps output coordinates to input ones: dividing by the zoom enlarges the image;
+    # the stretch widens x and narrows y alike, so the area stays.
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    sx, sy = 1 / stretch, stretch
     theta = torch.stack(
-        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+        [
+            torch.stack([cos * sx, -sin * sy, shift[:, 0]], 1),
+            torch.stack([sin * sx, cos * sy, shift[:, 1]], 1),
+        ],
+        1,
     )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -65,4 +83,10 @@ def augment_batch(
     images = images.clamp(0, 1) ** gamma.view(view)
     mean = images.mean(dim=(1, 2, 3), keepdim=True)
     images = (images - mean) * contrast.view(view) + mean + offset.view(view)
+    if acquisition:
+        images = images.clamp(0, 1)
+        detail = images - F.avg_pool2d(images, 5, stride=1, padding=2, count_include_pad=False)
+        images = images + sharpen.view(view) * detail
+        noise = torch.randn(images.shape, generator=generator, device=images.device)
+        images = images + sigma.view(view) * noise
     return images.clamp(0, 1), masks

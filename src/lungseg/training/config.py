@@ -10,7 +10,7 @@ settings. This module imports no PyTorch, so the command line can build its help
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,13 @@ RESUMABLE_CHANGES = ("epochs", "device", "threads", "workers", "compile")
 #: ``prepare`` section (lungseg 0.1.0); the checkpoint's ``size`` and ``preprocess`` hold them.
 LEGACY_KEYS = ("size", "preprocess")
 #: Settings newer than some checkpoints, with the value that does what those checkpoints did:
-#: a run trained before ``exclude`` existed left nothing out, and resumes as it was.
-ADDED_KEYS: dict[str, Any] = {"exclude": []}
+#: a run trained before ``exclude`` existed left nothing out, and one trained before the
+#: acquisition augmentations existed had none; each resumes as it was.
+ADDED_KEYS: dict[str, Any] = {
+    "exclude": [],
+    "init": None,
+    "augment": {"aspect": 0.0, "sharpness": 0.0, "noise": 0.0},
+}
 
 
 @dataclass
@@ -47,6 +52,11 @@ class AugmentConfig:
         brightness: maximum offset added to intensities in ``[0, 1]`` (``+-``).
         contrast: maximum relative contrast change around the image mean (``1 +- contrast``).
         gamma: maximum log-gamma change (``gamma = exp(+-log(1 + gamma))``).
+        aspect: maximum change of the width:height ratio (``exp(+-log(1 + aspect))``, area
+            kept): films squashed to a square from portrait or landscape detectors.
+        sharpness: maximum unsharp-mask weight (``+-``): negative softens (digitised film),
+            positive sharpens (a vendor's edge enhancement).
+        noise: maximum standard deviation of added Gaussian noise, in ``[0, 1]`` units.
     """
 
     enabled: bool = True
@@ -56,9 +66,12 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     gamma: float = 0.1
+    aspect: float = 0.0
+    sharpness: float = 0.0
+    noise: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("rotation", "scale", "shift", "brightness", "contrast", "gamma"):
+        for name in (f.name for f in fields(self) if f.name != "enabled"):
             if getattr(self, name) < 0:
                 raise LungsegError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
         if self.scale >= 1 or self.contrast >= 1:
@@ -108,6 +121,9 @@ class TrainConfig:
             drawn in another convention). Validation and test keep every image, so their
             figures stay comparable and a wrong mask there is reported, not hidden; a name that
             is not in the data is an error.
+        init: start from these weights instead of random ones (fine-tuning): a shipped model
+            name, a checkpoint or a run directory of the same architecture
+            (:mod:`lungseg.training.init_weights`).
     """
 
     model: str = "unet"
@@ -132,6 +148,7 @@ class TrainConfig:
     workers: int | None = field(default=None, metadata={"range": (0, 4096)})
     postprocess: str = DEFAULT_POSTPROCESS
     exclude: list[str] = field(default_factory=list)
+    init: str | None = None
 
     def __post_init__(self) -> None:
         from lungseg.models import list_models
@@ -288,7 +305,15 @@ def stored_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
     """The ``train_config`` a checkpoint recorded, without :data:`LEGACY_KEYS`, with
     :data:`ADDED_KEYS` where it is older than them."""
     stored = {k: v for k, v in ckpt["train_config"].items() if k not in LEGACY_KEYS}
-    return {**copy.deepcopy(ADDED_KEYS), **stored}
+    return _with_added(ADDED_KEYS, stored)
+
+
+def _with_added(added: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+    merged = {**copy.deepcopy(added), **stored}
+    for key, value in added.items():
+        if isinstance(value, dict) and isinstance(stored.get(key), dict):
+            merged[key] = _with_added(value, stored[key])
+    return merged
 
 
 def _stored_settings(checkpoint: Path) -> dict[str, Any]:

@@ -61,6 +61,7 @@ from lungseg.training.distributed import (
     shutdown,
     sync_buffers,
 )
+from lungseg.training.init_weights import load_init
 from lungseg.training.losses import make_loss
 from lungseg.training.optim import make_optimizer, make_scheduler
 from lungseg.training.rundir import (
@@ -165,6 +166,7 @@ class _Run:
         self.progress = progress and ctx.is_main
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": 0, "name": "", "value": math.nan}
+        self.init: dict[str, str] | None = None
         self.train_idx, self.val_idx = check_splits(prepared, config.exclude)
         self.split = split_digest(prepared.stems, self.train_idx, self.val_idx)
 
@@ -172,6 +174,10 @@ class _Run:
         torch.manual_seed(self.config.seed)
         self.model = self._build_model()
         ckpt = self._checkpoint_to_resume(resume)
+        if ckpt is not None:
+            self.init = ckpt.get("init")
+        elif self.config.init:
+            self.init = load_init(self.model, self.config.model, self.config.init)
         self._write_start()
         return self._train(ckpt)
 
@@ -196,6 +202,12 @@ class _Run:
             return ""
         left_out = len(self.prepared.indices("train")) - len(self.train_idx)
         return f" ({left_out} left out of training: train.exclude)"
+
+    def _started_from(self) -> str:
+        """``, from WEIGHTS (sha256 ...)`` for the start line of a fine-tuning run."""
+        if self.init is None:
+            return ""
+        return f", from {self.init['from']} (sha256 {self.init['sha256'][:12]})"
 
     def _checkpoint_to_resume(self, resume: bool) -> dict[str, Any] | None:
         return checkpoint_to_resume(self.out, resume, self.config, self.split)
@@ -253,6 +265,7 @@ class _Run:
                 f"{self._excluded()}, {device.type}"
                 f"{' x ' + str(ctx.world_size) if ctx.distributed else ''}, "
                 f"{'bf16 autocast' if self.bf16 else 'float32'}, epochs {start}-{cfg.epochs}"
+                f"{self._started_from()}"
             )
         self.setup_seconds = time.perf_counter() - t_setup
         writer = RunWriter(self.out, self._title()) if ctx.is_main else None
@@ -290,7 +303,7 @@ class _Run:
             snapshot = training_checkpoint(
                 config=cfg, model=model, optimizer=step.optimizer, scheduler=scheduler,
                 prepared=self.prepared, history=self.history, best=self.best, split=self.split,
-                n_train=len(self.train_idx), n_val=len(self.val_idx),
+                n_train=len(self.train_idx), n_val=len(self.val_idx), init=self.init,
             )  # fmt: skip
             # The weights are host copies already (plain_state_dict); Adam's and the schedule's
             # state are live (on CUDA the learning rate is a tensor the schedule updates).

@@ -137,6 +137,7 @@ def training_checkpoint(
     split: str,
     n_train: int,
     n_val: int,
+    init: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint of a training run after its latest epoch (see the module docstring).
 
@@ -149,6 +150,7 @@ def training_checkpoint(
         best: ``{"epoch", "name", "value"}`` of the best epoch so far.
         split: :func:`~lungseg.training.data.split_digest` of the training/validation split.
         n_train, n_val: training and validation images.
+        init: the weights the run started from (:func:`~lungseg.training.init_weights.load_init`).
     """
     from lungseg.core.config import to_dict
     from lungseg.inference.postprocessing import PostprocessConfig
@@ -169,6 +171,7 @@ def training_checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "train_config": to_dict(config),
+        "init": init,
         "data": {
             "cache": str(prepared.path.absolute()),
             "split": split,
