@@ -430,7 +430,7 @@ def test_excluded_images_stay_out_of_training_only(cache32, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_run_starts_from_given_weights_and_records_them(cache32, tmp_path, capsys):
+def test_a_run_starts_from_given_weights_and_records_them(cache32, subset, tmp_path, capsys):
     from lungseg.models.identity import file_digest
 
     base = ["train", "--model", "fcn", "--n-filters", 4, "--data", cache32, "--epochs", 1, *FAST]
@@ -458,9 +458,15 @@ def test_a_run_starts_from_given_weights_and_records_them(cache32, tmp_path, cap
 
     capsys.readouterr()
     code = run_cli(*base, "--out", tmp_path / "wide", "--init", tmp_path / "a", "--n-filters", 8)
-    _assert_error(capsys, code, "holds a fcn (", "n_filters=4", "this run builds a fcn (",
-                  "n_filters=8")  # fmt: skip
+    _assert_error(capsys, code, "does not fit this run's model: n_filters: weights 4, run 8;")
     assert not (tmp_path / "wide").exists()
+    clahe = tmp_path / "clahe"
+    prepare(subset, clahe, PrepareConfig(PreprocessConfig.from_preset("clahe", 32)), workers=1,
+            progress=False)  # fmt: skip
+    other = ["train", "--model", "fcn", "--n-filters", 4, "--data", clahe, "--epochs", 1, *FAST]
+    code = run_cli(*other, "--out", tmp_path / "p", "--init", tmp_path / "a")
+    _assert_error(capsys, code, "was trained on images preprocessed with seed (", "clahe (",
+                  "--preprocess seed")  # fmt: skip
     code = run_cli(*base, "--out", tmp_path / "e", "--init", "ensemble")
     _assert_error(capsys, code, "train.init 'ensemble'", "not an ensemble")
     code = run_cli(*base, "--out", tmp_path / "n", "--init", tmp_path / "nothing")

@@ -177,7 +177,9 @@ class _Run:
         if ckpt is not None:
             self.init = ckpt.get("init")
         elif self.config.init:
-            self.init = load_init(self.model, self.config.model, self.config.init)
+            self.init = load_init(
+                self.model, self.config.model, self.config.init, self.prepared.config.preprocess
+            )
         self._write_start()
         return self._train(ckpt)
 
