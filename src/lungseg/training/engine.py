@@ -61,7 +61,7 @@ from lungseg.training.distributed import (
     shutdown,
     sync_buffers,
 )
-from lungseg.training.init_weights import load_init
+from lungseg.training.init_weights import load_init, started_from
 from lungseg.training.losses import make_loss
 from lungseg.training.optim import make_optimizer, make_scheduler
 from lungseg.training.rundir import (
@@ -205,12 +205,6 @@ class _Run:
         left_out = len(self.prepared.indices("train")) - len(self.train_idx)
         return f" ({left_out} left out of training: train.exclude)"
 
-    def _started_from(self) -> str:
-        """``, from WEIGHTS (sha256 ...)`` for the start line of a fine-tuning run."""
-        if self.init is None:
-            return ""
-        return f", from {self.init['from']} (sha256 {self.init['sha256'][:12]})"
-
     def _checkpoint_to_resume(self, resume: bool) -> dict[str, Any] | None:
         return checkpoint_to_resume(self.out, resume, self.config, self.split)
 
@@ -267,7 +261,7 @@ class _Run:
                 f"{self._excluded()}, {device.type}"
                 f"{' x ' + str(ctx.world_size) if ctx.distributed else ''}, "
                 f"{'bf16 autocast' if self.bf16 else 'float32'}, epochs {start}-{cfg.epochs}"
-                f"{self._started_from()}"
+                f"{started_from(self.init)}"
             )
         self.setup_seconds = time.perf_counter() - t_setup
         writer = RunWriter(self.out, self._title()) if ctx.is_main else None

@@ -74,6 +74,11 @@ def load_init(
     return {"from": init, "sha256": file_digest(path)}
 
 
+def started_from(init: dict[str, str] | None) -> str:
+    """``, from WEIGHTS (sha256 ...)`` for a run's start line; nothing for random weights."""
+    return "" if init is None else f", from {init['from']} (sha256 {init['sha256'][:12]})"
+
+
 def _differences(weights: tuple[str, dict[str, Any]], run: tuple[str, dict[str, Any]]) -> str:
     """``"downsample: weights 2, run 1"``, or nothing when the two architectures are one."""
     if weights[0] != run[0]:
