@@ -18,6 +18,12 @@ looked at before they go into the recipe's ``train.exclude``::
     python scripts/ship_visible.py suspects --model unet-visible --visible-data work/visible-data \
         --work work
 
+``shifts`` scores the visible models on the validation films as other hospitals' equipment
+would deliver them (:data:`SHIFTS`: a portrait or landscape detector, a soft digitised film, a
+vendor's edge enhancement, flat exposure, noise) and adds a robustness table to the card::
+
+    python scripts/ship_visible.py shifts --visible-data work/visible-data --work work
+
 ``data`` links both sources' class folders into one dataset folder (the split is per class, so
 per source, and by patient). ``ship`` stores the best epoch's weights in fp16 with the run's
 history, the ``clean`` postprocessing, the ``visible`` convention and a review threshold
@@ -90,6 +96,113 @@ def cmd_suspects(args: argparse.Namespace) -> None:
     for split, dice, stem, recall, precision in sorted(found):
         print(f"{split}\t{stem}\tDice {dice:.3f}\trecall {recall:.3f}\tprecision {precision:.3f}")
     print(f"{len(found)} suspects; look at each before it goes into train.exclude")
+
+
+def _pad(image, mask, rows: float, cols: float):
+    """Pad ``rows`` / ``cols`` (fractions of the height / width), split over both sides: the
+    image by repeating its edge (a detector's larger field), the mask, at its own size, with
+    background."""
+    import cv2
+
+    def pad(array, border: int):
+        r, c = round(array.shape[0] * rows), round(array.shape[1] * cols)
+        sides = (r // 2, r - r // 2, c // 2, c - c // 2)
+        return cv2.copyMakeBorder(array, *sides, border, value=0)
+
+    return pad(image, cv2.BORDER_REPLICATE), pad(mask, cv2.BORDER_CONSTANT)
+
+
+def _unsharp(image, amount: float, sigma: float = 2.0):
+    import cv2
+    import numpy as np
+
+    soft = cv2.GaussianBlur(image, (0, 0), sigma).astype(np.float32)
+    return np.clip(image + amount * (image - soft), 0, 255).astype(np.uint8)
+
+
+def _affine_intensity(image, scale: float, noise: float = 0.0):
+    import numpy as np
+
+    out = 128 + (image.astype(np.float32) - 128) * scale
+    out += np.random.default_rng(0).normal(0, noise, image.shape) if noise else 0
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+#: Other equipment simulated on a film (``uint8[H, W]`` image and mask at their own sizes, as
+#: files): a portrait detector (4020x4892, as Montgomery's) or a landscape one, whose films
+#: lungseg squashes to a square; a soft digitised film; a vendor's strong edge enhancement;
+#: flat exposure (contrast 0.6); quantum noise (sd 8 of 255).
+SHIFTS = {
+    "portrait": lambda im, m: _pad(im, m, 4892 / 4020 - 1, 0),
+    "landscape": lambda im, m: _pad(im, m, 0, 4892 / 4020 - 1),
+    "soft": lambda im, m: (_unsharp(im, -1.0), m),
+    "sharp": lambda im, m: (_unsharp(im, 1.5), m),
+    "flat": lambda im, m: (_affine_intensity(im, 0.6), m),
+    "noise": lambda im, m: (_affine_intensity(im, 1.0, 8.0), m),
+}
+
+
+def shifted_sets(args: argparse.Namespace) -> dict[str, Path]:
+    """The validation films of the visible sources under each of :data:`SHIFTS`, written as
+    dataset folders into ``--work/shifted/<shift>`` (kept: a second call reuses them)."""
+    import cv2
+
+    visible = prepared_visible(args)
+    rows = [visible.rows[i] for i in visible.indices("val")]
+    sets = {}
+    for name, shift in SHIFTS.items():
+        root = Path(args.work) / "shifted" / name
+        sets[name] = root
+        if (root / "done").is_file():
+            continue
+        for row in rows:
+            image, mask = (
+                cv2.imread(str(Path(args.visible_data) / row[key]), cv2.IMREAD_GRAYSCALE)
+                for key in ("image_key", "mask_key")
+            )
+            # Each at its own size (the database's masks are smaller than its images): a mask
+            # resampled to the image's size and back would move the outlines by a pixel.
+            image, mask = shift(image, mask)
+            for key, array in ((row["image_key"], image), (row["mask_key"], mask)):
+                (root / key).parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(root / key), array)
+        (root / "done").write_text(f"{len(rows)} films\n")
+    return sets
+
+
+def cmd_shifts(args: argparse.Namespace) -> None:
+    """Score ``--models`` on the shifted validation films; add the figures to sources.json."""
+    import numpy as np
+
+    from lungseg.data.settings import PrepareConfig
+    from lungseg.evaluation.evaluate import evaluate
+    from lungseg.inference.segmenter import load_model
+
+    results = json.loads(SOURCES_JSON.read_text())
+    sets = {"none": prepared_visible(args).path, **shifted_sets(args)}
+    everything = PrepareConfig(val_fraction=0.0, test_fraction=0.0, convention="visible")
+    for name in args.models:
+        model = load_model(name, device="cpu")
+        figures: dict[str, dict] = {}
+        for shift, data in sets.items():
+            ev = evaluate(
+                model, None, data=data, split="val" if shift == "none" else "all",
+                cache_root=Path(args.work) / "eval-cache", split_config=everything,
+            )  # fmt: skip
+            by_source: dict[str, list[float]] = {}
+            for i, r in zip(ev.indices, ev.per_image, strict=True):
+                by_source.setdefault(source_of(ev.data.rows[i]["image_key"]), []).append(r["dice"])
+            figures[shift] = {
+                source: {"dice_mean": float(np.mean(d)), "dice_worst": float(np.min(d))}
+                for source, d in by_source.items()
+            }
+            print(f"{name} {shift}: " + ", ".join(
+                f"{source} {f['dice_mean']:.4f} (worst {f['dice_worst']:.3f})"
+                for source, f in figures[shift].items()
+            ), flush=True)  # fmt: skip
+        results.setdefault(name, {})["shifts"] = figures
+    SOURCES_JSON.write_text(json.dumps(results, indent=2) + "\n")
+    write_card_section(results)
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -212,6 +325,8 @@ def cmd_sources(args: argparse.Namespace) -> None:
                     f"worst {figures['dice_worst']:.3f} <0.90 {figures['below_090']:.0%}",
                     flush=True,
                 )
+        if "shifts" in results.get(name, {}):  # written by `shifts`, from other inputs
+            entry["shifts"] = results[name]["shifts"]
         results[name] = entry
     SOURCES_JSON.parent.mkdir(parents=True, exist_ok=True)
     SOURCES_JSON.write_text(json.dumps(results, indent=2) + "\n")
@@ -248,9 +363,14 @@ def main() -> None:
     sources.add_argument(
         "--models", nargs="+", default=["unet", "fcn", "deeplabv3", "unet-fast", "unet-visible"]
     )
+    shifts = sub.add_parser("shifts", help="the visible models under other equipment, simulated")
+    shifts.add_argument("--visible-data", required=True)
+    shifts.add_argument("--work", required=True)
+    shifts.add_argument("--models", nargs="+", default=["unet-visible"])
     args = parser.parse_args()
     commands = {
         "data": cmd_data, "ship": cmd_ship, "sources": cmd_sources, "suspects": cmd_suspects,
+        "shifts": cmd_shifts,
     }  # fmt: skip
     commands[args.command](args)
 

@@ -74,3 +74,34 @@ def test_the_recipe_leaves_out_shenzhen_training_masks_only(ship_visible, shenzh
     assert len(exclude) == len(set(exclude)) > 0
     assert {split[stem] for stem in exclude} == {("shenzhen", "train")}
     assert {split[stem] for stem in ship_visible.OTHER_RULE_VAL} == {("shenzhen", "val")}
+
+
+def test_simulated_equipment_moves_image_and_mask_alike(ship_visible) -> None:
+    """The shifts of `ship_visible.py shifts`: a padded film's mask, padded at its own size,
+    still lies on the image's lungs once both are squashed to the working size; the intensity
+    shifts leave the mask as it is and change the image the way they say."""
+    image = np.full((299, 299), 200, np.uint8)
+    image[60:240, 40:130] = image[60:240, 170:260] = 40  # two dark "lungs"
+    mask = cv2.resize(np.where(image < 100, 255, 0).astype(np.uint8), (256, 256),
+                      interpolation=cv2.INTER_NEAREST)  # fmt: skip
+    squashed = cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA) < 120
+    resampling = (squashed != (mask > 127)).mean()  # the outlines' pixel from resizing alone
+    for name in ("portrait", "landscape"):
+        shifted, shifted_mask = ship_visible.SHIFTS[name](image, mask)
+        assert shifted.shape != image.shape and shifted_mask.shape != mask.shape, name
+        lungs = cv2.resize(shifted, (256, 256), interpolation=cv2.INTER_AREA) < 120
+        drawn = cv2.resize(shifted_mask, (256, 256), interpolation=cv2.INTER_NEAREST) > 127
+        assert (lungs != drawn).mean() < resampling + 0.005, name
+        tall, wide = drawn.any(axis=1).sum(), drawn.any(axis=0).sum()
+        assert (tall < 150) if name == "portrait" else (wide < 170), (name, tall, wide)
+
+    def edge_energy(a: np.ndarray) -> float:
+        return float((np.diff(a.astype(np.float32), axis=1) ** 2).sum())
+
+    for name in ("soft", "sharp", "flat", "noise"):
+        shifted, same_mask = ship_visible.SHIFTS[name](image, mask)
+        assert same_mask is mask and shifted.shape == image.shape and shifted.dtype == np.uint8
+    assert edge_energy(ship_visible.SHIFTS["soft"](image, mask)[0]) < 0.9 * edge_energy(image)
+    assert edge_energy(ship_visible.SHIFTS["sharp"](image, mask)[0]) > 1.1 * edge_energy(image)
+    flat = ship_visible.SHIFTS["flat"](image, mask)[0]
+    assert flat.max() - flat.min() < 0.7 * (int(image.max()) - int(image.min()))
