@@ -85,33 +85,19 @@ def _films(folder: Path, n: int) -> list:
 
 
 def _dataset(raw: np.ndarray, study: int):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        DigitalXRayImageStorageForPresentation,
-        ExplicitVRLittleEndian,
-        generate_uid,
-    )
+    # The tests' DX writer (plain pydicom), so the node sees the films the tests send it.
+    sys.path.insert(0, str(REPO / "tests"))
+    from pydicom.uid import generate_uid
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-    )
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=["node-bench", str(study)])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["node-bench-series", str(study)])
-    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "PA"
-    ds.PatientID, ds.PatientName = "BENCH", "Bench^Node"
-    ds.Rows, ds.Columns = raw.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelSpacing = [0.35, 0.35]
-    ds.PixelData = raw.astype("<u2").tobytes()
-    return ds
+    from dicom_files import dicom_dataset
+
+    header = {
+        "StudyInstanceUID": generate_uid(entropy_srcs=["node-bench", str(study)]),
+        "SeriesInstanceUID": generate_uid(entropy_srcs=["node-bench-series", str(study)]),
+        "BodyPartExamined": "CHEST", "ViewPosition": "PA",
+        "PatientID": "BENCH", "PatientName": "Bench^Node",
+    }  # fmt: skip
+    return dicom_dataset(raw, spacing=(0.35, 0.35), header=header)
 
 
 def _offline(ctx: Context, folder: Path, n: int) -> float:

@@ -1,4 +1,6 @@
-"""Writing real DICOM files in tests (pydicom), as a digital radiography system stores them."""
+"""Writing real DICOM files in tests (pydicom), as a digital radiography system stores them.
+
+Plain pydicom, no pytest: ``benchmarks/node_bench.py`` builds its films with it too."""
 
 from __future__ import annotations
 
@@ -7,7 +9,16 @@ import io
 import numpy as np
 
 
-def dicom_bytes(
+def dicom_bytes(raw: np.ndarray, **settings: object) -> bytes:
+    """:func:`dicom_dataset` as the bytes of a DICOM file (same arguments)."""
+    import pydicom
+
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, dicom_dataset(raw, **settings), enforce_file_format=True)
+    return buf.getvalue()
+
+
+def dicom_dataset(
     raw: np.ndarray,
     photometric: str = "MONOCHROME2",
     spacing: tuple[float, float] | None = None,
@@ -15,7 +26,7 @@ def dicom_bytes(
     window: tuple[float, float] | None = None,
     rows_cols: tuple[int, int] | None = None,
     header: dict[str, object] | None = None,
-) -> bytes:
+):
     """A minimal valid DX file with 16-bit (12 stored) pixel data ``raw``.
 
     Args:
@@ -28,7 +39,6 @@ def dicom_bytes(
         header: more attributes by keyword (patient, study and series), as an archive's files
             have them; they may replace the defaults (SOPClassUID, BitsStored, HighBit...).
     """
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (
         DigitalXRayImageStorageForPresentation,
@@ -62,6 +72,4 @@ def dicom_bytes(
         ds.SOPInstanceUID,
     )
     ds.PixelData = raw.astype("<u2").tobytes()
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+    return ds
