@@ -9,12 +9,12 @@ import io
 import numpy as np
 
 
-def dicom_bytes(raw: np.ndarray, **settings: object) -> bytes:
+def dicom_bytes(raw: np.ndarray, *args: object, **settings: object) -> bytes:
     """:func:`dicom_dataset` as the bytes of a DICOM file (same arguments)."""
     import pydicom
 
     buf = io.BytesIO()
-    pydicom.dcmwrite(buf, dicom_dataset(raw, **settings), enforce_file_format=True)
+    pydicom.dcmwrite(buf, dicom_dataset(raw, *args, **settings), enforce_file_format=True)
     return buf.getvalue()
 
 
