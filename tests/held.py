@@ -1,5 +1,6 @@
 """Holding a ``segment`` run at a known point: a read that waits, as on a stalled network file
-system (segment reads only regular files, so a named pipe no longer blocks it).
+system (segment reads only regular files, so a named pipe no longer blocks it), and killing a
+run there (:func:`kill_when`).
 
 A child process runs :data:`PATCH` first; a file whose key contains ``held`` then blocks its
 reader until :func:`release` is called; the reader then gets the file's content (empty: an
@@ -8,6 +9,10 @@ errors.csv row).
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 PATCH = (
@@ -31,3 +36,16 @@ def held(path: Path) -> Path:
 def release(path: Path) -> None:
     """Let the reader of :func:`held` ``path`` go on."""
     path.with_name(path.name + ".go").touch()
+
+
+def kill_when(script: str, reached: Callable[[], bool], nothing: str, timeout: float = 300) -> None:
+    """Run ``script`` in a child Python and SIGKILL it (no cleanup of any kind) once
+    ``reached()``; fail with ``nothing`` if it never gets there, or with its stderr if it ends."""
+    child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while not reached():
+        assert child.poll() is None, child.stderr.read()
+        assert time.monotonic() < deadline, nothing
+        time.sleep(0.02)
+    child.kill()
+    child.wait()

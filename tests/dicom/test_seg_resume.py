@@ -3,15 +3,12 @@ makes (issue 20): nothing in them depends on the clock, the run or the batch."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from films import FILMS, film
 
-from held import PATCH, held, release
+from held import PATCH, held, kill_when, release
 from lungseg.inference.segmenter import load_model
 from lungseg.segment import segment_files
 
@@ -45,17 +42,9 @@ def test_seg_and_sr_are_the_same_bytes_after_a_kill_and_a_resume(tiny_run, tmp_p
         "batch_size=2, ledger_rows=1, progress=False)\n"
     )
     out = tmp_path / "out"
-    first = subprocess.Popen(
-        [sys.executable, "-c", script.format(out=str(out))], stderr=subprocess.PIPE, text=True
-    )
     try:
-        deadline = time.monotonic() + 300
-        while len(_dicom_outputs(out)) < 2:
-            assert first.poll() is None, first.stderr.read()
-            assert time.monotonic() < deadline, "the first run made no DICOM object"
-            time.sleep(0.05)
-        first.kill()  # SIGKILL: no cleanup of any kind
-        first.wait()
+        kill_when(script.format(out=str(out)), lambda: len(_dicom_outputs(out)) >= 2,
+                  "the first run made no DICOM object")  # fmt: skip
     finally:
         release(gate)
     before = _dicom_outputs(out)

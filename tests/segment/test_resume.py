@@ -7,12 +7,11 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from held import PATCH
+from held import PATCH, kill_when
 from lungseg.inference.segmenter import load_model
 from lungseg.segment import segment_files
 from lungseg.segment.shard import shard_of
@@ -73,15 +72,8 @@ def test_a_killed_run_is_finished_by_the_next(tiny_run, reference, tmp_path) -> 
         f"segment_files(load_model({str(tiny_run.run)!r}, device='cpu'), {str(folder)!r}, "
         f"{str(out)!r}, batch_size=4, ledger_rows=5, progress=False)\n"
     )
-    first = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while len(ledger_rows(out)) < 10:
-            assert first.poll() is None, first.stderr.read()
-            assert time.monotonic() < deadline, "the first run recorded nothing"
-            time.sleep(0.02)
-        first.kill()  # SIGKILL: no cleanup of any kind
-        first.wait()
+        kill_when(script, lambda: len(ledger_rows(out)) >= 10, "the first run recorded nothing")
     finally:
         held.unlink()
         held.parent.rmdir()

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -18,6 +15,7 @@ import pytest
 from test_resume import ledger_rows, outputs
 
 from dicom_files import dicom_bytes
+from held import kill_when
 from lungseg.inference.segmenter import load_model
 from lungseg.segment import segment_files
 
@@ -114,14 +112,7 @@ def test_a_killed_dicomweb_run_is_finished_by_the_next(pacs_with_films, tiny_run
         f"segment_files(load_model({str(tiny_run.run)!r}, device='cpu'), {query(pacs)!r}, "
         f"{str(out)!r}, batch_size=4, ledger_rows=4, workers=1, progress=False)\n"
     )
-    first = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while len(ledger_rows(out)) < 4:
-        assert first.poll() is None, first.stderr.read()
-        assert time.monotonic() < deadline, "the first run recorded nothing"
-        time.sleep(0.02)
-    first.kill()  # SIGKILL: no cleanup of any kind
-    first.wait()
+    kill_when(script, lambda: len(ledger_rows(out)) >= 4, "the first run recorded nothing", 120)
     recorded = {row["key"] for row in ledger_rows(out)}
     assert 4 <= len(recorded) < N
 
