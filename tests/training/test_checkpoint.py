@@ -77,6 +77,9 @@ def test_corrupt_file_is_a_clear_error(tmp_path):
     path.write_text("not a checkpoint at all")
     with pytest.raises(LungsegError, match="last.pt"):
         load_checkpoint(path)
+    path.write_text("junk\n")  # PyTorch's legacy unpickler raised a KeyError on these bytes
+    with pytest.raises(LungsegError, match="last.pt: cannot read checkpoint .*: KeyError"):
+        load_checkpoint(path)
 
 
 def test_foreign_files_are_refused(tmp_path):

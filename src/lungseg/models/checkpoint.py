@@ -81,10 +81,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         with warnings.catch_warnings():  # PyTorch's notes on pickle protocols are not for users
             warnings.simplefilter("ignore", UserWarning)
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+    # Bytes that are not a zip archive go to PyTorch's legacy unpickler, which raises whatever
+    # they make it do ("junk" is a memo lookup: KeyError): any failure to parse is the file's.
+    except Exception as exc:
         if "Weights only load failed" in str(exc):
             raise LungsegError(_unsafe(str(exc)), path) from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        readable = isinstance(exc, RuntimeError | EOFError | OSError | zipfile.BadZipFile |
+                              pickle.UnpicklingError) and str(exc).strip()  # fmt: skip
+        first = str(exc).strip().splitlines()[0] if readable else type(exc).__name__
         raise LungsegError(
             f"cannot read checkpoint (corrupt, truncated or not a PyTorch file): {first[:200]}",
             path,
