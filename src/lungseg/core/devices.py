@@ -60,14 +60,19 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def pipeline_threads() -> int:
-    """PyTorch threads for a streaming run (``segment``): a third of the cores this process
-    shares with the other processes of its machine (``LOCAL_WORLD_SIZE``), at least one. The
-    model is about 40 % of the work per image; the rest runs in the pipeline's threads on every
-    core, and OpenMP threads that wait for a busy core stall (on 2 loaded cores, 2 model threads
-    halved the images/s of 1)."""
+def local_cores() -> int:
+    """The physical cores of this process's share of the machine: :func:`physical_cores` over
+    the processes a ``torchrun`` started on it (``LOCAL_WORLD_SIZE``), at least one."""
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(1, physical_cores() // local // 3)
+    return max(1, physical_cores() // local)
+
+
+def pipeline_threads() -> int:
+    """PyTorch threads for a streaming run (``segment``): a third of :func:`local_cores`, at
+    least one. The model is about 40 % of the work per image; the rest runs in the pipeline's
+    threads on every core, and OpenMP threads that wait for a busy core stall (on 2 loaded
+    cores, 2 model threads halved the images/s of 1)."""
+    return max(1, local_cores() // 3)
 
 
 @contextlib.contextmanager

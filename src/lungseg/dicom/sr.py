@@ -197,9 +197,9 @@ def _code(spacing_source: str) -> str:
 
 def dicom_outputs(
     header, mask: np.ndarray, row: dict[str, Any], segmenter, *, name: str = "image",
-    seg: bool = True, sr: bool = False,
+    seg: bool = True, sr: bool = False, encoder=None,
 ) -> dict[str, bytes]:  # fmt: skip
-    """The DICOM outputs of one X-ray, as ``segment`` and ``serve`` both make them:
+    """The DICOM outputs of one X-ray, as ``segment``, ``serve`` and the node all make them:
     ``{"dicom_seg": SEG bytes, "dicom_sr": SR bytes}`` (those asked for).
 
     Args:
@@ -210,6 +210,8 @@ def dicom_outputs(
         name: shown in errors.
         seg: make the SEG.
         sr: make the SR (it refers to the SEG, which is made for it either way).
+        encoder: a :class:`lungseg.dicom.encoder.DicomEncoder` to make them in its worker
+            processes (the same bytes); ``None``: in this thread.
     """
     identity = segmenter.identity
     if identity is None:
@@ -217,6 +219,16 @@ def dicom_outputs(
     settings = output_settings(segmenter)
     if isinstance(header, bytes):
         header = read_header(header, name)
+    make = encode if encoder is None else encoder.encode
+    return make(header, mask, row, identity, settings, name=name, seg=seg, sr=sr)
+
+
+def encode(
+    header, mask: np.ndarray, row: dict[str, Any], identity: ModelIdentity, settings: Any, *,
+    name: str, seg: bool, sr: bool,
+) -> dict[str, bytes]:  # fmt: skip
+    """:func:`dicom_outputs` from the model's identity and :func:`output_settings` (what a
+    worker process receives): the SEG, and the SR that refers to it."""
     dataset = segmentation(header, mask, identity, settings=settings, name=name)
     files = {"dicom_seg": to_bytes(dataset)} if seg else {}
     if sr:

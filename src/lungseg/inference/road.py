@@ -131,6 +131,7 @@ def finish(
     *,
     key: str | None = None,
     outputs: Collection[str] = ("mask",),
+    encoder: Any = None,
 ) -> Result:
     """Postprocess, measure and encode one image.
 
@@ -140,6 +141,8 @@ def finish(
         segmenter: the model that made them.
         key: the ``key`` column of its measurements (default: ``prepared.name``).
         outputs: which of :data:`OUTPUTS` to encode into :attr:`Result.files`.
+        encoder: a :class:`lungseg.dicom.encoder.DicomEncoder` that makes the DICOM outputs in
+            worker processes (callers that finish several images at once); ``None``: here.
 
     Raises:
         LungsegError: an output that cannot be made for this image (a DICOM SEG of a file that
@@ -163,7 +166,7 @@ def finish(
             result.files[kind] = _encode(kind, result)
     dicom = DICOM_OUTPUTS.intersection(outputs)
     if dicom:
-        result.files.update(_dicom(result, segmenter, dicom))
+        result.files.update(_dicom(result, segmenter, dicom, encoder))
     return result
 
 
@@ -184,7 +187,9 @@ def _encode(kind: str, result: Result) -> bytes:
     return image_png(prepared.decoded.pixels, prepared.name)
 
 
-def _dicom(result: Result, segmenter: Segmenter, kinds: Collection[str]) -> dict[str, bytes]:
+def _dicom(
+    result: Result, segmenter: Segmenter, kinds: Collection[str], encoder: Any
+) -> dict[str, bytes]:
     """The DICOM SEG and/or SR of the mask measured (the SR references the SEG, so both come
     from one call)."""
     prepared = result.prepared
@@ -196,5 +201,5 @@ def _dicom(result: Result, segmenter: Segmenter, kinds: Collection[str]) -> dict
 
     return dicom_outputs(
         prepared.header, result.mask, result.measurements, segmenter, name=prepared.name,
-        seg="dicom_seg" in kinds, sr="dicom_sr" in kinds,
+        seg="dicom_seg" in kinds, sr="dicom_sr" in kinds, encoder=encoder,
     )  # fmt: skip

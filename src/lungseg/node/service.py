@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from lungseg.core.devices import local_cores
 from lungseg.core.io_utils import atomic_write_text
 from lungseg.node.scp import Peer, instance_ref, storage_ae
 from lungseg.node.send import Undelivered
@@ -83,6 +84,12 @@ class Node:
         self._status_failed = False
         self._threads: list[threading.Thread] = []
         self._server = None
+        #: Worker processes for the SEG and SR, one per core (none on one core).
+        self._encoder = None
+        if local_cores() > 1:
+            from lungseg.dicom.encoder import DicomEncoder
+
+            self._encoder = DicomEncoder(local_cores())
 
     def start(self) -> None:
         ae, handlers = storage_ae(
@@ -114,6 +121,8 @@ class Node:
             if thread.name.endswith("_work_loop") and self.segmenter is None:
                 continue  # still loading the model: nothing of its own to finish
             thread.join(timeout=30)
+        if self._encoder is not None:
+            self._encoder.close()
         self.write_status(force=True)
 
     def wait(self) -> None:
@@ -171,7 +180,9 @@ class Node:
                 instances.append((uid, self.spool.read(uid)))
             except FileNotFoundError:  # a resent instance already done by this batch's peer
                 continue
-        for outcome in segment_instances(self.segmenter, instances, self.settings.batch_size):
+        for outcome in segment_instances(
+            self.segmenter, instances, self.settings.batch_size, self._encoder
+        ):
             if outcome.problem:
                 log.warning("instance %s failed: %s", instance_ref(outcome.uid), outcome.problem)
                 self.spool.failed(outcome.uid, outcome.problem)

@@ -3,10 +3,12 @@ runs on the current batch, and write the outputs of the previous ones meanwhile.
 
 One thread pool does the per-image work (reading or downloading, decoding, preprocessing;
 postprocessing, measuring, encoding, writing or uploading): OpenCV, zlib, libjpeg and the
-network calls release the GIL, so the threads use every core. The main thread lists the input,
-forms batches and runs the model. At most a few batches of images are in flight, so memory does
-not grow with the archive. Finished rows go to the shard's :class:`~lungseg.segment.ledger.Ledger`
-only after their outputs are written.
+network calls release the GIL, so the threads use every core. DICOM SEG and SR encoding is pure
+Python and would hold the GIL, so the threads hand it to a pool of processes
+(:class:`~lungseg.dicom.encoder.DicomEncoder`, started at the first DICOM film). The main
+thread lists the input, forms batches and runs the model. At most a few batches of images are
+in flight, so memory does not grow with the archive. Finished rows go to the shard's
+:class:`~lungseg.segment.ledger.Ledger` only after their outputs are written.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from lungseg.core.devices import local_cores
 from lungseg.core.errors import LungsegError
 from lungseg.inference import road
 from lungseg.inference.segmenter import Segmenter
@@ -82,6 +85,8 @@ class Pipeline:
         self.outputs = ["mask", *(["overlay"] if self.overlays else []),
                         *(["dicom_seg"] if self.dicom_seg else []),
                         *(["dicom_sr"] if self.dicom_sr else [])]  # fmt: skip
+        #: Makes the DICOM outputs during :meth:`run` (``None``: the threads do).
+        self.encoder = None
 
     def run(self, items: Iterator[Item]) -> RunCounts:
         """Segment ``items`` (already filtered to this shard and to what is not done).
@@ -95,6 +100,7 @@ class Pipeline:
         finishing: set[Future] = set()
         batch: list[Loaded] = []
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="lungseg-segment")
+        self.encoder = self._dicom_encoder()
         display = _Progress(self.progress, self.counts)
         exhausted = False
         failed = True
@@ -141,7 +147,19 @@ class Pipeline:
             # After a failure, a read that hangs (a stalled network file system) must not keep
             # the error from being reported.
             pool.shutdown(wait=not failed, cancel_futures=True)
+            if self.encoder is not None:
+                self.encoder.close(wait=not failed)
         return self.counts
+
+    def _dicom_encoder(self):
+        """Worker processes for the DICOM outputs, one per core the threads may use; none on one
+        core or without DICOM outputs (the threads encode then)."""
+        processes = min(self.workers, local_cores())
+        if not (self.dicom_seg or self.dicom_sr) or processes < 2:
+            return None
+        from lungseg.dicom.encoder import DicomEncoder
+
+        return DicomEncoder(processes)
 
     def _collect(self, finishing: set[Future], keep: int) -> None:
         """Record finished images (removing them from ``finishing``); wait while more than
@@ -185,7 +203,7 @@ class Pipeline:
         outputs = [k for k in self.outputs if dicom or k not in road.DICOM_OUTPUTS]
         try:
             result = road.finish(loaded.prepared, prob, self.segmenter, key=item.key,
-                                 outputs=outputs)  # fmt: skip
+                                 outputs=outputs, encoder=self.encoder)  # fmt: skip
         except LungsegError as exc:  # this image's problem: the archive goes on
             return _error(item, exc.problem)
         except Exception as exc:

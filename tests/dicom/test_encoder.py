@@ -1,0 +1,114 @@
+"""DICOM SEG and SR made in worker processes (:class:`lungseg.dicom.encoder.DicomEncoder`): the
+same bytes as in the calling thread, the same one-line errors, a dead worker costing nothing but
+a restart, and ``segment`` using the pool where it has more than one core."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from dicom_files import dicom_bytes
+from lungseg.core.errors import LungsegError
+from lungseg.dicom.encoder import DicomEncoder
+from lungseg.dicom.seg import output_settings, read_header
+from lungseg.dicom.sr import encode
+from lungseg.inference import road
+from lungseg.inference.segmenter import load_model
+from trained import read_gray
+
+pytest.importorskip("highdicom")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _film(examples_dir: Path, stem: str = "1d435a4b", size=(280, 300)) -> bytes:
+    from pydicom.uid import generate_uid
+
+    image = read_gray(next(examples_dir.glob(f"*/images/{stem}.png")))
+    raw = cv2.resize(image, size, interpolation=cv2.INTER_AREA).astype(np.uint16) * 16
+    header = {"StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid(),
+              "PatientID": "P-7", "StudyDate": "20240131", "StudyTime": "101500"}  # fmt: skip
+    return dicom_bytes(raw, "MONOCHROME2", (0.15, 0.2), header=header)
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_run, examples_dir):
+    """A film finished on the road (mask, measurements) with what encode() takes."""
+    segmenter = load_model(tiny_run.run, device="cpu")
+    data = _film(examples_dir)
+    result = road.segment_bytes(data, "chest.dcm", segmenter)
+    args = (read_header(data, "chest.dcm"), result.mask, result.measurements,
+            segmenter.identity, output_settings(segmenter))  # fmt: skip
+    return segmenter, data, args
+
+
+def test_processes_make_the_same_bytes_and_the_same_errors(encoded):
+    _, _, args = encoded
+    here = encode(*args, name="chest.dcm", seg=True, sr=True)
+    assert set(here) == {"dicom_seg", "dicom_sr"}
+    with DicomEncoder(2) as encoder:
+        assert encoder.started == 0  # nothing started before the first film
+        there = encoder.encode(*args, name="chest.dcm", seg=True, sr=True)
+        assert there == here
+        assert encoder.encode(*args, name="chest.dcm", seg=True, sr=False) == {
+            "dicom_seg": here["dicom_seg"]
+        }
+        # A mask that does not fit the header: the worker's LungsegError, one line, the name.
+        header, mask, *rest = args
+        with pytest.raises(LungsegError) as caught:
+            encoder.encode(header, mask[:-1], *rest, name="chest.dcm", seg=True, sr=False)
+        with pytest.raises(LungsegError) as direct:
+            encode(header, mask[:-1], *rest, name="chest.dcm", seg=True, sr=False)
+        assert str(caught.value) == str(direct.value)
+        assert caught.value.path == "chest.dcm" and "does not match" in caught.value.problem
+        assert encoder.started == 1
+
+
+def test_a_worker_that_dies_costs_a_restart_not_the_film(encoded):
+    _, _, args = encoded
+    with DicomEncoder(1) as encoder:
+        first = encoder.encode(*args, name="chest.dcm", seg=True, sr=False)
+        pool = encoder._pool
+        for pid in list(pool._processes):  # an out-of-memory kill, as the kernel does it
+            os.kill(pid, signal.SIGKILL)
+        assert encoder.encode(*args, name="chest.dcm", seg=True, sr=False) == first
+        assert encoder.started == 2 and encoder._pool is not pool
+
+
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="segment starts encoder processes on >= 2 cores"
+)
+def test_segment_encodes_in_processes_the_bytes_of_one_thread(encoded, examples_dir, tmp_path):
+    from lungseg.segment import segment_files
+    from lungseg.segment.pipeline import Pipeline
+
+    segmenter, _, _ = encoded
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, image in enumerate(sorted(examples_dir.glob("*/images/*"))[:4]):
+        (folder / f"film{i}.dcm").write_bytes(_film(examples_dir, image.stem, (300, 320)))
+    used = []
+    run = Pipeline.run
+
+    def spy(self, items):
+        try:
+            return run(self, items)
+        finally:
+            used.append(self.encoder)
+
+    outs = {}
+    for workers in (1, 2):
+        outs[workers] = tmp_path / f"out{workers}"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Pipeline, "run", spy)
+            segment_files(segmenter, folder, outs[workers], workers=workers, dicom_seg=True,
+                          dicom_sr=True, progress=False)  # fmt: skip
+    assert used[0] is None and used[1] is not None and used[1].started == 1
+    made = sorted(p.relative_to(outs[1]) for p in outs[1].rglob("*.dcm"))
+    assert len(made) == 8  # a SEG and an SR per film
+    for rel in made:
+        assert (outs[2] / rel).read_bytes() == (outs[1] / rel).read_bytes(), rel
