@@ -167,3 +167,20 @@ def test_per_source_section_ends_the_card(train_shipped) -> None:
     ) in card
     assert "- **fcn, shenzhen**: CHNCXR_0455_1 0.697 (flagged: uncertain (0.3 > 0.2))" in card
     assert "\n\n\n" not in card and card.endswith("\n")
+
+
+def test_tta_figures_of_the_visible_model_get_their_table(train_shipped) -> None:
+    tta = {
+        "covid19-radiography-vp": {
+            "n_images": 157,
+            "without": {"dice_mean": 0.97529, "dice_worst": 0.9091},
+            "with": {"dice_mean": 0.97621, "dice_worst": 0.9072},
+        }
+    }
+    sources = {"unet-visible": {"convention": "visible", "review_threshold": 0.1, "tta": tta}}
+    card = train_shipped.model_card(package_results(), sources)
+    assert "### Test-time augmentation, visible convention" in card
+    row = "| unet-visible | covid19-radiography-vp | 157 | 0.9753 (0.909) | 0.9762 (0.907) |"
+    assert row in card
+    without = train_shipped.model_card(package_results(), {"unet-visible": {"convention": "x"}})
+    assert "Test-time augmentation, visible convention" not in without

@@ -84,14 +84,28 @@ class NodeProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
 
-    def stop(self) -> int:
-        """Ctrl-C (SIGINT); its exit code."""
-        self.process.send_signal(signal.SIGINT)
+    def stop(self, how: int = signal.SIGINT) -> int:
+        """Ctrl-C (SIGINT), or ``how``; its exit code."""
+        self.process.send_signal(how)
         try:
             return self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.kill()
             raise
+
+    def descendants(self) -> list[int]:
+        """The node's child processes and theirs (its DICOM encoder processes)."""
+        found, todo = [], [self.process.pid]
+        while todo:
+            pid = todo.pop()
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                try:
+                    children = [int(c) for c in (task / "children").read_text().split()]
+                except OSError:
+                    continue
+                found += children
+                todo += children
+        return found
 
     def status(self) -> dict:
         return json.loads((self.spool / "status.json").read_text())
@@ -103,6 +117,15 @@ class NodeProcess:
 
     def log(self) -> str:
         return (self.root / "node.log").read_text(errors="replace")
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` still runs (an exited one that nobody reaped does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def c_store(port: int, films: list[bytes], ae_title: str = SENDER) -> list[bool]:

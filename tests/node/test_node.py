@@ -5,15 +5,17 @@ killed with SIGKILL while instances arrive."""
 from __future__ import annotations
 
 import io
+import os
 import random
 import shutil
+import signal
 import subprocess
 import threading
 import time
 
 import pydicom
 import pytest
-from nodes import SENDER, c_store, chest_films, uids
+from nodes import SENDER, c_store, chest_films, running, uids
 
 from orthanc import value
 
@@ -122,6 +124,15 @@ def test_storescu_sends_echoscu_echoes_and_strangers_are_refused(
     assert node.status()["received"] == 2
     assert "refused association from STRANGER@127.0.0.1" in node.log()
 
+    # Stopped as systemd or docker stop it (SIGTERM): cleanly, its encoder processes with it.
+    wait_for(lambda: node.status()["done"] == 2, 30, "both films segmented", node)
+    encoders = node.descendants()
+    if len(os.sched_getaffinity(0)) > 1:
+        assert encoders  # the SEG and SR are made in worker processes on more than one core
+    assert node.stop(signal.SIGTERM) == 0
+    assert "stopping" in node.log()
+    assert not [pid for pid in encoders if running(pid)]
+
 
 def test_kill_9_while_50_instances_arrive_loses_and_duplicates_nothing(
     pacs, node_factory, examples_dir
@@ -158,6 +169,12 @@ def test_kill_9_while_50_instances_arrive_loses_and_duplicates_nothing(
     assert len(pacs.qido("instances", Modality="SR", limit="1000")) == 50
     wait_for(lambda: node.status()["queued"] == 0, 20, "an empty spool", node)
     assert any(s["received"] or s["segmented"] for s in states), states  # killed mid-work
+    # Killed once more after its work: its encoder processes end by themselves.
+    encoders = node.descendants()
+    if len(os.sched_getaffinity(0)) > 1:
+        assert encoders
+    node.kill()
+    wait_for(lambda: not any(running(pid) for pid in encoders), 5, "no orphaned encoder", node)
 
 
 def test_results_wait_for_a_destination_that_is_down(pacs, node_factory, examples_dir):

@@ -60,6 +60,7 @@ def dicom_node_command(
     import logging
 
     from lungseg.core.errors import LungsegError
+    from lungseg.core.interrupts import sigterm_as_interrupt
     from lungseg.core.locking import exclusive
     from lungseg.node.scp import Peer
     from lungseg.node.send import CStoreDestination, StowDestination
@@ -95,9 +96,12 @@ def dicom_node_command(
     # Two nodes on one spool would segment and send the same instances twice.
     with exclusive(spool, "dicom-node"):
         node = Node(load, settings, destination)
+        # SIGTERM (systemd, docker stop) stops it as Ctrl-C does: the batch in hand finished,
+        # the encoder processes ended.
         try:  # a start that fails half-way (a full spool disk) still stops what it started
-            node.start()
-            node.wait()
+            with sigterm_as_interrupt():
+                node.start()
+                node.wait()
         except KeyboardInterrupt:
             typer.echo("stopping (what is spooled is finished on the next start)", err=True)
         finally:

@@ -11,14 +11,17 @@ thread waits for it without the GIL: the outputs are the same bytes
 
 The pool starts at the first film (``spawn``: the parent holds PyTorch's and the pipeline's
 threads, which a forked child would inherit half-copied). Its processes ignore Ctrl-C - the
-parent stops them - and a process that dies (a huge film out of memory) costs that film only:
-the pool is started again and the film tried once more.
+parent stops them - and end by themselves within a second when the parent is gone (killed
+without a chance to stop them). A process that dies (a huge film out of memory) costs that film
+only: the pool is started again and the film tried once more.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -95,7 +98,7 @@ class DicomEncoder:
 
                 self._pool = ProcessPoolExecutor(
                     self.processes, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_worker_init,
+                    initializer=_worker_init, initargs=(os.getpid(),),
                 )  # fmt: skip
                 self.started += 1
             return self._pool
@@ -107,10 +110,19 @@ class DicomEncoder:
         broken.shutdown(wait=False, cancel_futures=True)
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the pool on Ctrl-C
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     quiet_third_party()
     import lungseg.dicom.sr  # noqa: F401  (highdicom and pydicom, once per process)
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker once ``parent`` is gone: a worker waits on a queue that it holds both
+    ends of, so it would never learn otherwise (seen: a SIGTERMed node's encoders lived on)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _encode(header, payload, packed, shape, row, identity, settings, name, seg, sr):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 from lungseg.core.errors import LungsegError
 from lungseg.inference.anatomy import anatomy_problem
@@ -137,4 +136,8 @@ def error_rank_correlation(uncertainty: np.ndarray, dice: np.ndarray) -> float:
     u, d = u[keep], d[keep]
     if len(u) < 3 or np.ptp(u) == 0 or np.ptp(d) == 0:
         return math.nan
+    # Here, not at the top: scipy.stats takes a second to import, and every image's road (and
+    # each DICOM encoder process) imports this module for uncertain_fraction alone.
+    from scipy import stats
+
     return float(stats.spearmanr(u, 1.0 - d).statistic)

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -28,6 +26,7 @@ import numpy as np
 
 from lungseg.core.devices import local_cores
 from lungseg.core.errors import LungsegError
+from lungseg.core.interrupts import sigterm_as_interrupt
 from lungseg.inference import road
 from lungseg.inference.segmenter import Segmenter
 from lungseg.segment.inputs import Inputs, Item
@@ -105,7 +104,7 @@ class Pipeline:
         exhausted = False
         failed = True
         try:
-            with _sigterm_as_interrupt(), display:
+            with sigterm_as_interrupt(), display:
                 while True:
                     while not exhausted and len(loads) < prefetch:
                         item = next(items, None)
@@ -264,21 +263,3 @@ class _Progress:
         if self.enabled and exc_type is None:
             before = f"; {self.counts.skipped} done before" if self.counts.skipped else ""
             print(f"segment: {self._status()}{before}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (what Slurm, Kubernetes and ``kill`` send before stopping a job) is handled like
-    Ctrl-C: the work done so far is recorded before the process ends."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

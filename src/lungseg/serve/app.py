@@ -29,7 +29,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from lungseg._version import __version__
+from lungseg.core.devices import local_cores
 from lungseg.core.errors import LungsegError
+from lungseg.dicom.encoder import DicomEncoder
 from lungseg.inference.quality import REVIEW_THRESHOLD, UNCERTAIN_HIGH, UNCERTAIN_LOW
 from lungseg.serve import schemas
 from lungseg.serve.batcher import MicroBatcher
@@ -72,6 +74,8 @@ class Service:
         self.models = models
         self.batchers: dict[tuple[str, bool], MicroBatcher] = {}
         self.pool = ThreadPoolExecutor(min(8, (os.cpu_count() or 2) + 2), "lungseg-io")
+        #: Processes for DICOM SEG and SR requests, started at the first one (none on one core).
+        self.encoder = DicomEncoder(local_cores()) if local_cores() > 1 else None
         self.pending = 0
         self.failure: str | None = None
         self.api_key = api_key()
@@ -110,6 +114,8 @@ class Service:
         for batcher in self.batchers.values():
             await batcher.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.encoder is not None:
+            self.encoder.close(wait=False)
 
     def gauges(self) -> dict[str, list[tuple[str, float]]]:
         """What ``/metrics`` reads at the moment it is asked."""
@@ -382,7 +388,9 @@ async def _segment(
         data = await read_upload(request, service.config.max_upload_bytes)
     except ClientDisconnect:
         raise ClientLeft from None
-    work = segment_upload(data, model, batcher, service.pool, tta, with_image, dicom=dicom)
+    work = segment_upload(
+        data, model, batcher, service.pool, tta, with_image, dicom=dicom, encoder=service.encoder
+    )
     return await unless_client_leaves(request, work)
 
 

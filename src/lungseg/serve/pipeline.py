@@ -3,8 +3,10 @@ one forward pass (shared with other requests, :mod:`lungseg.serve.batcher`), fin
 
 So the mask, measurements and DICOM SEG are those ``lungseg segment`` writes for the same file
 and model (the same bytes on the same backend). Preparing and finishing run on a thread pool,
-never on the event loop; a bad file raises :class:`ServeError` with the one-line reason
-``lungseg segment`` gives, without a file name.
+never on the event loop (a DICOM SEG or SR in the service's encoder processes, whose pure-Python
+work would otherwise hold the GIL that the event loop and the other requests need); a bad file
+raises :class:`ServeError` with the one-line reason ``lungseg segment`` gives, without a file
+name.
 """
 
 from __future__ import annotations
@@ -121,29 +123,35 @@ async def segment_upload(
     tta: bool = False,
     with_image: bool = False,
     dicom: str | None = None,
+    encoder: Any = None,
 ) -> Segmented:
     """Segment one uploaded file (its bytes) with ``model`` through ``batcher``; with ``dicom``
     (``dicom_seg`` or ``dicom_sr``), also that DICOM object of the mask measured
-    (``result.files[dicom]``), made with the model that made the mask (TTA included)."""
+    (``result.files[dicom]``), made with the model that made the mask (TTA included), in
+    ``encoder``'s processes when given (a :class:`~lungseg.dicom.encoder.DicomEncoder`)."""
     loop = asyncio.get_running_loop()
     segmenter = model.augmented if tta else model.segmenter
     outputs = ["mask", *(["image"] if with_image else []), *([dicom] if dicom else [])]
     if batcher.idle:
         with batcher.alone():
-            return await loop.run_in_executor(pool, _whole, data, model, segmenter, tta, outputs)
+            return await loop.run_in_executor(
+                pool, _whole, data, model, segmenter, tta, outputs, encoder
+            )
     start = time.perf_counter()
     with batcher.expect():
         prepared = await loop.run_in_executor(pool, _prepare, data, segmenter, outputs)
     decoded_at = time.perf_counter()
     done = await batcher.submit(prepared.inputs)
     inferred_at = time.perf_counter()
-    result = await loop.run_in_executor(pool, _finish, prepared, done.value, segmenter, outputs)
+    result = await loop.run_in_executor(
+        pool, _finish, prepared, done.value, segmenter, outputs, encoder
+    )
     timings = _timings(start, decoded_at, done.queued_ms, done.forward_ms, inferred_at)
     return Segmented(model, tta, result, timings, done.batch_size)
 
 
 def _whole(
-    data: bytes, model: ServedModel, segmenter, tta: bool, outputs: Collection[str]
+    data: bytes, model: ServedModel, segmenter, tta: bool, outputs: Collection[str], encoder
 ) -> Segmented:
     """A request's whole work on one thread, when there is no one to batch it with."""
     start = time.perf_counter()
@@ -151,7 +159,7 @@ def _whole(
     decoded_at = time.perf_counter()
     prob = road.forward(segmenter, [prepared])[0]
     inferred_at = time.perf_counter()
-    result = _finish(prepared, prob, segmenter, outputs)
+    result = _finish(prepared, prob, segmenter, outputs, encoder)
     timings = _timings(start, decoded_at, 0.0, (inferred_at - decoded_at) * 1000, inferred_at)
     return Segmented(model, tta, result, timings, 1)
 
@@ -185,7 +193,7 @@ def _prepare(data: bytes, segmenter, outputs: Collection[str]) -> road.Prepared:
 
 
 def _finish(
-    prepared: road.Prepared, prob: np.ndarray, segmenter, outputs: Collection[str]
+    prepared: road.Prepared, prob: np.ndarray, segmenter, outputs: Collection[str], encoder
 ) -> road.Result:
     """:func:`lungseg.inference.road.finish`, or :class:`ServeError`: 415 for a DICOM SEG or SR
     of an upload that is not DICOM, 422 for one that cannot be referenced."""
@@ -194,6 +202,6 @@ def _finish(
             what = "SEG" if kind == "dicom_seg" else "SR"
             raise ServeError(415, f"a DICOM {what} needs a DICOM X-ray; this upload is not one")
     try:
-        return road.finish(prepared, prob, segmenter, key=UPLOAD, outputs=outputs)
+        return road.finish(prepared, prob, segmenter, key=UPLOAD, outputs=outputs, encoder=encoder)
     except LungsegError as exc:
         raise ServeError(422, exc.problem) from None
