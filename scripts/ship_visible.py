@@ -325,12 +325,44 @@ def cmd_sources(args: argparse.Namespace) -> None:
                     f"worst {figures['dice_worst']:.3f} <0.90 {figures['below_090']:.0%}",
                     flush=True,
                 )
+        if name in args.tta_models:
+            entry["tta"] = tta_figures(name, sets["visible"][0], work)
+        elif "tta" in results.get(name, {}):
+            entry["tta"] = results[name]["tta"]
         if "shifts" in results.get(name, {}):  # written by `shifts`, from other inputs
             entry["shifts"] = results[name]["shifts"]
         results[name] = entry
     SOURCES_JSON.parent.mkdir(parents=True, exist_ok=True)
     SOURCES_JSON.write_text(json.dumps(results, indent=2) + "\n")
     write_card_section(results)
+
+
+def tta_figures(name: str, data: Path, work: Path) -> dict:
+    """Mean and worst Dice per visible source without and with ``--tta``, on the same images."""
+    import numpy as np
+
+    from lungseg.evaluation.evaluate import evaluate
+    from lungseg.inference.segmenter import load_model
+
+    figures: dict[str, dict] = {}
+    for tta in (False, True):
+        model = load_model(name, device="cpu", tta=tta)
+        ev = evaluate(model, None, data=data, split="val", cache_root=work / "eval-cache")
+        groups: dict[str, list[float]] = {}
+        for i, index in enumerate(ev.indices):
+            row = ev.per_image[i]
+            source = source_of(ev.data.rows[index]["image_key"])
+            groups.setdefault(source, []).append(row["dice"])
+            if source == "shenzhen" and row["stem"] not in OTHER_RULE_VAL:
+                groups.setdefault(CLEAN_SOURCE, []).append(row["dice"])
+        for source, dice in groups.items():
+            entry = figures.setdefault(source, {"n_images": len(dice)})
+            entry["with" if tta else "without"] = {
+                "dice_mean": float(np.mean(dice)), "dice_worst": float(np.min(dice))
+            }  # fmt: skip
+        print(f"{name} tta={tta}: " + ", ".join(
+            f"{s} {float(np.mean(d)):.4f}" for s, d in groups.items()), flush=True)  # fmt: skip
+    return figures
 
 
 def write_card_section(results: dict, card: Path = WEIGHTS / "MODEL_CARD.md") -> None:
@@ -363,6 +395,11 @@ def main() -> None:
     sources.add_argument(
         "--models", nargs="+", default=["unet", "fcn", "deeplabv3", "unet-fast", "unet-visible"]
     )
+    sources.add_argument(
+        "--tta-models", nargs="*", default=["unet-visible"],
+        help="also score these with --tta on the visible sources (the anatomical models' TTA "
+        "figures are in the card's TTA table)",
+    )  # fmt: skip
     shifts = sub.add_parser("shifts", help="the visible models under other equipment, simulated")
     shifts.add_argument("--visible-data", required=True)
     shifts.add_argument("--work", required=True)
