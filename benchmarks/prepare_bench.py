@@ -104,7 +104,8 @@ def run(ctx: Context) -> Section:
         f"({n} images; 299x299 8-bit PNG images, 256x256 masks); output size 256.",
         "End to end: listing, fingerprint, decode image + mask, preprocess, split, write "
         "images.npy/masks.npy/split.csv/prepare.yaml and reopen; worker processes are started "
-        "(spawn) inside each timed run, as in `lungseg prepare`.",
+        "(lungseg.core.workers: fresh interpreters fed through pipes) inside each timed run, as "
+        "in `lungseg prepare`.",
         "Files are read from the page cache (the set is read once before timing); a cold "
         "disk or network storage adds its read time.",
     ]

@@ -75,11 +75,11 @@ def test_a_worker_that_dies_costs_a_restart_not_the_film(encoded):
     _, _, args = encoded
     with DicomEncoder(1) as encoder:
         first = encoder.encode(*args, name="chest.dcm", seg=True, sr=False)
-        (worker,) = encoder._idle
+        (worker,) = encoder.workers._idle
         os.kill(worker.process.pid, signal.SIGKILL)  # an out-of-memory kill, as the kernel does
         worker.process.wait()
         assert encoder.encode(*args, name="chest.dcm", seg=True, sr=False) == first
-        assert encoder.started == 2 and encoder._idle[0] is not worker
+        assert encoder.started == 2 and encoder.workers._idle[0] is not worker
 
 
 @pytest.mark.skipif(

@@ -23,7 +23,6 @@ import dataclasses
 import os
 import sys
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from lungseg.core.errors import BadInputError, LungsegError, quiet_third_party
 from lungseg.core.io_utils import atomic_write, atomic_write_text, csv_text, sha256_json
 from lungseg.core.locking import exclusive
 from lungseg.core.progress import track
+from lungseg.core.workers import WorkerDied, Workers
 from lungseg.data.cache_integrity import MANIFEST, cache_damage
 from lungseg.data.combined import open_data
 from lungseg.data.dataset import METADATA_FILE, Record, discover
@@ -141,10 +141,6 @@ def _process(job: _Job, config: PreprocessConfig) -> tuple[int, Any, Any, dict, 
         "spacing_col": decoded.spacing[1] if decoded.spacing else "",
     }
     return job.index, image, mask, info, problems
-
-
-def _process_star(args: tuple[_Job, PreprocessConfig]) -> tuple:
-    return _process(*args)
 
 
 def _worker_init() -> None:
@@ -317,14 +313,15 @@ def _run(jobs: list[_Job], config: PreprocessConfig, workers: int | None):
         for job in jobs:
             yield _process(job, config)
         return
-    import multiprocessing
-
-    # spawn, not fork: the parent may hold torch/OpenMP threads that a forked child would inherit.
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-        # Small chunks keep both workers busy when a few huge originals dominate the work.
-        chunksize = max(1, min(32, len(jobs) // (4 * workers)))
-        yield from pool.map(_process_star, ((job, config) for job in jobs), chunksize=chunksize)
+    # lungseg's own worker processes, not multiprocessing's: those would run the caller's main
+    # script again, and a script without a main guard would wait for its own lock for ever.
+    with Workers(workers, init=_worker_init) as pool:
+        try:
+            yield from pool.map(_process, jobs, config)
+        except WorkerDied:
+            raise LungsegError(
+                "a worker process died twice while decoding the images (out of memory?)"
+            ) from None
 
 
 def _write(out, images, masks, rows, problems, config, source, digest, has_ids) -> None:

@@ -9,34 +9,21 @@ the machine had (``segment --dicom-seg --dicom-sr`` used 1.1 of 2 cores). A
 thread waits for its answer without the GIL: the outputs are the same bytes
 (:func:`lungseg.dicom.sr.encode` runs in both), made on every core.
 
-The workers are ``python -m lungseg.dicom.encoder`` processes that read jobs from their stdin
-and answer on their stdout, not :mod:`multiprocessing` ones: those import the parent's main
-script again, so a user's script that calls ``segment_files`` without an
-``if __name__ == "__main__":`` guard would start segmenting in every worker. A worker runs only
-lungseg's code, starts at the first film that needs one, ignores Ctrl-C (its parent ends it) and
-ends by itself when its parent is gone (its stdin closes, even after ``kill -9``). A worker that
-dies (a huge film out of memory) costs that film only: another is started and the film tried
-once more.
+The workers are :class:`lungseg.core.workers.Workers`: fresh interpreters that run lungseg's
+code only (a script of the user's without a main guard is not run again), start at the first
+film that needs one, end with their parent, and cost one film when they die: it is tried once
+more in another.
 """
 
 from __future__ import annotations
 
-import os
-import pickle
-import signal
-import struct
-import subprocess
-import sys
-import threading
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from lungseg.core.errors import LungsegError, quiet_third_party
+from lungseg.core.workers import WorkerDied, Workers
 from lungseg.models.identity import ModelIdentity
-
-_LENGTH = struct.Struct("<Q")
 
 
 class DicomEncoder:
@@ -47,16 +34,13 @@ class DicomEncoder:
     """
 
     def __init__(self, processes: int) -> None:
-        if processes < 1:
-            raise ValueError(f"processes must be >= 1, got {processes}")
         self.processes = processes
-        self._slots = threading.Semaphore(processes)
-        self._lock = threading.Lock()
-        self._idle: list[_Worker] = []
-        self._workers: list[_Worker] = []
-        self._closed = False
-        #: Worker processes started, a replaced one included: for tests and reports.
-        self.started = 0
+        self.workers = Workers(processes, init=_worker_init)
+
+    @property
+    def started(self) -> int:
+        """Worker processes started so far (a replaced one included)."""
+        return self.workers.started
 
     def encode(
         self, header, mask: np.ndarray, row: dict[str, Any], identity: ModelIdentity,
@@ -71,37 +55,21 @@ class DicomEncoder:
         # A lung mask packs to an eighth: less to copy through the pipe for a 15 MP film.
         shape, packed = mask.shape, mask.dtype.kind == "b"
         payload = np.packbits(mask) if packed else mask
-        job = pickle.dumps((header, payload, packed, shape, row, identity, settings, name, seg, sr))
-        for attempt in range(2):
-            with self._slots:
-                worker = self._take()
-                try:
-                    answer = worker.call(job)
-                except (OSError, EOFError, ValueError):  # it died: a broken or closed pipe
-                    self._drop(worker)
-                    if attempt:
-                        raise LungsegError(
-                            "the process making its DICOM SEG/SR died twice (out of memory?)",
-                            name,
-                        ) from None
-                    continue
-                with self._lock:
-                    self._idle.append(worker)
-            kind, value = answer
-            if kind == "error":
-                raise LungsegError(value, name)
-            if kind == "exception":
-                raise RuntimeError(f"DICOM encoder: {value}")
-            return value
-        raise AssertionError("unreachable")
+        try:
+            kind, value = self.workers.call(
+                _encode, header, payload, packed, shape, row, identity, settings, name, seg, sr
+            )
+        except WorkerDied:
+            raise LungsegError(
+                "the process making its DICOM SEG/SR died twice (out of memory?)", name
+            ) from None
+        if kind == "error":
+            raise LungsegError(value, name)
+        return value
 
     def close(self, wait: bool = True) -> None:
         """End the worker processes (each finishes the film in hand; ``wait``: for that)."""
-        with self._lock:
-            self._closed = True
-            workers, self._workers, self._idle = self._workers, [], []
-        for worker in workers:
-            worker.stop(wait)
+        self.workers.close(wait)
 
     def __enter__(self) -> DicomEncoder:
         return self
@@ -109,77 +77,17 @@ class DicomEncoder:
     def __exit__(self, *exc: object) -> None:
         self.close(wait=exc[0] is None)
 
-    def _take(self) -> _Worker:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the DICOM encoder is closed")
-            if self._idle:
-                return self._idle.pop()
-            worker = _Worker()
-            self._workers.append(worker)
-            self.started += 1
-            return worker
 
-    def _drop(self, worker: _Worker) -> None:
-        with self._lock:
-            if worker in self._workers:
-                self._workers.remove(worker)
-        worker.stop(wait=False)
+def _worker_init() -> None:
+    quiet_third_party()
+    import lungseg.dicom.sr  # noqa: F401  (highdicom and pydicom, before the first film)
 
 
-class _Worker:
-    """One ``python -m lungseg.dicom.encoder`` process and its pipes."""
-
-    def __init__(self) -> None:
-        env = dict(os.environ)
-        # The parent may import lungseg from a path that only its own sys.path holds.
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "lungseg.dicom.encoder"], env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-
-    def call(self, job: bytes) -> tuple[str, Any]:
-        _write(self.process.stdin, job)
-        answer = _read(self.process.stdout)
-        if answer is None:
-            raise EOFError("the worker ended")
-        return pickle.loads(answer)
-
-    def stop(self, wait: bool) -> None:
-        try:
-            self.process.stdin.close()  # the worker ends at the end of its input
-        except OSError:
-            pass
-        if wait:
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
-def _write(stream: IO[bytes], data: bytes) -> None:
-    stream.write(_LENGTH.pack(len(data)) + data)
-    stream.flush()
-
-
-def _read(stream: IO[bytes]) -> bytes | None:
-    """One message, or ``None`` at the end of the stream (also when it ends inside one)."""
-    head = stream.read(_LENGTH.size)
-    if len(head) < _LENGTH.size:
-        return None
-    (size,) = _LENGTH.unpack(head)
-    data = stream.read(size)
-    return data if len(data) == size else None
-
-
-def _encode(job: bytes) -> tuple[str, Any]:
-    """The worker's side of one film: ``("ok", files)``, ``("error", problem)`` for a
-    :class:`LungsegError`, ``("exception", its type's name)`` for anything else."""
+def _encode(header, payload, packed, shape, row, identity, settings, name, seg, sr):
+    """The worker's side of one film: ``("ok", files)``, or ``("error", problem)`` for a
+    :class:`LungsegError` (a two-argument exception does not survive pickling intact)."""
     from lungseg.dicom.sr import encode
 
-    header, payload, packed, shape, row, identity, settings, name, seg, sr = pickle.loads(job)
     mask = payload
     if packed:
         mask = np.unpackbits(payload, count=shape[0] * shape[1]).reshape(shape).view(bool)
@@ -187,21 +95,3 @@ def _encode(job: bytes) -> tuple[str, Any]:
         return "ok", encode(header, mask, row, identity, settings, name=name, seg=seg, sr=sr)
     except LungsegError as exc:
         return "error", exc.problem
-    except Exception as exc:  # a bug; its text may hold header values, so only its type
-        return "exception", type(exc).__name__
-
-
-def _serve() -> None:
-    """A worker's life: one answer per job on stdin, until stdin ends."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends it on Ctrl-C
-    quiet_third_party()
-    import lungseg.dicom.sr  # noqa: F401  (highdicom and pydicom, before the first film)
-
-    jobs, answers = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # a stray print must not corrupt the answers
-    while (job := _read(jobs)) is not None:
-        _write(answers, pickle.dumps(_encode(job)))
-
-
-if __name__ == "__main__":
-    _serve()
