@@ -1,6 +1,6 @@
 """Holding a ``segment`` run at a known point: a read that waits, as on a stalled network file
 system (segment reads only regular files, so a named pipe no longer blocks it), and killing a
-run there (:func:`kill_when`).
+run there (:func:`kill_when`); whether a process still runs (:func:`running`).
 
 A child process runs :data:`PATCH` first; a file whose key contains ``held`` then blocks its
 reader until :func:`release` is called; the reader then gets the file's content (empty: an
@@ -49,3 +49,12 @@ def kill_when(script: str, reached: Callable[[], bool], nothing: str, timeout: f
         time.sleep(0.02)
     child.kill()
     child.wait()
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` still runs (an exited one that nobody reaped does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from held import running
 from lungseg.core.workers import WorkerDied, Workers
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -63,9 +64,9 @@ def test_workers_end_with_their_parent():
     parent.kill()  # kill -9: no clean-up of its own
     parent.wait()
     deadline = time.monotonic() + 10
-    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+    while any(running(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [p for p in pids if _running(p)]
+    assert not [p for p in pids if running(p)]
 
 
 def test_a_script_without_a_main_guard_is_not_run_again(tmp_path):
@@ -83,11 +84,3 @@ def test_a_script_without_a_main_guard_is_not_run_again(tmp_path):
                           timeout=60, env={**os.environ, "PYTHONPATH": str(SRC)})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["top level", "10.0"]
-
-
-def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -119,15 +119,6 @@ class NodeProcess:
         return (self.root / "node.log").read_text(errors="replace")
 
 
-def running(pid: int) -> bool:
-    """Whether process ``pid`` still runs (an exited one that nobody reaped does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def c_store(port: int, films: list[bytes], ae_title: str = SENDER) -> list[bool]:
     """Send ``films`` to 127.0.0.1:``port`` by C-STORE (pynetdicom): which were confirmed."""
     from pynetdicom import AE

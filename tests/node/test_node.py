@@ -15,8 +15,9 @@ import time
 
 import pydicom
 import pytest
-from nodes import SENDER, c_store, chest_films, running, uids
+from nodes import SENDER, c_store, chest_films, uids
 
+from held import running
 from orthanc import value
 
 pytestmark = pytest.mark.slow
