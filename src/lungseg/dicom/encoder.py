@@ -34,8 +34,21 @@ class DicomEncoder:
     """
 
     def __init__(self, processes: int) -> None:
-        self.processes = processes
         self.workers = Workers(processes, init=_worker_init)
+
+    @classmethod
+    def per_core(cls, limit: int | None = None) -> DicomEncoder | None:
+        """One worker per core this process may use (:func:`~lungseg.core.devices.local_cores`),
+        at most ``limit``; ``None`` where that is fewer than two (the caller encodes itself)."""
+        from lungseg.core.devices import local_cores
+
+        processes = min(local_cores(), limit or local_cores())
+        return cls(processes) if processes > 1 else None
+
+    @property
+    def processes(self) -> int:
+        """At most this many films are encoded at once."""
+        return self.workers.processes
 
     @property
     def started(self) -> int:

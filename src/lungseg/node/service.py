@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from lungseg.core.devices import local_cores
 from lungseg.core.io_utils import atomic_write_text
+from lungseg.dicom.encoder import DicomEncoder
 from lungseg.node.scp import Peer, instance_ref, storage_ae
 from lungseg.node.send import Undelivered
 from lungseg.node.spool import Spool
@@ -85,11 +85,7 @@ class Node:
         self._threads: list[threading.Thread] = []
         self._server = None
         #: Worker processes for the SEG and SR, one per core (none on one core).
-        self._encoder = None
-        if local_cores() > 1:
-            from lungseg.dicom.encoder import DicomEncoder
-
-            self._encoder = DicomEncoder(local_cores())
+        self._encoder = DicomEncoder.per_core()
 
     def start(self) -> None:
         ae, handlers = storage_ae(

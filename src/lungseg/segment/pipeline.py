@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from lungseg.core.devices import local_cores
 from lungseg.core.errors import LungsegError
 from lungseg.core.interrupts import sigterm_as_interrupt
 from lungseg.inference import road
@@ -153,12 +152,11 @@ class Pipeline:
     def _dicom_encoder(self):
         """Worker processes for the DICOM outputs, one per core the threads may use; none on one
         core or without DICOM outputs (the threads encode then)."""
-        processes = min(self.workers, local_cores())
-        if not (self.dicom_seg or self.dicom_sr) or processes < 2:
+        if not (self.dicom_seg or self.dicom_sr):
             return None
         from lungseg.dicom.encoder import DicomEncoder
 
-        return DicomEncoder(processes)
+        return DicomEncoder.per_core(limit=self.workers)
 
     def _collect(self, finishing: set[Future], keep: int) -> None:
         """Record finished images (removing them from ``finishing``); wait while more than

@@ -9,7 +9,6 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from lungseg.core.devices import local_cores
 from lungseg.core.errors import LungsegError
 from lungseg.dicom.encoder import DicomEncoder
 from lungseg.serve.batcher import MicroBatcher
@@ -31,7 +30,7 @@ class Service:
         self.batchers: dict[tuple[str, bool], MicroBatcher] = {}
         self.pool = ThreadPoolExecutor(min(8, (os.cpu_count() or 2) + 2), "lungseg-io")
         #: Processes for DICOM SEG and SR requests, started at the first one (none on one core).
-        self.encoder = DicomEncoder(local_cores()) if local_cores() > 1 else None
+        self.encoder = DicomEncoder.per_core()
         self.pending = 0
         self.failure: str | None = None
         self.api_key = api_key()
