@@ -414,6 +414,22 @@ def test_parallel_path_reports_bad_files(examples_dir: Path, tmp_path: Path) -> 
         prepare(tmp_path / "data", tmp_path / "cache", _config(), workers=2, progress=False)
 
 
+def test_workers_that_keep_dying_are_one_line_naming_the_data(
+    examples_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from lungseg.core.workers import WorkerDied, Workers
+
+    def dies(self, function, *args):
+        raise WorkerDied("a worker process died twice on one call")
+
+    monkeypatch.setattr(Workers, "call", dies)  # as a decoder killed for its memory, twice
+    with pytest.raises(LungsegError) as caught:
+        prepare(examples_dir, tmp_path / "cache", _config(), workers=2, progress=False)
+    assert caught.value.path == str(examples_dir)
+    assert "worker process died twice" in caught.value.problem
+    assert "--workers 1" in caught.value.problem
+
+
 def test_rgba_palette_and_16bit_files_in_a_dataset(examples_dir: Path, tmp_path: Path) -> None:
     root = tmp_path / "data"
     (root / "images").mkdir(parents=True)

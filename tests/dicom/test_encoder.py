@@ -82,6 +82,19 @@ def test_a_worker_that_dies_costs_a_restart_not_the_film(encoded):
         assert encoder.started == 2 and encoder.workers._idle[0] is not worker
 
 
+def test_a_worker_that_keeps_dying_is_one_line_naming_the_film(encoded, monkeypatch):
+    from lungseg.core.workers import WorkerDied, Workers
+
+    def dies(self, function, *args):
+        raise WorkerDied("a worker process died twice on one call")
+
+    _, _, args = encoded
+    monkeypatch.setattr(Workers, "call", dies)
+    with DicomEncoder(1) as encoder, pytest.raises(LungsegError) as caught:
+        encoder.encode(*args, name="chest.dcm", seg=True, sr=True)
+    assert caught.value.path == "chest.dcm" and "died twice" in caught.value.problem
+
+
 @pytest.mark.skipif(
     len(os.sched_getaffinity(0)) < 2, reason="segment starts encoder processes on >= 2 cores"
 )

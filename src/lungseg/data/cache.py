@@ -266,7 +266,10 @@ def _build(source, found, problems, out, config, digest, workers, skip_bad, prog
         for i, r in enumerate(records)
     ]
     for index, image, mask, info, errs in track(
-        _run(jobs, config.preprocess, workers), len(jobs), "prepare", enabled=progress
+        _run(jobs, config.preprocess, workers, source.name),
+        len(jobs),
+        "prepare",
+        enabled=progress,
     ):
         if errs:
             problems.extend(errs)
@@ -305,7 +308,7 @@ def _display(source: DataSource, key: str) -> str:
     return f"{source.name.rstrip('/')}/{key}"
 
 
-def _run(jobs: list[_Job], config: PreprocessConfig, workers: int | None):
+def _run(jobs: list[_Job], config: PreprocessConfig, workers: int | None, name: str):
     if workers is None:
         workers = os.cpu_count() or 1
         workers = max(1, min(workers, len(jobs) // MIN_IMAGES_PER_WORKER))
@@ -320,7 +323,9 @@ def _run(jobs: list[_Job], config: PreprocessConfig, workers: int | None):
             yield from pool.map(_process, jobs, config)
         except WorkerDied:
             raise LungsegError(
-                "a worker process died twice while decoding the images (out of memory?)"
+                "a worker process died twice while decoding the images (out of memory? "
+                "--workers 1 decodes in this process)",
+                name,
             ) from None
 
 
