@@ -323,8 +323,7 @@ def _run(jobs: list[_Job], config: PreprocessConfig, workers: int | None, name: 
             yield from pool.map(_process, jobs, config)
         except WorkerDied:
             raise LungsegError(
-                "a worker process died twice while decoding the images (out of memory? "
-                "--workers 1 decodes in this process)",
+                "a worker process died twice while decoding the images (out of memory?)",
                 name,
             ) from None
 
