@@ -16,12 +16,24 @@ happen.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from test_layout import import_graph, modules
+import test_layout
+
+# The source does not change while the tests read it: each file is parsed and the import graph
+# built once (uncached, the two tests below spent 40 s of CPU re-reading the same trees).
+import_graph = functools.cache(test_layout.import_graph)
+modules = functools.cache(test_layout.modules)
+
+
+@functools.cache
+def _parsed(path: Path) -> ast.Module:
+    return ast.parse(path.read_text())
+
 
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 #: A span of a message that belongs to another command (``lungseg prepare --data ...``,
@@ -127,7 +139,7 @@ def reachable(command_module: str, func: ast.FunctionDef) -> set[str]:
     the CLI module counts when the body uses the name it imports; the rest is for ``--help``)."""
     graph = import_graph()
     known = set(modules())
-    tree = ast.parse(Path(sys.modules[command_module].__file__).read_text())
+    tree = _parsed(Path(sys.modules[command_module].__file__))
     used = {n.id for stmt in func.body for n in ast.walk(stmt) if isinstance(n, ast.Name)}
     top = set()
     for stmt in tree.body:
@@ -149,7 +161,7 @@ def _lazy_exports(package: str) -> list[str]:
     path, is_package = modules()[package]
     if not is_package:
         return []
-    for node in ast.parse(path.read_text()).body:
+    for node in _parsed(path).body:
         if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "_EXPORTS":
             values = {v.value for v in node.value.values if isinstance(v, ast.Constant)}
             # A table may name its modules relative to the package (models: "unet").
@@ -219,13 +231,18 @@ def named_flags(text: str, default: str, commands: set[str]) -> list[tuple[str, 
     return found
 
 
-def mentions() -> Iterator[tuple[str, int, str, str, str]]:
+@functools.cache
+def mentions() -> tuple[tuple[str, int, str, str, str], ...]:
     """``(module, line, command, flag, message)`` for every flag a command can show the user."""
+    return tuple(_mentions())
+
+
+def _mentions() -> Iterator[tuple[str, int, str, str, str]]:
     commands = set(command_flags())
     for command, (cli_module, func) in command_functions().items():
         sources: list[tuple[str, ast.AST, set[int]]] = []
         for name in sorted(reachable(cli_module, func)):
-            tree = ast.parse(modules()[name][0].read_text())
+            tree = _parsed(modules()[name][0])
             skip = _docstrings(tree) | _help_texts(tree)
             if name.startswith("lungseg.cli."):  # other commands' bodies are theirs
                 skip |= {id(sub) for stmt in tree.body if isinstance(stmt, ast.FunctionDef)
