@@ -146,9 +146,14 @@ def test_int8_export_of_the_fast_variant(examples_dir: Path, tmp_path: Path, cap
     assert quantized.info["quantization"]["calibration_images"] == 12
     reference = load_model("unet-fast", device="cpu")
     assert vars(quantized.preprocess) == vars(reference.preprocess)
+    agreement = []
     for path in sorted((examples_dir / "COVID" / "images").glob("*.png")):
         a, b = quantized.predict(path), reference.predict(path)
-        assert a.shape == b.shape and dice(a, b) > 0.97, path.name
+        assert a.shape == b.shape and dice(a, b) > 0.98, path.name
+        agreement.append(dice(a, b))
+    # Full-range int8 weights saturate on CPUs without VNNI (this suite's 2-core AVX2 machine:
+    # mean agreement 0.9933, validation Dice -0.004); 7-bit weights agree to 0.9959 there.
+    assert np.mean(agreement) > 0.995
 
     from lungseg.inference.export import export_onnx
 

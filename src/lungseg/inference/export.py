@@ -154,12 +154,17 @@ def _export_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=False,
+            # 7-bit weights: on x86 CPUs without VNNI (AVX2 only) ONNX Runtime's uint8 x int8
+            # kernels saturate their 16-bit sums, which cost unet-fast 0.004 validation Dice
+            # (0.9528 -> 0.9485); with them 0.9522, as on CPUs with VNNI.
+            reduce_range=True,
         )
         proto = onnx.load(str(quantized))
     meta = dict(segmenter.info or {})
     meta["identity"] = _identity(segmenter)
     meta["quantization"] = {
-        "type": "int8 static (ONNX Runtime): int8 weights, uint8 activations, QDQ, per tensor",
+        "type": "int8 static (ONNX Runtime): int8 weights (7-bit range), uint8 activations, "
+        "QDQ, per tensor",
         "calibration_images": len(inputs),
     }
     return _save(proto, meta, out)
