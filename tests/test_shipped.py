@@ -102,3 +102,24 @@ def test_each_recipe_is_what_its_model_was_trained_with(name):
     assert set(differ) <= set(RESUMABLE_CHANGES), differ
     preprocess = from_dict(PreprocessConfig, ckpt["preprocess"])
     assert prepare_settings(recipe).preprocess == preprocess
+
+
+def test_a_copy_of_shipped_weights_keeps_its_identity(tmp_path: Path) -> None:
+    """The same weights, the same identity: a copy of unet.pt elsewhere (package's work
+    folder, a user's models folder) was "unknown" convention with no review threshold."""
+    import shutil
+
+    from lungseg.models.checkpoint import load_checkpoint, save_checkpoint
+
+    copy = tmp_path / "my-model.pt"
+    shutil.copy(shipped_weights("unet"), copy)
+    by_name, by_copy = load_model("unet", device="cpu"), load_model(copy, device="cpu")
+    assert by_copy.identity == by_name.identity
+    assert by_copy.identity.convention == "anatomical"
+    assert by_copy.info["review_threshold"] == by_name.info["review_threshold"]
+
+    own = load_checkpoint(copy)
+    own["state_dict"] = {k: v * 1 for k, v in own["state_dict"].items()}
+    own["epoch"] = 1  # other bytes: a checkpoint of one's own
+    save_checkpoint(tmp_path / "own.pt", own)
+    assert load_model(tmp_path / "own.pt", device="cpu").identity.convention == "unknown"

@@ -68,11 +68,23 @@ def shipped_weights(name: str) -> Path:
 
 def shipped_name(path: str | Path) -> str | None:
     """The shipped model whose weights file ``path`` is, or None: a shipped model loaded by its
-    path (an ONNX export of it, a server's cached export) keeps its name and convention."""
+    path (an ONNX export of it, a server's cached export, a copy of its file elsewhere) keeps
+    its name, convention and review threshold. A copy is known by its bytes: same size, then
+    the same SHA-256 (a checkpoint of one's own never is)."""
+    from lungseg.models.identity import file_digest
+
     path = Path(path)
-    if path.parent.resolve() != weights_dir().resolve() or path.suffix != ".pt":
+    if path.suffix != ".pt":
         return None
-    return path.stem if path.stem in SHIPPED_MODELS else None
+    if path.parent.resolve() == weights_dir().resolve():
+        return path.stem if path.stem in SHIPPED_MODELS else None
+    size = path.stat().st_size
+    for name in SHIPPED_MODELS:
+        shipped = weights_dir() / f"{name}.pt"
+        if shipped.is_file() and shipped.stat().st_size == size:
+            if file_digest(shipped) == file_digest(path):
+                return name
+    return None
 
 
 def weights_dir() -> Path:
