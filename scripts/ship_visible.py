@@ -41,13 +41,11 @@ import math
 import os
 from pathlib import Path
 
-from train_shipped import SOURCES_JSON, shipped_checkpoint, sources_section
+from train_shipped import SOURCES_JSON, shipped_checkpoint, write_card
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "src" / "lungseg" / "weights"
 RECIPE = REPO / "configs" / "unet-visible.yaml"
-#: Where the per-source section of MODEL_CARD.md starts; ``sources`` replaces everything after it.
-CARD_MARKER = "## Results per source (development data)"
 #: The visible-convention sources and their class folders.
 VISIBLE_SOURCES = {
     "shenzhen": ("Normal", "Tuberculosis"),
@@ -202,7 +200,7 @@ def cmd_shifts(args: argparse.Namespace) -> None:
             ), flush=True)  # fmt: skip
         results.setdefault(name, {})["shifts"] = figures
     SOURCES_JSON.write_text(json.dumps(results, indent=2) + "\n")
-    write_card_section(results)
+    write_card()
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -334,7 +332,7 @@ def cmd_sources(args: argparse.Namespace) -> None:
         results[name] = entry
     SOURCES_JSON.parent.mkdir(parents=True, exist_ok=True)
     SOURCES_JSON.write_text(json.dumps(results, indent=2) + "\n")
-    write_card_section(results)
+    write_card()
 
 
 def tta_figures(name: str, data: Path, work: Path) -> dict:
@@ -363,13 +361,6 @@ def tta_figures(name: str, data: Path, work: Path) -> dict:
         print(f"{name} tta={tta}: " + ", ".join(
             f"{s} {float(np.mean(d)):.4f}" for s, d in groups.items()), flush=True)  # fmt: skip
     return figures
-
-
-def write_card_section(results: dict, card: Path = WEIGHTS / "MODEL_CARD.md") -> None:
-    """Replace the per-source section at the end of MODEL_CARD.md (or append it)."""
-    text = card.read_text()
-    head = text.split(CARD_MARKER)[0].rstrip("\n")
-    card.write_text(head + "\n\n" + sources_section(results))
 
 
 def main() -> None:

@@ -14,8 +14,10 @@ Reproduces the shipped weights from the project's development data::
 the weights in fp16 (checking that validation Dice does not change), evaluates every shipped
 model, the ensemble and the int8 export of ``unet-fast`` on the **test** split, and writes
 ``src/lungseg/weights/<model>.pt``, ``src/lungseg/weights/MODEL_CARD.md`` and
-``docs/comparison/``. ``package --models NAME...`` replaces only those models' weights; the
-others are kept and scored again. Nothing is tuned on the test split.
+``docs/comparison/``, and records its figures in ``docs/shipped_results.json``, from which
+``card`` renders MODEL_CARD.md again after a change of its templates (no scoring).
+``package --models NAME...`` replaces only those models' weights; the others are kept and scored
+again. Nothing is tuned on the test split.
 
 Runs trained on another machine (the GPU machine; ``scripts/gpu_session.sh`` does the whole
 round trip) travel as ``pack --work W --out DIR MODEL...`` archives (no optimizer state) and are
@@ -38,6 +40,11 @@ WEIGHTS = REPO / "src" / "lungseg" / "weights"
 #: comments in each say what was chosen on validation and what did not help.
 CONFIGS = REPO / "configs"
 MODELS = ("unet", "fcn", "deeplabv3", "unet-fast")
+#: The figures of the last ``package`` (test split, validation presets, TTA, int8), from which
+#: ``card`` renders MODEL_CARD.md without scoring again.
+RESULTS_JSON = REPO / "docs" / "shipped_results.json"
+#: The per-source figures of every shipped model (``scripts/ship_visible.py sources``).
+SOURCES_JSON = REPO / "docs" / "sources.json"
 
 
 def recipe(model: str) -> Path:
@@ -131,6 +138,8 @@ def cmd_package(args: argparse.Namespace) -> None:
     work = Path(args.work)
     weights = Path(args.weights_dir)
     weights.mkdir(parents=True, exist_ok=True)
+    recorded = Path(args.results)
+    before = json.loads(recorded.read_text()) if recorded.is_file() else {}
     results: dict[str, dict] = {}
     segmenters = {}
     for model in MODELS:
@@ -139,6 +148,7 @@ def cmd_package(args: argparse.Namespace) -> None:
             shipped, data, results[model] = _package_run(model, run, work, weights)
         elif (weights / f"{model}.pt").is_file():
             shipped, data, results[model] = _rescore_shipped(model, work, weights, args.data)
+            _carry_drift(results[model], before.get(model), weights / f"{model}.pt")
         else:
             print(f"{model}: no run in {run} and no shipped weights; left out")
             continue
@@ -148,6 +158,7 @@ def cmd_package(args: argparse.Namespace) -> None:
         results[model]["test"] = test.metrics
         results[model]["cache"] = str(data)
         results[model]["network"] = network_text(weights / f"{model}.pt")
+        results[model]["weights_sha256"] = _sha256(weights / f"{model}.pt")
         segmenters[model] = shipped
     if all(name in segmenters for name in ENSEMBLE_MODELS):
         first = results[ENSEMBLE_MODELS[0]]
@@ -166,9 +177,10 @@ def cmd_package(args: argparse.Namespace) -> None:
     for model in INT8_MODELS:
         if model in results:
             results[f"{model}-int8"] = _int8_result(model, results[model], work, weights)
-    (work / "shipped_results.json").write_text(json.dumps(results, indent=2, default=str))
-    sources = json.loads(SOURCES_JSON.read_text()) if SOURCES_JSON.is_file() else None
-    (weights / "MODEL_CARD.md").write_text(model_card(results, sources))
+    recorded.parent.mkdir(parents=True, exist_ok=True)
+    places = {str(work.absolute()): "WORK", str(weights.absolute()): "WEIGHTS"}
+    recorded.write_text(json.dumps(_portable(results, places), indent=2, default=str) + "\n")
+    write_card(recorded, weights)
     if args.report:
         from lungseg.evaluation.report import build_report, load_checkpoint_entry
 
@@ -237,6 +249,51 @@ def _rescore_shipped(model: str, work: Path, weights: Path, source: str | None):
     result = {"postprocess": ckpt["postprocess_preset"], "val_presets": presets,
               "fp16_val_dice_drift": drift, "summary": summary, "new": False}  # fmt: skip
     return shipped, data, result
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _portable(value, places: dict[str, str]):
+    """``value`` with the machine's own folders in its paths replaced by names (``WORK``,
+    ``WEIGHTS``): the recorded figures go into the repository."""
+    if isinstance(value, dict):
+        return {k: _portable(v, places) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_portable(v, places) for v in value]
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str):
+        for folder, name in places.items():
+            if value.startswith(folder + "/") or value == folder:
+                return name + value[len(folder) :]
+    return value
+
+
+def _carry_drift(result: dict, before: dict | None, weights: Path) -> None:
+    """A kept model's fp16 drift, measured when it was packaged, stays in the card while its
+    weights are the same file (the run it came from is rarely at hand later)."""
+    if result.get("fp16_val_dice_drift") is not None or not before:
+        return
+    if before.get("weights_sha256") == _sha256(weights):
+        result["fp16_val_dice_drift"] = before.get("fp16_val_dice_drift")
+
+
+def write_card(recorded: Path = RESULTS_JSON, weights: Path = WEIGHTS) -> Path:
+    """MODEL_CARD.md from the recorded results of ``package`` and, at its end, the per-source
+    figures of ``scripts/ship_visible.py sources``: no scoring, so a change of the templates
+    reaches the card at once (tests/test_model_card.py checks that the shipped card is this)."""
+    sources = json.loads(SOURCES_JSON.read_text()) if SOURCES_JSON.is_file() else None
+    card = weights / "MODEL_CARD.md"
+    card.write_text(model_card(json.loads(recorded.read_text()), sources))
+    return card
+
+
+def cmd_card(args: argparse.Namespace) -> None:
+    print(f"wrote {write_card(Path(args.results), Path(args.weights_dir))}")
 
 
 def _fp16_drift(run: Path, shipped: dict, shipped_val: dict, data: Path) -> float | None:
@@ -356,10 +413,6 @@ def model_card(results: dict, sources: dict | None = None) -> str:
     if sources:
         card = card.rstrip("\n") + "\n\n" + sources_section(sources)
     return card
-
-
-#: The per-source figures of every shipped model (``scripts/ship_visible.py sources``).
-SOURCES_JSON = REPO / "docs" / "sources.json"
 
 
 def sources_section(results: dict) -> str:
@@ -501,6 +554,10 @@ def main() -> None:
         help="folder for the shipped models' comparison report ('' for none)",
     )
     package.add_argument("--weights-dir", default=str(WEIGHTS))
+    package.add_argument("--results", default=str(RESULTS_JSON), help="where the figures go")
+    card = sub.add_parser("card", help="render MODEL_CARD.md from the recorded figures")
+    card.add_argument("--results", default=str(RESULTS_JSON))
+    card.add_argument("--weights-dir", default=str(WEIGHTS))
     pack = sub.add_parser("pack", help="pack runs (fp16 best weights, no optimizer) for adopt")
     pack.add_argument("--work", required=True)
     pack.add_argument("--out", required=True)
@@ -510,7 +567,8 @@ def main() -> None:
     adopt.add_argument("--data", required=True)
     adopt.add_argument("archives", nargs="+")
     args = parser.parse_args()
-    commands = {"train": cmd_train, "package": cmd_package, "pack": cmd_pack, "adopt": cmd_adopt}
+    commands = {"train": cmd_train, "package": cmd_package, "card": cmd_card, "pack": cmd_pack,
+                "adopt": cmd_adopt}  # fmt: skip
     commands[args.command](args)
 
 

@@ -11,6 +11,7 @@ importing its parent packages.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -232,3 +233,23 @@ def test_the_command_line_loads_no_heavy_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"imported by the CLI at start: {out.stdout.strip()}"
+
+
+#: What people read, and the templates that write it: a module they point at must exist.
+DOCUMENTS = ("README.md", "BENCHMARKS.md", "src/lungseg/weights/MODEL_CARD.md",
+             "scripts/templates/*.j2", "benchmarks/templates/*.j2", "configs/*.yaml")  # fmt: skip
+
+
+def test_every_module_the_documents_name_exists():
+    """``lungseg/quality.py`` in the model card outlived the move to ``lungseg/inference/``."""
+    repo = SRC.parent
+    named = re.compile(r"\blungseg/[\w/]+\.py\b")
+    missing = {
+        f"{path.relative_to(repo)}: {found}"
+        for pattern in DOCUMENTS
+        for path in repo.glob(pattern)
+        for found in named.findall(path.read_text(encoding="utf-8"))
+        if not (SRC / found).is_file() and not (repo / found).is_file()
+    }
+    assert len(list(repo.glob("scripts/templates/*.j2"))) >= 2
+    assert not missing, "\n".join(sorted(missing))

@@ -136,9 +136,10 @@ def test_optional_sections_and_unmeasured_drift(train_shipped) -> None:
     ) in card
     for r in results.values():
         r.pop("fp16_val_dice_drift", None)
-    assert "- Weights are stored in fp16; the change in validation Dice was not measured.\n" in (
-        train_shipped.model_card(results)
-    )
+    assert (
+        "- Weights are stored in fp16; the change in validation Dice was not measured (the runs "
+        "the weights came from were not at hand).\n"
+    ) in train_shipped.model_card(results)
 
 
 def test_a_missing_result_is_an_error(train_shipped) -> None:
@@ -184,3 +185,33 @@ def test_tta_figures_of_the_visible_model_get_their_table(train_shipped) -> None
     assert row in card
     without = train_shipped.model_card(package_results(), {"unet-visible": {"convention": "x"}})
     assert "Test-time augmentation, visible convention" not in without
+
+
+def test_the_shipped_card_is_the_rendering_of_the_recorded_figures(train_shipped) -> None:
+    """A template change reaches the card (``train_shipped.py card``): the shipped card had
+    kept an old "Known limits" and no "Mask conventions" after the template gained them."""
+    import json
+
+    results = json.loads(train_shipped.RESULTS_JSON.read_text())
+    sources = json.loads(train_shipped.SOURCES_JSON.read_text())
+    shipped = (train_shipped.WEIGHTS / "MODEL_CARD.md").read_text()
+    assert shipped == train_shipped.model_card(results, sources), (
+        "MODEL_CARD.md is not what its templates render: python scripts/train_shipped.py card"
+    )
+    assert "## Mask conventions" in shipped and "unet-visible (visible)" in shipped
+
+
+def test_a_kept_models_drift_stays_while_its_weights_are_the_same(train_shipped, tmp_path):
+    weights = tmp_path / "unet.pt"
+    weights.write_bytes(b"weights")
+    before = {"fp16_val_dice_drift": 2.2e-05, "weights_sha256": train_shipped._sha256(weights)}
+    kept = {"fp16_val_dice_drift": None}
+    train_shipped._carry_drift(kept, before, weights)
+    assert kept["fp16_val_dice_drift"] == 2.2e-05
+    weights.write_bytes(b"other weights")
+    changed = {"fp16_val_dice_drift": None}
+    train_shipped._carry_drift(changed, before, weights)
+    assert changed["fp16_val_dice_drift"] is None
+    measured = {"fp16_val_dice_drift": 1e-06}
+    train_shipped._carry_drift(measured, before, weights)
+    assert measured["fp16_val_dice_drift"] == 1e-06
