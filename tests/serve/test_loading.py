@@ -70,3 +70,35 @@ def test_a_damaged_cached_export_is_rebuilt(served_onnx, tmp_path, monkeypatch, 
     assert list(models) == ["unet-fast"]
     assert cached.stat().st_size > 1_000_000
     assert "exporting it again" in caplog.text
+
+
+def test_the_models_check_of_several_workers_runs_no_script_again(tmp_path):
+    """``serve(workers=2)`` checks the models in a child first. It was a multiprocessing spawn
+    child, which imports the caller's main script again: in a script without a main guard the
+    child ran the script, failed in its own bootstrapping and never answered, and the parent
+    waited on its queue for ever (as it did for a child killed while loading). Now lungseg's own
+    worker process answers."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "noguard.py"
+    script.write_text(
+        "from lungseg.core.errors import LungsegError\n"
+        "from lungseg.serve import _check_models\n"
+        "from lungseg.serve.settings import ServeConfig\n"
+        "print('top level', flush=True)\n"
+        "try:\n"
+        f"    _check_models(ServeConfig(models=({str(tmp_path / 'missing.pt')!r},)))\n"
+        "except LungsegError as exc:\n"
+        "    print('refused:', exc.problem)\n"
+    )
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(src)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "top level" and lines.count("top level") == 1, done.stdout
+    assert lines[1].startswith("refused:") and "not found" in lines[1], done.stdout

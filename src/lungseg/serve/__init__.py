@@ -72,38 +72,40 @@ def run(config: ServeConfig) -> None:
 
 
 def _check_models(config: ServeConfig) -> None:
-    """Load the models in a child process, for their errors and the ONNX cache only.
+    """Load the models in a child process, for their errors and the ONNX cache only: one of
+    lungseg's own worker processes (:mod:`lungseg.core.workers`), so a child that dies while
+    loading (out of memory) is an error, not a parent waiting for ever on a queue, and a script
+    that calls this without a main guard is not run again.
 
     Raises:
         LungsegError: the child's, as it gave it.
     """
-    import multiprocessing
+    from lungseg.core.errors import LungsegError
+    from lungseg.core.workers import WorkerDied, Workers
 
-    context = multiprocessing.get_context("spawn")
-    answers = context.Queue()
-    child = context.Process(target=_load_and_report, args=(config, answers), daemon=True)
-    child.start()
-    problem = answers.get()
-    child.join()
+    with Workers(1) as workers:
+        try:
+            problem = workers.call(_load_and_report, config)
+        except WorkerDied:
+            raise LungsegError(
+                "the process loading the models died twice (out of memory?)"
+            ) from None
     if problem is not None:
-        from lungseg.core.errors import LungsegError
-
         raise LungsegError(*problem)
 
 
-def _load_and_report(config: ServeConfig, answers) -> None:
+def _load_and_report(config: ServeConfig) -> tuple[str, str | None] | None:
+    """In the child: load the models; ``None``, or the problem as ``(text, path)``."""
     from lungseg.core.errors import LungsegError
     from lungseg.serve.loading import load_models
 
     try:
         load_models(config)
     except LungsegError as exc:
-        answers.put((exc.problem, exc.path))
-        return
-    except BaseException as exc:
-        answers.put((f"models failed to load ({type(exc).__name__})", None))
-        raise
-    answers.put(None)
+        return exc.problem, exc.path
+    except Exception as exc:
+        return f"models failed to load ({type(exc).__name__})", None
+    return None
 
 
 def _logging() -> dict:
