@@ -133,6 +133,7 @@ def cmd_package(args: argparse.Namespace) -> None:
     """
     from lungseg.evaluation.evaluate import evaluate
     from lungseg.inference.segmenter import ensemble
+    from lungseg.models.identity import file_digest
     from lungseg.models.shipped import ENSEMBLE_MODELS
 
     work = Path(args.work)
@@ -158,7 +159,7 @@ def cmd_package(args: argparse.Namespace) -> None:
         results[model]["test"] = test.metrics
         results[model]["cache"] = str(data)
         results[model]["network"] = network_text(weights / f"{model}.pt")
-        results[model]["weights_sha256"] = _sha256(weights / f"{model}.pt")
+        results[model]["weights_sha256"] = file_digest(weights / f"{model}.pt")
         segmenters[model] = shipped
     if all(name in segmenters for name in ENSEMBLE_MODELS):
         first = results[ENSEMBLE_MODELS[0]]
@@ -251,12 +252,6 @@ def _rescore_shipped(model: str, work: Path, weights: Path, source: str | None):
     return shipped, data, result
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _portable(value, places: dict[str, str]):
     """``value`` with the machine's own folders in its paths replaced by names (``WORK``,
     ``WEIGHTS``): the recorded figures go into the repository."""
@@ -278,7 +273,9 @@ def _carry_drift(result: dict, before: dict | None, weights: Path) -> None:
     weights are the same file (the run it came from is rarely at hand later)."""
     if result.get("fp16_val_dice_drift") is not None or not before:
         return
-    if before.get("weights_sha256") == _sha256(weights):
+    from lungseg.models.identity import file_digest
+
+    if before.get("weights_sha256") == file_digest(weights):
         result["fp16_val_dice_drift"] = before.get("fp16_val_dice_drift")
 
 

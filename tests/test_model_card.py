@@ -204,7 +204,9 @@ def test_the_shipped_card_is_the_rendering_of_the_recorded_figures(train_shipped
 def test_a_kept_models_drift_stays_while_its_weights_are_the_same(train_shipped, tmp_path):
     weights = tmp_path / "unet.pt"
     weights.write_bytes(b"weights")
-    before = {"fp16_val_dice_drift": 2.2e-05, "weights_sha256": train_shipped._sha256(weights)}
+    from lungseg.models.identity import file_digest
+
+    before = {"fp16_val_dice_drift": 2.2e-05, "weights_sha256": file_digest(weights)}
     kept = {"fp16_val_dice_drift": None}
     train_shipped._carry_drift(kept, before, weights)
     assert kept["fp16_val_dice_drift"] == 2.2e-05
