@@ -81,6 +81,7 @@ def test_the_models_check_of_several_workers_runs_no_script_again(tmp_path):
     import os
     import subprocess
     import sys
+    from pathlib import Path
 
     script = tmp_path / "noguard.py"
     script.write_text(
@@ -93,8 +94,6 @@ def test_the_models_check_of_several_workers_runs_no_script_again(tmp_path):
         "except LungsegError as exc:\n"
         "    print('refused:', exc.problem)\n"
     )
-    from pathlib import Path
-
     src = Path(__file__).resolve().parents[2] / "src"
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "PYTHONPATH": str(src)})  # fmt: skip

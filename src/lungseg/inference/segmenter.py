@@ -334,14 +334,15 @@ def _load(
     # An ONNX export records the identity of the checkpoint it came from: the same weights,
     # the same identity. A shipped variant keeps its own name (unet-fast is a "unet").
     recorded = meta.get("identity") or {}
-    shipped = shipped_name(path) or ""
+    digest = recorded.get("weights_sha256") or file_digest(path)
+    shipped = shipped_name(path, digest) or ""
     if shipped in SHIPPED_REVIEW_THRESHOLDS:
         info.setdefault("review_threshold", SHIPPED_REVIEW_THRESHOLDS[shipped])
     name = shipped or recorded.get("name") or meta["model"]["name"]
     identity = ModelIdentity(
         name=name,
         architecture=meta["model"]["name"],
-        digest=recorded.get("weights_sha256") or file_digest(path),
+        digest=digest,
         convention=(
             recorded.get("convention")
             or meta.get("convention")

@@ -66,11 +66,12 @@ def shipped_weights(name: str) -> Path:
     return path
 
 
-def shipped_name(path: str | Path) -> str | None:
+def shipped_name(path: str | Path, digest: str | None = None) -> str | None:
     """The shipped model whose weights file ``path`` is, or None: a shipped model loaded by its
     path (an ONNX export of it, a server's cached export, a copy of its file elsewhere) keeps
     its name, convention and review threshold. A copy is known by its bytes: same size, then
-    the same SHA-256 (a checkpoint of one's own never is)."""
+    the same SHA-256 (a checkpoint of one's own never is); ``digest``: the file's, when the
+    caller has it already."""
     from lungseg.models.identity import file_digest
 
     path = Path(path)
@@ -82,7 +83,8 @@ def shipped_name(path: str | Path) -> str | None:
     for name in SHIPPED_MODELS:
         shipped = weights_dir() / f"{name}.pt"
         if shipped.is_file() and shipped.stat().st_size == size:
-            if file_digest(shipped) == file_digest(path):
+            digest = digest or file_digest(path)
+            if file_digest(shipped) == digest:
                 return name
     return None
 
