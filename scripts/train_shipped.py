@@ -290,7 +290,10 @@ def write_card(recorded: Path = RESULTS_JSON, weights: Path = WEIGHTS) -> Path:
 
 
 def cmd_card(args: argparse.Namespace) -> None:
-    print(f"wrote {write_card(Path(args.results), Path(args.weights_dir))}")
+    recorded = Path(args.results)
+    if not recorded.is_file():
+        raise SystemExit(f"{recorded}: no recorded figures; run 'package' first")
+    print(f"wrote {write_card(recorded, Path(args.weights_dir))}")
 
 
 def _fp16_drift(run: Path, shipped: dict, shipped_val: dict, data: Path) -> float | None:
