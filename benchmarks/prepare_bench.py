@@ -31,7 +31,7 @@ PROFILE_ROWS = [
     ("read files", "lungseg/data/io.py", "read_file"),
     ("decode image (decode_image)", "lungseg/data/io.py", "decode_image"),
     ("decode mask (decode_mask)", "lungseg/data/io.py", "decode_mask"),
-    ("  of both: header check (Pillow reads the size)", "lungseg/data/io.py", "check_header"),
+    ("  of both: header check (Pillow reads size, EXIF)", "lungseg/data/io.py", "_read_header"),
     ("  of both: PNG decode (cv2.imdecode)", "~", "<imdecode>"),
     ("  of both: to_gray8 (rint + clip + astype copy)", "lungseg/data/io.py", "to_gray8"),
     ("  of the mask: binarize", "lungseg/data/io.py", "binarize_mask"),

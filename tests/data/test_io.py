@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from dicom_files import dicom_bytes
 from lungseg.core.errors import LungsegError
@@ -22,6 +22,7 @@ from lungseg.data.io import (
     binarize_mask,
     check_header,
     decode_image,
+    decode_mask,
     scale_to_uint8,
 )
 from png_files import PNG_SIGNATURE, png_chunk, png_declaring
@@ -170,6 +171,39 @@ def test_tiff(xray: np.ndarray, rgb: np.ndarray, mode: str) -> None:
     np.testing.assert_array_equal(decode_image(data, "x.tif").pixels, expected)
 
 
+def _with_orientation(pixels: np.ndarray, fmt: str, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[274] = orientation  # EXIF Orientation
+    quality = {"quality": 100, "subsampling": 0} if fmt == "JPEG" else {}
+    return _pil_bytes(Image.fromarray(pixels), fmt, exif=exif, **quality)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_gives_the_picture_viewers_show(
+    xray: np.ndarray, fmt: str, orientation: int
+) -> None:
+    """A film stored sideways with EXIF saying so is decoded as it is displayed: as Pillow's
+    exif_transpose and OpenCV's default reader show it, not as stored (lungseg once segmented
+    such a film lying on its side)."""
+    stored = np.ascontiguousarray(xray[:, :250])  # not square: a rotation changes the shape
+    data = _with_orientation(stored, fmt, orientation)
+    ours = decode_image(data, f"x.{fmt.lower()}").pixels
+    with Image.open(io.BytesIO(data)) as im:
+        pillow = np.asarray(ImageOps.exif_transpose(im).convert("L"))
+    opencv = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert ours.shape == pillow.shape == opencv.shape
+    assert ours.shape == (stored.shape[::-1] if orientation >= 5 else stored.shape)
+    assert np.abs(ours.astype(int) - pillow).max() <= 1
+    assert np.abs(ours.astype(int) - opencv).max() <= 1
+
+
+def test_exif_orientation_of_a_mask_too(mask255: np.ndarray) -> None:
+    stored = np.ascontiguousarray(mask255[:, :250])
+    mask = decode_mask(_with_orientation(stored, "PNG", 6), "m.png")
+    np.testing.assert_array_equal(mask, np.rot90(stored, -1) > 0)
+
+
 def test_bmp(xray: np.ndarray) -> None:
     np.testing.assert_array_equal(decode_image(_cv2_bytes(xray, ".bmp"), "x.bmp").pixels, xray)
 
@@ -313,6 +347,7 @@ def _bad_files(xray: np.ndarray) -> dict[str, tuple[bytes, str]]:
         "notes.png": (b"patient 12, follow-up day 3\n", "not an image"),
         "bomb.png": (png_declaring(20000, 20000), "decompression bomb"),
         "big.png": (png_declaring(11000, 11000), "decompression bomb"),
+        "orientation-9.jpg": (_with_orientation(xray, "JPEG", 9), "EXIF Orientation is 9"),
     }
 
 
@@ -325,6 +360,7 @@ BAD_NAMES = [
     "notes.png",
     "bomb.png",
     "big.png",
+    "orientation-9.jpg",
 ]
 
 

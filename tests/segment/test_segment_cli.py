@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from dicom_files import dicom_bytes
 from held import PATCH, held, release
@@ -26,8 +27,9 @@ SPACING = {"mono2.dcm": (0.15, 0.2), "mono1.dcm": (0.15, 0.2)}
 
 
 def _inputs(examples_dir: Path, folder: Path) -> dict[str, tuple[int, int]]:
-    """One real X-ray written as PNG, JPEG, RGBA, 16-bit PNG and DICOM (MONOCHROME1/2), each at
-    its own size, plus a corrupt PNG. Returns ``{key: (height, width)}`` of the good files."""
+    """One real X-ray written as PNG, JPEG, a JPEG stored sideways with EXIF saying so, RGBA,
+    16-bit PNG and DICOM (MONOCHROME1/2), each at its own size, plus a corrupt PNG. Returns
+    ``{key: (height, width)}`` of the good files, as they are displayed."""
     folder.mkdir()
     xray = read_gray(examples_dir / "COVID" / "images" / "1d435a4b.png")
 
@@ -36,6 +38,9 @@ def _inputs(examples_dir: Path, folder: Path) -> dict[str, tuple[int, int]]:
 
     cv2.imwrite(str(folder / "gray.png"), sized(331, 287))
     cv2.imwrite(str(folder / "photo.jpg"), sized(400, 360), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    exif = Image.Exif()
+    exif[274] = 6  # Orientation: the stored pixels are shown turned 90 degrees clockwise
+    Image.fromarray(np.rot90(sized(331, 287))).save(folder / "sideways.jpg", exif=exif, quality=95)
     rgb = cv2.cvtColor(sized(250, 270), cv2.COLOR_GRAY2BGR)
     cv2.imwrite(str(folder / "figure.png"), np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]))
     cv2.imwrite(str(folder / "deep.png"), sized(320, 320).astype(np.uint16) * 257)
@@ -45,7 +50,8 @@ def _inputs(examples_dir: Path, folder: Path) -> dict[str, tuple[int, int]]:
     (folder / "mono1.dcm").write_bytes(dicom_bytes(4095 - raw, "MONOCHROME1", SPACING["mono1.dcm"]))
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     return {
-        "gray.png": (331, 287), "photo.jpg": (400, 360), "figure.png": (250, 270),
+        "gray.png": (331, 287), "photo.jpg": (400, 360), "sideways.jpg": (331, 287),
+        "figure.png": (250, 270),
         "deep.png": (320, 320), "mono2.dcm": (300, 280), "mono1.dcm": (300, 280),
     }  # fmt: skip
 
@@ -67,7 +73,7 @@ def test_segment_every_format(tiny_run, examples_dir: Path, tmp_path: Path, caps
             "--overlays"]  # fmt: skip
     code, stdout, stderr = lungseg(argv, capsys)
     assert code == 0, stderr
-    assert "segmented 6 image(s)" in stdout and "1 file(s) skipped" in stdout
+    assert "segmented 7 image(s)" in stdout and "1 file(s) skipped" in stdout
 
     rows = rows_of(out / "measurements.csv")
     assert list(rows) == sorted(sizes)  # sorted by key
@@ -103,6 +109,11 @@ def test_segment_every_format(tiny_run, examples_dir: Path, tmp_path: Path, caps
     assert stdout.index(first[1]) < stdout.index(first[2])
     # MONOCHROME1 stores the inverted values; decoded, it is the same image as the MONOCHROME2.
     assert dice(masks["mono1.dcm"], masks["mono2.dcm"]) > 0.99
+    # A film stored sideways is segmented and written the way up it is displayed.
+    assert dice(masks["sideways.jpg"], masks["gray.png"]) > 0.97
+    assert int(rows["sideways.jpg"]["right_lung_px"]) == pytest.approx(
+        int(rows["gray.png"]["right_lung_px"]), rel=0.05
+    )
 
     (error,) = rows_of(out / "errors.csv").values()
     assert error["key"] == "broken.png" and "PNG" in error["problem"]

@@ -171,7 +171,8 @@ def fingerprint(source: DataSource, records: list[Record], config: PrepareConfig
                 files.append((key, *source.stat(key)))
     if METADATA_FILE in set(source.list_keys()):
         files.append((METADATA_FILE, *source.stat(METADATA_FILE)))
-    return sha256_json({"config": to_dict(config), "files": files, "format": 1})
+    # format 2: EXIF orientation applied when decoding (a cache from before may hold films sideways)
+    return sha256_json({"config": to_dict(config), "files": files, "format": 2})
 
 
 def prepare(

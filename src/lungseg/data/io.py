@@ -15,6 +15,9 @@ Every image format the project meets ends up the same way: ``uint8[H, W]`` grays
   merely dark stay dark, as they are in 8 bits.
 * Floats: values within 0..1 are that unit (``* 255``); other non-negative values are taken
   like integers; images with negative values (no convention) are min-max stretched.
+* EXIF orientation (JPEG, PNG; TIFF's own tag too): applied, so the pixels are the picture
+  every viewer shows (a phone or a scanner may store a film sideways and say so in EXIF); masks
+  and overlays are written that way up, as the image is seen.
 * DICOM: with a VOI LUT or window, the window's output range maps to 0..255 (what the window
   means); without one, the stored values are scaled as above (a linear rescale slope/intercept
   does not change a linear display); then MONOCHROME1 inversion; the pixel spacing is kept.
@@ -45,6 +48,7 @@ from lungseg.data.dicom_decode import checked_size, pixel_array
 from lungseg.data.dicom_header import DISPLAY, Orientation
 from lungseg.data.dicom_header import orientation as dicom_orientation
 from lungseg.data.dicom_header import spacing as dicom_spacing_source
+from lungseg.data.exif import exif_orientation, to_display
 
 #: Largest image we agree to decode, in pixels (a decompression-bomb guard). The biggest real
 #: chest X-rays are about 4300x3500 = 15 MP; 100 MP leaves room for any detector.
@@ -116,6 +120,19 @@ def check_header(data: bytes, name: str) -> tuple[int, int]:
     Raises:
         LungsegError: naming ``name`` and the problem.
     """
+    header = _read_header(data, name)
+    return header.height, header.width
+
+
+@dataclass
+class _Header:
+    height: int
+    width: int
+    orientation: int = 1  # EXIF Orientation (1: stored as displayed)
+
+
+def _read_header(data: bytes, name: str) -> _Header:
+    orientation = 1
     if len(data) == 0:
         raise LungsegError("empty file (0 bytes)", name)
     fmt = sniff_format(data)
@@ -133,6 +150,7 @@ def check_header(data: bytes, name: str) -> tuple[int, int]:
             with _pillow_open(data) as im:
                 width, height = im.size
                 pages = int(getattr(im, "n_frames", 1) or 1)
+                orientation = exif_orientation(im, name)
         except Image.DecompressionBombError:
             raise LungsegError(_BOMB, name) from None
         except UnidentifiedImageError:  # its text is only a repr of our in-memory buffer
@@ -157,7 +175,7 @@ def check_header(data: bytes, name: str) -> tuple[int, int]:
         )
     if height == 0 or width == 0:
         raise LungsegError(f"image has zero size ({width}x{height})", name)
-    return height, width
+    return _Header(height, width, orientation)
 
 
 def _check_png_chunks(data: bytes, name: str) -> None:
@@ -207,16 +225,17 @@ def decode_mask(data: bytes, name: str) -> np.ndarray:
 
 
 def _decode(data: bytes, name: str) -> Decoded:
-    check_header(data, name)
+    header = _read_header(data, name)
     if sniff_format(data) == "dicom":
         return _decode_dicom(data, name)
     try:
+        # IMREAD_UNCHANGED keeps alpha and depth, and ignores EXIF orientation: applied below
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:
         arr = None  # Pillow gets its chance, and names the problem if it fails too
     if arr is None:
         arr = _decode_with_pillow(data, name)
-    return to_gray8(arr, name)
+    return to_gray8(to_display(arr, header.orientation), name)
 
 
 def require_picture(pixels: np.ndarray, name: str) -> None:
