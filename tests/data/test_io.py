@@ -373,6 +373,7 @@ def test_bad_file_one_clear_line(xray: np.ndarray, name: str) -> None:
         decode_image(data, key)
     message = str(info.value)
     assert message.startswith(f"{key}: ")
+    assert message.count(key) == 1
     assert word in message
     assert "\n" not in message
     assert "object at 0x" not in message  # no Python reprs in what users read

@@ -151,6 +151,8 @@ def _read_header(data: bytes, name: str) -> _Header:
                 width, height = im.size
                 pages = int(getattr(im, "n_frames", 1) or 1)
                 orientation = exif_orientation(im, name)
+        except LungsegError:
+            raise  # already one line naming the file
         except Image.DecompressionBombError:
             raise LungsegError(_BOMB, name) from None
         except UnidentifiedImageError:  # its text is only a repr of our in-memory buffer
