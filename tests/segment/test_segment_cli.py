@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dicom_files import dicom_bytes
+from dicom_files import dicom_bytes, dicom_dataset
 from held import PATCH, held, release
 from trained import assert_one_line_error, dice, lungseg, read_gray
 
@@ -126,6 +126,42 @@ def test_segment_nothing_to_read(tiny_run, tmp_path: Path, capsys) -> None:
     code, _, err = lungseg(argv, capsys)
     assert_one_line_error(code, err, "no images found")
     assert not (tmp_path / "o").exists()
+
+
+def test_dicom_files_named_without_a_suffix_are_found_by_content(
+    tiny_run, examples_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """A DICOM CD's file-set (pydicom writes it: DICOMDIR + PT000000/.../IM000000, file IDs
+    without an extension, PS3.12) and storescp's UID-named files are X-rays; the DICOMDIR
+    index and other files are not. lungseg once listed none of them and said nothing."""
+    from pydicom.fileset import FileSet
+
+    raw = read_gray(examples_dir / "COVID" / "images" / "1d435a4b.png").astype(np.uint16) * 16
+    header = {
+        "PatientID": "P1", "PatientName": "Doe^J", "StudyDate": "20260101", "StudyTime": "1010",
+        "StudyID": "1", "AccessionNumber": "A1", "SeriesNumber": 1, "InstanceNumber": 1,
+        "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.1",
+        "SeriesInstanceUID": "1.2.826.0.1.3680043.8.498.2",
+    }  # fmt: skip
+    media = tmp_path / "in" / "cd"
+    file_set = FileSet()
+    file_set.add(dicom_dataset(raw, "MONOCHROME2", (0.15, 0.15), header=header))
+    file_set.write(media)
+    received = tmp_path / "in" / "DX.1.2.826.0.1.3680043.8.498.7"  # storescp's name
+    received.write_bytes(dicom_bytes(raw, "MONOCHROME2", (0.15, 0.15)))
+    (tmp_path / "in" / "README").write_text("films from the CD\n")
+    out = tmp_path / "out"
+    argv = ["segment", tmp_path / "in", "--out", out, "--weights", tiny_run.run, "--device", "cpu"]
+    code, stdout, stderr = lungseg(argv, capsys)
+    assert code == 0, stderr
+    assert "segmented 2 image(s)" in stdout and "skipped" not in stdout
+    rows = rows_of(out / "measurements.csv")
+    assert sorted(rows) == [
+        "DX.1.2.826.0.1.3680043.8.498.7",
+        "cd/PT000000/ST000000/SE000000/IM000000",
+    ]
+    assert rows["DX.1.2.826.0.1.3680043.8.498.7"]["spacing_mm"] == "0.1500x0.1500"
+    assert not (out / "errors.csv").exists() or not rows_of(out / "errors.csv")
 
 
 @pytest.mark.shared_data

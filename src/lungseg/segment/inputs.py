@@ -8,9 +8,11 @@ construction, name the image's outputs (``masks/<key>.png``), decide its shard, 
 the ledger records as done. Below a given folder, sub-folders named ``masks`` are skipped: in a
 dataset laid out as ``<Class>/images`` + ``<Class>/masks`` they hold ground truth, not X-rays;
 a ``masks`` folder given itself is searched like any other. Hidden files and folders are
-skipped. An output inside an input is refused (segment would write into the dataset); one
-reached there through a symbolic link is still never listed. A local name whose bytes
-are not UTF-8 has them written ``\\xNN`` in its key (:mod:`lungseg.segment.names`).
+skipped. In a local folder, a file is an image by its suffix (:data:`IMAGE_SUFFIXES`) or, named
+otherwise, when it holds a DICOM file (DICOM media's ``IM000001``, storescp's ``DX.1.2.840...``);
+in a container, by its suffix. An output inside an input is refused (segment would write into
+the dataset); one reached there through a symbolic link is still never listed. A local name
+whose bytes are not UTF-8 has them written ``\\xNN`` in its key (:mod:`lungseg.segment.names`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from stat import S_ISREG
 from typing import Any, Protocol
 
 from lungseg.core.errors import LungsegError
 from lungseg.core.io_utils import read_regular
-from lungseg.data.io import IMAGE_SUFFIXES
+from lungseg.data.io import IMAGE_SUFFIXES, sniff_format
 from lungseg.segment.names import key_text
 
 
@@ -115,9 +118,11 @@ class LocalInputs:
                     and os.path.join(dirpath, d) != self._exclude
                 )
                 for name in sorted(filenames):
-                    if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
-                        continue
                     full = os.path.join(dirpath, name)
+                    if name.startswith(".") or not (
+                        Path(name).suffix.lower() in IMAGE_SUFFIXES or _holds_dicom(full, name)
+                    ):
+                        continue
                     shown = os.path.join(str(given), os.path.relpath(full, absolute))
                     try:
                         stat = os.stat(full)
@@ -132,6 +137,22 @@ class LocalInputs:
 
     def read(self, item: Item) -> bytes:
         return read_regular(item.ref)
+
+
+def _holds_dicom(path: str, name: str) -> bool:
+    """A file named otherwise that holds a DICOM file (the ``DICM`` signature after its
+    preamble): DICOM media name theirs ``IM000001`` (PS3.12 file IDs have no extension), dcmtk's
+    storescp ``DX.1.2.840...`` after the SOP Instance UID. The media's ``DICOMDIR`` (an index, no
+    image) is not one."""
+    if name.upper() == "DICOMDIR":
+        return False
+    try:
+        if not S_ISREG(os.stat(path).st_mode):  # a named pipe would block the listing
+            return False
+        with open(path, "rb") as fh:
+            return sniff_format(fh.read(132)) == "dicom"
+    except OSError:
+        return False
 
 
 class AzureInputs:
@@ -279,4 +300,7 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def no_images(where: str) -> str:
-    return f"no images found in {where} (looked for {', '.join(IMAGE_SUFFIXES)})"
+    return (
+        f"no images found in {where} (looked for {', '.join(IMAGE_SUFFIXES)}, and for DICOM "
+        "files by their content in local folders)"
+    )
