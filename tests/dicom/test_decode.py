@@ -5,6 +5,8 @@ header before a pixel is decoded; every problem is one line."""
 from __future__ import annotations
 
 import csv
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -107,6 +109,48 @@ def test_a_corrupt_jpeg_lossless_stream_is_one_line(examples_dir, tmp_path):
         "Prediction (Process 14 [Selection Value 1]) (1.2.840.10008.1.2.4.70) "
         "(corrupt or truncated)"
     )
+
+
+def bare(data: bytes, implicit: bool) -> bytes:
+    """A Part 10 file's data set written bare: no preamble, no file meta header (as older
+    archives and ACR-NEMA-era tools store films)."""
+    import io
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    del ds.file_meta
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, implicit
+    write_dataset(out, ds)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit VR", "explicit VR"])
+def test_a_bare_data_set_decodes_like_its_part10_file(examples_dir, tmp_path, implicit):
+    """dcmtk reads a film stored without preamble and file meta header; lungseg called it 'not
+    an image'. Same pixels and header as the Part 10 file."""
+    from lungseg.dicom.seg import read_header
+
+    plain = _film(examples_dir, "MONOCHROME1")
+    data = bare(plain, implicit)
+    assert data[128:132] != b"DICM"
+    ours, reference = decode_image(data, "bare.dcm"), decode_image(plain, "plain.dcm")
+    np.testing.assert_array_equal(ours.pixels, reference.pixels)
+    assert ours.spacing == reference.spacing == (0.15, 0.15)
+    assert read_header(data, "bare.dcm").SOPInstanceUID == read_header(plain, "x").SOPInstanceUID
+    if shutil.which("dcm2pnm"):  # the counterpart reads it too
+        (tmp_path / "bare.dcm").write_bytes(data)
+        subprocess.run(["dcm2pnm", str(tmp_path / "bare.dcm"), str(tmp_path / "bare.pgm")],
+                       check=True)  # fmt: skip
+        assert cv2.imread(str(tmp_path / "bare.pgm"), cv2.IMREAD_UNCHANGED).shape == (300, 333)
+
+
+def test_text_that_starts_like_a_bare_data_set_is_one_line():
+    with pytest.raises(LungsegError) as info:
+        decode_image(b"\x08\x00\x05\x00" + bytes(100), "notes.dcm")
+    assert "\n" not in str(info.value) and str(info.value).startswith("notes.dcm: ")
 
 
 def _multi_frame(frames: int, size: int) -> bytes:

@@ -1,11 +1,14 @@
-"""Reading a DICOM X-ray's pixels safely: what the header alone must refuse (frame bombs,
-multi-frame files), and the one frame decoded with a one-line reason when it cannot be.
+"""Reading a DICOM X-ray safely: a Part 10 file or a bare data set (no preamble, no file meta
+header), what the header alone must refuse (frame bombs, multi-frame files), and the one frame
+decoded with a one-line reason when it cannot be.
 
 Compressed transfer syntaxes (JPEG Lossless, JPEG-LS, JPEG 2000) are decoded by GDCM
 (``python-gdcm``, in ``lungseg[dicom]``), RLE by pydicom itself.
 """
 
 from __future__ import annotations
+
+import io
 
 import numpy as np
 
@@ -65,3 +68,57 @@ def pixel_array(ds, name: str) -> np.ndarray:
         # failure below it, which for a damaged stream says nothing to a reader.
         why = "corrupt or truncated" if "all available plugins" in lines[0] else lines[0]
         raise LungsegError(f"cannot decode DICOM pixel data in {label} ({why})", name) from None
+
+
+def is_dicom_file(head: bytes) -> bool:
+    """A DICOM Part 10 file: ``DICM`` after the 128-byte preamble (``head``: its first 132 bytes
+    at least)."""
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+#: The two-letter value representations of DICOM (PS3.5 6.2): an explicit-VR data set has one
+#: right after its first tag.
+_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR "
+    b"US UT UV".split()
+)
+
+
+def bare_dicom_syntax(data: bytes) -> str | None:
+    """The transfer syntax of a DICOM data set stored without preamble and file meta header
+    (little endian; its first element in group 0x0002 or 0x0008, as every image's is), or None
+    when ``data`` does not start like one."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if len(data) < 8 or data[:2] not in (b"\x02\x00", b"\x08\x00"):
+        return None
+    if data[4:6] in _VRS:
+        return ExplicitVRLittleEndian
+    length = int.from_bytes(data[4:8], "little")
+    return ImplicitVRLittleEndian if length < min(len(data), 1 << 16) else None
+
+
+def read_dicom(data: bytes, name: str, pixels: bool = True):
+    """A DICOM image file's data set (``pydicom.Dataset``), a Part 10 file or a bare data set
+    (:func:`bare_dicom_syntax`); without its pixel data unless ``pixels``.
+
+    Raises:
+        LungsegError: naming ``name``: unreadable, or not an image (no Rows/Columns).
+    """
+    import pydicom
+
+    try:
+        # force: a bare data set (no preamble, no file meta) is read too
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels, force=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LungsegError(f"corrupt DICOM file ({first})", name) from None
+    if "TransferSyntaxUID" not in ds.get("file_meta", {}):
+        syntax = bare_dicom_syntax(data)
+        if syntax is None:
+            raise LungsegError("DICOM file without a transfer syntax", name)
+        ds.file_meta = pydicom.dataset.FileMetaDataset(ds.get("file_meta", {}))
+        ds.file_meta.TransferSyntaxUID = syntax
+    if "Rows" not in ds or "Columns" not in ds:
+        raise LungsegError("DICOM file has no image (no Rows/Columns)", name)
+    return ds

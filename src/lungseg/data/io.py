@@ -44,7 +44,13 @@ import numpy as np
 
 from lungseg.core.errors import LungsegError
 from lungseg.core.io_utils import read_regular
-from lungseg.data.dicom_decode import checked_size, pixel_array
+from lungseg.data.dicom_decode import (
+    bare_dicom_syntax,
+    checked_size,
+    is_dicom_file,
+    pixel_array,
+    read_dicom,
+)
 from lungseg.data.dicom_header import DISPLAY, Orientation
 from lungseg.data.dicom_header import orientation as dicom_orientation
 from lungseg.data.dicom_header import spacing as dicom_spacing_source
@@ -102,11 +108,15 @@ def read_file(path: str | Path, name: str) -> bytes:
 
 
 def sniff_format(data: bytes) -> str | None:
-    """The file format from its first bytes (``png``, ``jpeg``, ``tiff``, ``bmp``, ``dicom``)."""
+    """The file format from its first bytes (``png``, ``jpeg``, ``tiff``, ``bmp``, ``dicom``).
+
+    DICOM is a Part 10 file (:func:`is_dicom_file`) or a bare data set written without the
+    preamble and file meta header, as older archives and ACR-NEMA-era tools store them
+    (:func:`bare_dicom_syntax`)."""
     for magic, fmt in _SIGNATURES.items():
         if data.startswith(magic):
             return fmt
-    if len(data) >= 132 and data[128:132] == b"DICM":
+    if is_dicom_file(data) or bare_dicom_syntax(data) is not None:
         return "dicom"
     return None
 
@@ -141,7 +151,7 @@ def _read_header(data: bytes, name: str) -> _Header:
             "not an image (unrecognised content; expected PNG, JPEG, TIFF, BMP or DICOM)", name
         )
     if fmt == "dicom":
-        ds = _read_dicom(data, name, pixels=False)
+        ds = read_dicom(data, name, pixels=False)
         height, width = checked_size(ds, name, MAX_PIXELS)
     else:
         from PIL import Image, UnidentifiedImageError
@@ -356,20 +366,8 @@ def _linear_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _read_dicom(data: bytes, name: str, pixels: bool = True):
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
-    except Exception as exc:
-        raise LungsegError(f"corrupt DICOM file ({exc})", name) from None
-    if "Rows" not in ds or "Columns" not in ds:
-        raise LungsegError("DICOM file has no image (no Rows/Columns)", name)
-    return ds
-
-
 def _decode_dicom(data: bytes, name: str) -> Decoded:
-    ds = _read_dicom(data, name)
+    ds = read_dicom(data, name)
     checked_size(ds, name, MAX_PIXELS)
     raw = pixel_array(ds, name)
     spacing, source = dicom_spacing_source(ds)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from lungseg.core.errors import LungsegError
+from lungseg.data.dicom_decode import read_dicom
 from lungseg.data.dicom_header import orientation, spacing
 from lungseg.inference.measure import lung_sides
 from lungseg.models.identity import ModelIdentity
@@ -62,14 +63,9 @@ _COPIED = ("BodyPartExamined", "PatientOrientation", "ImageLaterality", "BurnedI
 
 
 def read_header(data: bytes, name: str):
-    """The DICOM header (no pixel data) of a file's bytes, as pydicom reads it."""
-    import pydicom
-
-    try:
-        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LungsegError(f"corrupt DICOM file ({first})", name) from None
+    """The DICOM header (no pixel data) of an X-ray file's bytes
+    (:func:`lungseg.data.dicom_decode.read_dicom`)."""
+    return read_dicom(data, name, pixels=False)
 
 
 def output_settings(segmenter) -> dict[str, Any]:

@@ -27,7 +27,8 @@ from typing import Any, Protocol
 
 from lungseg.core.errors import LungsegError
 from lungseg.core.io_utils import read_regular
-from lungseg.data.io import IMAGE_SUFFIXES, sniff_format
+from lungseg.data.dicom_decode import is_dicom_file
+from lungseg.data.io import IMAGE_SUFFIXES
 from lungseg.segment.names import key_text
 
 
@@ -150,7 +151,7 @@ def _holds_dicom(path: str, name: str) -> bool:
         if not S_ISREG(os.stat(path).st_mode):  # a named pipe would block the listing
             return False
         with open(path, "rb") as fh:
-            return sniff_format(fh.read(132)) == "dicom"
+            return is_dicom_file(fh.read(132))
     except OSError:
         return False
 
