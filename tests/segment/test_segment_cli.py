@@ -164,6 +164,35 @@ def test_dicom_files_named_without_a_suffix_are_found_by_content(
     assert not (out / "errors.csv").exists() or not rows_of(out / "errors.csv")
 
 
+def test_a_film_whose_header_says_it_is_not_a_frontal_chest_xray_is_up_for_review(
+    tiny_run, examples_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """The models know frontal chest films only: a lateral view, a CT slice or a knee in the
+    folder gets a mask whose review column says why it is not to be trusted (it was
+    segmented and measured like the others, with no word)."""
+    raw = read_gray(examples_dir / "COVID" / "images" / "1d435a4b.png").astype(np.uint16) * 16
+    films = {
+        "pa.dcm": {"Modality": "DX", "ViewPosition": "PA", "BodyPartExamined": "CHEST"},
+        "lateral.dcm": {"Modality": "DX", "ViewPosition": "LL", "BodyPartExamined": "CHEST"},
+        "slice.dcm": {"Modality": "CT"},
+        "knee.dcm": {"Modality": "CR", "BodyPartExamined": "KNEE"},
+        "scan.dcm": {"Modality": "OT"},  # a digitised film's secondary capture
+    }
+    (tmp_path / "in").mkdir()
+    for name, header in films.items():
+        (tmp_path / "in" / name).write_bytes(dicom_bytes(raw, "MONOCHROME2", header=header))
+    out = tmp_path / "out"
+    argv = ["segment", tmp_path / "in", "--out", out, "--weights", tiny_run.run, "--device", "cpu"]
+    code, stdout, stderr = lungseg(argv, capsys)
+    assert code == 0, stderr
+    review = {key: row["review"] for key, row in rows_of(out / "measurements.csv").items()}
+    assert review["lateral.dcm"] == "not a frontal chest X-ray: view LL is not frontal (PA or AP)"
+    assert review["slice.dcm"] == "not a frontal chest X-ray: modality CT is not CR/DX/OT/RG"
+    assert review["knee.dcm"] == "not a frontal chest X-ray: body part KNEE is not the chest"
+    for frontal in ("pa.dcm", "scan.dcm"):
+        assert not review[frontal].startswith("not a frontal"), review[frontal]
+
+
 @pytest.mark.shared_data
 @pytest.mark.slow
 def test_segment_fullres_originals(tiny_run, covid_cxr_fullres: Path, tmp_path: Path, capsys):

@@ -22,6 +22,10 @@ viewer's left and the head up: ``L\\F``. Any other pair with one left-right and 
 axis (``R\\F`` mirrored, ``F\\L`` rotated...) is mapped onto that display before right and left
 are told apart. Without it (every PNG or JPEG, a DICOM without the attribute, a lateral view by
 its axes or its ``ViewPosition``) the display is assumed, and the outputs say so.
+
+**What the film is** (:func:`not_frontal_chest`): the models segment frontal chest radiographs;
+a header that says otherwise (a lateral view, another body part, a CT slice) puts the mask up
+for review, and the DICOM node does not segment it.
 """
 
 from __future__ import annotations
@@ -70,6 +74,34 @@ class Orientation:
 
 #: The conventional display, assumed.
 DISPLAY = Orientation()
+
+
+#: BodyPartExamined values taken as the chest (PS3.16 CID 4031 and what vendors write).
+CHEST = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LUNG"})
+#: ViewPosition values of a frontal view; an empty one is taken as frontal.
+FRONTAL_VIEWS = frozenset({"PA", "AP", ""})
+#: Modalities of projection radiographs: computed and digital radiography, film radiography
+#: (RG) and other (OT, what secondary captures of digitised films often say).
+RADIOGRAPHY = frozenset({"CR", "DX", "RG", "OT"})
+
+
+def not_frontal_chest(
+    ds, modalities: frozenset[str] = RADIOGRAPHY, require_modality: bool = False
+) -> str:
+    """Why a header says its image is not a frontal chest radiograph, or ``""``: a modality
+    outside ``modalities``, a body part that is not the chest, a view that is not PA or AP.
+    Attributes that are absent do not count against it, except the modality when
+    ``require_modality``."""
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if (modality or require_modality) and modality not in modalities:
+        return f"modality {modality or 'missing'} is not {'/'.join(sorted(modalities))}"
+    part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
+    if part and part not in CHEST:
+        return f"body part {part} is not the chest"
+    view = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if view not in FRONTAL_VIEWS:
+        return f"view {view} is not frontal (PA or AP)"
+    return ""
 
 
 #: ViewPosition values of lateral views (left and right lateral, and decubitus):

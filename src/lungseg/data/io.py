@@ -16,8 +16,7 @@ Every image format the project meets ends up the same way: ``uint8[H, W]`` grays
 * Floats: values within 0..1 are that unit (``* 255``); other non-negative values are taken
   like integers; images with negative values (no convention) are min-max stretched.
 * EXIF orientation (JPEG, PNG; TIFF's own tag too): applied, so the pixels are the picture
-  every viewer shows (a phone or a scanner may store a film sideways and say so in EXIF); masks
-  and overlays are written that way up, as the image is seen.
+  every viewer shows (:mod:`lungseg.data.exif`); masks and overlays are written that way up.
 * DICOM: with a VOI LUT or window, the window's output range maps to 0..255 (what the window
   means); without one, the stored values are scaled as above (a linear rescale slope/intercept
   does not change a linear display); then MONOCHROME1 inversion; the pixel spacing is kept.
@@ -51,7 +50,7 @@ from lungseg.data.dicom_decode import (
     pixel_array,
     read_dicom,
 )
-from lungseg.data.dicom_header import DISPLAY, Orientation
+from lungseg.data.dicom_header import DISPLAY, Orientation, not_frontal_chest
 from lungseg.data.dicom_header import orientation as dicom_orientation
 from lungseg.data.dicom_header import spacing as dicom_spacing_source
 from lungseg.data.exif import exif_orientation, to_display
@@ -88,6 +87,7 @@ class Decoded:
             (``PixelSpacing``, ``ImagerPixelSpacing at detector``...); empty without a spacing.
         orientation: how the pixels map onto the conventional display, from the DICOM header's
             ``PatientOrientation``, else assumed (:mod:`lungseg.data.dicom_header`).
+        not_frontal_chest: why a DICOM header says the image is not a frontal chest film.
     """
 
     pixels: np.ndarray
@@ -95,6 +95,7 @@ class Decoded:
     mode: str = "L"
     spacing_source: str = ""
     orientation: Orientation = DISPLAY
+    not_frontal_chest: str = ""
 
 
 def read_file(path: str | Path, name: str) -> bytes:
@@ -371,7 +372,10 @@ def _decode_dicom(data: bytes, name: str) -> Decoded:
     checked_size(ds, name, MAX_PIXELS)
     raw = pixel_array(ds, name)
     spacing, source = dicom_spacing_source(ds)
-    meaning = {"spacing": spacing, "spacing_source": source, "orientation": dicom_orientation(ds)}
+    meaning = {
+        "spacing": spacing, "spacing_source": source, "orientation": dicom_orientation(ds),
+        "not_frontal_chest": not_frontal_chest(ds),
+    }  # fmt: skip
     if raw.ndim == 3:  # RGB DICOM (secondary captures)
         bgr = np.ascontiguousarray(raw[..., ::-1])
         return Decoded(to_gray8(bgr, name).pixels, mode="DICOM", **meaning)

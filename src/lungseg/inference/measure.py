@@ -159,6 +159,7 @@ def measure(
     orientation: Orientation = DISPLAY,
     convention: str = "unknown",
     review_threshold: float = REVIEW_THRESHOLD,
+    not_frontal_chest: str = "",
 ) -> dict:
     """The measurements of one mask at the image's resolution, as a row of
     ``measurements.csv`` (``uncertainty``: the image's
@@ -166,7 +167,9 @@ def measure(
     the mask needs a look, :func:`~lungseg.inference.quality.review_reason` with the model's
     ``review_threshold``; ``spacing_source`` and ``orientation``: as
     :class:`~lungseg.data.io.Decoded` has them; ``convention``: the mask convention of the model
-    that drew it, so an area is never read against the other convention's)."""
+    that drew it, so an area is never read against the other convention's;
+    ``not_frontal_chest``: why the file's header says it is not a frontal chest radiograph, which
+    comes first in ``review``: the models know no other film)."""
     h, w = mask.shape
     right, left = lung_areas(mask, orientation)
     total = right + left
@@ -177,7 +180,11 @@ def measure(
         "spacing_mm": "", "spacing_source": "", "lung_cm2": "", "right_lung_cm2": "",
         "left_lung_cm2": "",
         "uncertain_fraction": "" if uncertainty is None else round(float(uncertainty), 6),
-        "review": review_reason(mask, uncertainty, review_threshold),
+        "review": (
+            f"not a frontal chest X-ray: {not_frontal_chest}"
+            if not_frontal_chest
+            else review_reason(mask, uncertainty, review_threshold)
+        ),
         "convention": convention,
     }  # fmt: skip
     if spacing is not None:

@@ -159,6 +159,7 @@ def finish(
         name if key is None else key, name, mask, decoded.spacing, unsure,
         spacing_source=decoded.spacing_source, orientation=decoded.orientation,
         convention=segmenter.convention, review_threshold=segmenter.review_threshold,
+        not_frontal_chest=decoded.not_frontal_chest,
     )  # fmt: skip
     result = Result(prepared, probabilities, mask, unsure, row)
     for kind in outputs:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from lungseg.core.errors import LungsegError
+from lungseg.data.dicom_header import not_frontal_chest
 
 log = logging.getLogger("lungseg.node")
 
@@ -25,10 +26,8 @@ IMAGE_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.1.1": "DX for presentation",
     "1.2.840.10008.5.1.4.1.1.1.1.1": "DX for processing",
 }
-#: BodyPartExamined values taken as the chest (PS3.16 CID 4031 and what vendors write).
-CHEST = {"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LUNG"}
-#: ViewPosition values of a frontal view; an empty one is taken as frontal.
-FRONTAL = {"PA", "AP", ""}
+#: The modalities the node segments (what its image classes hold).
+NODE_MODALITIES = frozenset({"CR", "DX"})
 _SUCCESS, _OUT_OF_RESOURCES, _CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 
 
@@ -58,16 +57,11 @@ def instance_ref(uid: str) -> str:
 
 
 def why_skip(ds) -> str:
-    """Why an instance is not a frontal chest X-ray, or ``""`` when it is one."""
-    modality = str(ds.get("Modality", "")).upper()
-    if modality not in ("CR", "DX"):
-        return f"modality {modality or 'missing'} is not CR or DX"
-    part = str(ds.get("BodyPartExamined", "")).upper()
-    if part and part not in CHEST:
-        return f"body part {part} is not the chest"
-    view = str(ds.get("ViewPosition", "")).upper()
-    if view not in FRONTAL:
-        return f"view {view} is not frontal (PA or AP)"
+    """Why an instance is not a frontal chest X-ray, or ``""`` when it is one: stricter than
+    ``segment``'s review rule, the node takes CR and DX only (:func:`not_frontal_chest`)."""
+    problem = not_frontal_chest(ds, NODE_MODALITIES, require_modality=True)
+    if problem:
+        return problem
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         return "multi-frame image"
     return ""
