@@ -86,6 +86,9 @@ def test_every_shipped_model_exports_and_agrees(
 
     from_onnx = load_model(export_onnx(name, tmp_path / f"{name}.onnx"))
     from_torch = load_model(name, device="cpu")
+    # The same model flags the same masks: the export once fell back to the default 0.2.
+    assert from_onnx.review_threshold == from_torch.review_threshold
+    assert from_onnx.convention == from_torch.convention
     for path in sorted((examples_dir / "COVID" / "images").glob("*.png"))[:2]:
         np.testing.assert_allclose(
             from_onnx.predict_proba(path), from_torch.predict_proba(path), atol=1e-4

@@ -87,6 +87,8 @@ def export_onnx(
         "postprocess": to_dict(segmenter.postprocess),
         "source": segmenter.source,
         "identity": _identity(segmenter),
+        # the model's own (calibrated) threshold: without it the export flagged by the default
+        "review_threshold": segmenter.review_threshold,
     }
     return _save(proto, meta, Path(out))
 

@@ -167,8 +167,9 @@ def onnx_twin(checkpoint: Path, digest: str) -> Path:
     """The ONNX export of ``checkpoint`` (whose SHA-256 is ``digest``) in the cache, made on
     first use, atomically: workers starting together never read a half-written file."""
     folder = onnx_cache_dir()
-    # "id": exports that record their checkpoint's identity (older cached ones do not).
-    target = folder / f"{digest[:24]}-lungseg{__version__}-opset{ONNX_OPSET}-id.onnx"
+    # "id2": exports that record their checkpoint's identity and review threshold (older
+    # cached ones do not).
+    target = folder / f"{digest[:24]}-lungseg{__version__}-opset{ONNX_OPSET}-id2.onnx"
     if target.is_file():
         return target
 
