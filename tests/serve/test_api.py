@@ -25,6 +25,7 @@ from server import (
     start,
 )
 
+from dicom_files import dicom_bytes
 from lungseg.serve.schemas import ModelsResponse, SegmentResponse
 from lungseg.serve.settings import ServeConfig
 from trained import lungseg
@@ -65,6 +66,7 @@ def test_every_format_agrees_with_lungseg_segment(
         assert answer["model"]["name"] == "unet-fast"
         assert answer["model"]["backend"] == "onnxruntime"
         assert answer["review"] == (answer["uncertain_fraction"] > answer["review_threshold"])
+        assert answer["review_reason"] == rows[path.stem]["review"]
         assert (answer["image"]["spacing_mm"] == list(SPACING)) == name.startswith("mono")
 
         status, headers, png = server.request("POST", "/v1/segment", data, {"Accept": "image/png"})
@@ -72,6 +74,17 @@ def test_every_format_agrees_with_lungseg_segment(
         assert np.array_equal(png_mask(png), rows[path.stem]["mask"]), name
         assert int(headers["x-lungseg-lung-px"]) == int(rows[path.stem]["lung_px"])
         assert headers["cache-control"] == "no-store"
+
+
+def test_a_lateral_film_is_flagged_with_its_reason(server, examples_dir):
+    """The flag says why (the page shows it): a lateral view's mask is not one to trust, however
+    sure of itself the model is."""
+    raw = cv2.imread(str(examples_dir / "COVID" / "images" / "1d435a4b.png"), 0)
+    film = dicom_bytes(raw.astype(np.uint16) * 16, header={"ViewPosition": "LL"})
+    status, answer = server.json("POST", "/v1/segment", film)
+    assert status == 200, answer
+    assert answer["review"] is True
+    assert answer["review_reason"] == "not a frontal chest X-ray: view LL is not frontal (PA or AP)"
 
 
 def test_the_decoded_xray_comes_back_on_request(server, xray_files):

@@ -57,6 +57,24 @@ def test_methods_head_and_health(server):
     assert server.json("GET", "/healthz") == (200, {"status": "ok", "version": __version__})
 
 
+def test_the_page_names_its_script_by_content(server):
+    """A browser that kept an older lungseg's script ran it against this API (the review reason
+    was missing from the page until its cache was cleared): the script's and the style's URLs
+    carry the digest of what this lungseg serves."""
+    import hashlib
+    import re
+
+    from lungseg.serve.app import STATIC
+
+    status, _, page = server.request("GET", "/")
+    assert status == 200
+    digest = hashlib.sha256((STATIC / "app.js").read_bytes() + (STATIC / "app.css").read_bytes())
+    urls = re.findall(rb'(?:src|href)="(/static/app\.(?:js|css)\?v=[0-9a-f]+)"', page)
+    assert len(urls) == 2 and all(u.endswith(digest.hexdigest()[:12].encode()) for u in urls)
+    for url in urls:
+        assert server.request("GET", url.decode())[0] == 200
+
+
 def test_an_empty_model_is_the_default(server, xray_files):
     status, answer = server.json("POST", "/v1/segment?model=", xray_files["gray"].read_bytes())
     assert status == 200 and answer["model"]["name"] == "unet-fast"
@@ -79,7 +97,7 @@ def test_formats_we_know_but_do_not_read_are_unsupported(server, xray_files):
     from PIL import Image
 
     image = Image.open(xray_files["gray"])
-    files = {"bare DICOM": _bare_dicom(xray_files["mono2"].read_bytes())}
+    files = {}
     for fmt in ("GIF", "WEBP"):
         buf = io.BytesIO()
         image.save(buf, format=fmt)
@@ -87,6 +105,16 @@ def test_formats_we_know_but_do_not_read_are_unsupported(server, xray_files):
     for name, data in files.items():
         status, answer = server.json("POST", "/v1/segment", data)
         assert status == 415 and answer["detail"].startswith("unsupported format"), (name, answer)
+
+
+def test_a_bare_dicom_data_set_is_read_like_its_part10_file(server, xray_files):
+    """Without its preamble and file meta header (as older archives keep films), as dcmtk
+    reads it; refused with 415 before lungseg read such files."""
+    part10 = xray_files["mono2"].read_bytes()
+    answers = [server.json("POST", "/v1/segment", d) for d in (part10, _bare_dicom(part10))]
+    assert [status for status, _ in answers] == [200, 200], answers
+    assert answers[0][1]["mask_png"] == answers[1][1]["mask_png"]
+    assert answers[0][1]["measurements"] == answers[1][1]["measurements"]
 
 
 def test_the_dicom_seg_answer_names_its_file_and_model(server, xray_files):

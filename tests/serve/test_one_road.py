@@ -59,6 +59,7 @@ def test_segment_and_serve_give_the_same_bytes(pytorch_server, xray_files, tmp_p
         for key in FIGURES:
             if key == "review":
                 assert answer["review"] == bool(row["review"]), key
+                assert answer["review_reason"] == row["review"], key
             else:
                 value = served[key]
                 assert ("" if value is None else str(value)) == row[key], (path.name, key)

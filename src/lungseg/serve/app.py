@@ -13,6 +13,7 @@ size and time only; uploads stay in memory (:mod:`lungseg.serve.upload`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from lungseg._version import __version__
-from lungseg.inference.quality import REVIEW_THRESHOLD, UNCERTAIN_HIGH, UNCERTAIN_LOW
+from lungseg.inference.quality import UNCERTAIN_HIGH, UNCERTAIN_LOW
 from lungseg.serve import schemas
 from lungseg.serve.disconnect import ClientLeft, unless_client_leaves
 from lungseg.serve.loading import ServedModel
@@ -337,11 +338,14 @@ def _page(service: Service) -> str:
     """The page (``templates/serve.html.j2``); the script fills it in from ``/v1/models``."""
     from lungseg.core.render import render
 
+    # The script and style by the digest of their content: a browser that kept an older
+    # lungseg's script would run it against this API.
+    assets = hashlib.sha256(b"".join((STATIC / n).read_bytes() for n in ("app.js", "app.css")))
     return render(
         "serve.html.j2",
         version=__version__,
+        asset_version=assets.hexdigest()[:12],
         max_upload_mb=service.config.max_upload_mb,
-        review_threshold=REVIEW_THRESHOLD,
         uncertain_low=UNCERTAIN_LOW,
         uncertain_high=UNCERTAIN_HIGH,
         key_required=service.api_key is not None,

@@ -102,20 +102,7 @@ def unsupported_format(data: bytes) -> str | None:
         return "GIF"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
-    if _bare_dicom(data):
-        return "DICOM without the Part 10 header (no 128-byte preamble and 'DICM')"
     return None
-
-
-def _bare_dicom(data: bytes) -> bool:
-    """A DICOM data set written without the Part 10 file header: it starts with a group 0x0008
-    (or 0x0002) element in little endian, e.g. ``08 00 05 00 'CS'`` (explicit VR)."""
-    if len(data) < 8 or data[1] != 0 or data[0] not in (0x02, 0x08) or data[3] != 0:
-        return False
-    vr = data[4:6]
-    explicit = vr.isalpha() and vr.isupper()
-    implicit = int.from_bytes(data[4:8], "little") < 1 << 16
-    return explicit or implicit
 
 
 def model_headers(model, tta: bool) -> dict[str, str]:

@@ -104,6 +104,7 @@ class Segmented:
             },  # fmt: skip
             "uncertain_fraction": round(self.uncertainty, 6),
             "review": self.review,
+            "review_reason": self.result.review,
             "review_threshold": self.model.segmenter.review_threshold,
             "batch_size": self.batch_size,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},

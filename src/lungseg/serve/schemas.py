@@ -72,8 +72,11 @@ class SegmentResponse(BaseModel):
         description="Share (0-1) of the lung, and of its unsure border, where the lung "
         "probability lies in (0.1, 0.9): how unsure the model is (lungseg.inference.quality)."
     )
-    review: bool = Field(
-        description="True when uncertain_fraction is above review_threshold or no lung was found."
+    review: bool = Field(description="True when the mask is flagged for review.")
+    review_reason: str = Field(
+        description="Why it is flagged, as lungseg segment's review column says it (no lung "
+        "found; implausible: ...; uncertain (U > T); not a frontal chest X-ray: ...); empty when "
+        "it is not."
     )
     review_threshold: float
     batch_size: int = Field(description="Images in the forward pass this one shared.")

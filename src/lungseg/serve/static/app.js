@@ -225,8 +225,12 @@
         : `Areas in cm² from ${m.spacing_source}.`);
     const flag = $("review");
     flag.className = `flag ${r.review ? "review" : "clear"}`;
+    const uncertainty = `Uncertainty ${r.uncertain_fraction.toFixed(3)} is ${r.review ? "above" : "below"} the review threshold ${r.review_threshold} of ${r.model.name}.`;
+    // The reason segment's review column gives; the uncertainty in words when it is the reason.
+    const reason = r.review_reason || "";
     const why = m.lung_px === 0 ? "No lung was found in this image."
-      : `Uncertainty ${r.uncertain_fraction.toFixed(3)} is ${r.review ? "above" : "below"} the review threshold ${r.review_threshold} of ${r.model.name}.`;
+      : !reason || reason.startsWith("uncertain") ? uncertainty
+      : `${reason.charAt(0).toUpperCase()}${reason.slice(1)}.`;
     flag.replaceChildren(strong(r.review ? "Review this mask" : "No review flag"), why);
     const stem = item.name.replace(/\.[^.]+$/, "");
     const download = $("download-mask");
@@ -466,7 +470,7 @@
       lines.push([
         item.name, item.status === "done" ? "segmented" : item.status, side(item, "right"),
         side(item, "left"), r ? r.measurements.lung_fraction : "", r ? r.uncertain_fraction : "",
-        r ? r.review : "", r ? r.model.name : "", r ? r.model.tta : "", item.error || "",
+        r ? r.review_reason : "", r ? r.model.name : "", r ? r.model.tta : "", item.error || "",
       ].map(csvCell).join(","));
     }
     const blob = new Blob([`${lines.join("\r\n")}\r\n`], { type: "text/csv" });
