@@ -193,3 +193,77 @@ def test_results_wait_for_a_destination_that_is_down(pacs, node_factory, example
     results_for(pacs, films, node)
     assert wait_for(lambda: node.status()["destination_up"], 10, "destination up", node)
     assert "is back" in node.log()
+
+
+def _pki(folder) -> dict[str, tuple[str, str]]:
+    """A CA and certificates it signs (``node``, ``sender``, ``destination``), plus a
+    ``stranger`` that signs its own: name -> (key, certificate), PEM files made by openssl."""
+    folder.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
+            "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    made = {}
+    for name in ("node", "sender", "destination", "stranger"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
+        if name == "stranger":
+            openssl("x509", "-req", "-in", f"{name}.csr", "-signkey", f"{name}.key", "-days", "2",
+                    "-out", f"{name}.crt")  # fmt: skip
+        else:
+            openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                    "-CAcreateserial", "-days", "2", "-out", f"{name}.crt")  # fmt: skip
+        made[name] = (str(folder / f"{name}.key"), str(folder / f"{name}.crt"))
+    return made
+
+
+@pytest.mark.skipif(
+    shutil.which("storescp") is None or shutil.which("openssl") is None,
+    reason="dcmtk or openssl not installed",
+)
+def test_dicom_over_tls_with_dcmtk_at_both_ends(tiny_run, examples_dir, tmp_path):
+    """dcmtk's storescu sends by TLS, the node sends its SEG and SR to dcmtk's storescp by TLS;
+    a sender without TLS, or with a certificate the CA did not sign, gets nothing through."""
+    from nodes import NodeProcess
+
+    from orthanc import free_port
+
+    pki, ca = _pki(tmp_path / "pki"), str(tmp_path / "pki" / "ca.crt")
+    received, port = tmp_path / "received", free_port()
+    received.mkdir()
+    destination = subprocess.Popen(
+        ["storescp", "--aetitle", "DEST", "+tls", *pki["destination"], "+cf", ca,
+         "-od", str(received), str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    node = NodeProcess(tmp_path / "node", tiny_run.run, [
+        f"--send-to=DEST@127.0.0.1:{port}", f"--tls-cert={pki['node'][1]}",
+        f"--tls-key={pki['node'][0]}", f"--tls-ca={ca}",
+    ], [f"{SENDER}@127.0.0.1"])  # fmt: skip
+    node.root.mkdir()
+    film = tmp_path / "film.dcm"
+    film.write_bytes(chest_films(examples_dir, 1)[0])
+
+    def storescu(*tls: str) -> subprocess.CompletedProcess:
+        argv = ["storescu", *tls, "-aet", SENDER, "-aec", "LUNGSEG", "127.0.0.1", str(node.port),
+                str(film)]  # fmt: skip
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+    try:
+        node.start()
+        sent = storescu("+tls", *pki["sender"], "+cf", ca)
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: len(list(received.iterdir())) == 2, 60, "the SEG and SR by TLS", node)
+        kinds = sorted(pydicom.dcmread(p).Modality for p in received.iterdir())
+        assert kinds == ["SEG", "SR"]
+        assert storescu().returncode != 0  # no TLS
+        assert storescu("+tls", *pki["stranger"], "+cf", ca).returncode != 0  # not the CA's
+        assert node.status()["received"] == 1
+        assert node.stop() == 0
+    finally:
+        if node.process is not None and node.process.poll() is None:
+            node.kill()
+        destination.terminate()
+        destination.wait(timeout=10)

@@ -54,6 +54,25 @@ def dicom_node_command(
     max_backoff: Annotated[
         float, typer.Option(help="Longest wait in seconds between tries of a destination down.")
     ] = 60.0,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="DICOM over TLS: this node's certificate (PEM), shown to senders and to the "
+            "--send-to destination.",
+            metavar="PEM",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(help="The certificate's private key (PEM).", metavar="PEM")
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="CA certificates (PEM) that must have signed every sender's and the "
+            "destination's certificate.",
+            metavar="PEM",
+        ),
+    ] = None,
 ) -> None:
     """Receive chest X-rays by C-STORE, segment them and send a DICOM SEG and SR of each back;
     nothing spooled is lost by a crash (restart it with the same --spool)."""
@@ -65,6 +84,7 @@ def dicom_node_command(
     from lungseg.node.scp import Peer
     from lungseg.node.send import CStoreDestination, StowDestination
     from lungseg.node.service import Node, NodeSettings
+    from lungseg.node.tls import TlsFiles
 
     def load():
         import torch
@@ -82,8 +102,9 @@ def dicom_node_command(
     if batch_size < 1:
         raise LungsegError(f"--batch-size must be at least 1, got {batch_size}")
     peers = [Peer.parse(a) for a in allow]
+    tls = TlsFiles.from_options(tls_cert, tls_key, tls_ca)
     destination = (
-        CStoreDestination.parse(send_to, ae_title) if send_to else StowDestination(str(stow))
+        CStoreDestination.parse(send_to, ae_title, tls) if send_to else StowDestination(str(stow))
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     # pynetdicom logs every association and the datasets' summaries at INFO: not patient data
@@ -91,7 +112,7 @@ def dicom_node_command(
     logging.getLogger("pynetdicom").setLevel(logging.ERROR)
     settings = NodeSettings(
         str(spool), ae_title=ae_title, host=host, port=port, allow=peers,
-        batch_size=batch_size, max_backoff_s=max_backoff,
+        batch_size=batch_size, max_backoff_s=max_backoff, tls=tls,
     )  # fmt: skip
     # Two nodes on one spool would segment and send the same instances twice.
     with exclusive(spool, "dicom-node"):

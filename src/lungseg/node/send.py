@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lungseg.core.errors import LungsegError
+from lungseg.node.tls import TlsFiles
 
 
 class Undelivered(Exception):
@@ -27,14 +28,16 @@ class CStoreDestination:
     port: int
     calling_ae: str = "LUNGSEG"
     timeout_s: float = 30.0
+    #: Connect by DICOM TLS with these files (:mod:`lungseg.node.tls`).
+    tls: TlsFiles | None = None
 
     @classmethod
-    def parse(cls, text: str, calling_ae: str) -> CStoreDestination:
+    def parse(cls, text: str, calling_ae: str, tls: TlsFiles | None = None) -> CStoreDestination:
         ae, sep, where = text.partition("@")
         host, colon, port = where.rpartition(":")
         if not sep or not colon or not ae or not host or not port.isdigit():
             raise LungsegError(f"--send-to {text!r}: expected AE@host:port")
-        return cls(ae, host, int(port), calling_ae)
+        return cls(ae, host, int(port), calling_ae, tls=tls)
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
@@ -49,9 +52,14 @@ class CStoreDestination:
         for cls_ in sorted({str(ds.SOPClassUID) for ds in datasets}):
             ae.add_requested_context(cls_, [str(ds.file_meta.TransferSyntaxUID) for ds in datasets
                                             if str(ds.SOPClassUID) == cls_][0])  # fmt: skip
-        assoc = ae.associate(self.host, self.port, ae_title=self.ae_title)
+        # no host name: the chain is verified, the name not (see lungseg.node.tls)
+        tls_args = (self.tls.client_context(), None) if self.tls else None
+        assoc = ae.associate(self.host, self.port, ae_title=self.ae_title, tls_args=tls_args)
         if not assoc.is_established:
-            raise Undelivered("no association (destination down or refusing us)")
+            raise Undelivered(
+                "no association (destination down or refusing us"
+                + (", or its TLS certificate not signed by --tls-ca)" if self.tls else ")")
+            )
         try:
             for ds in datasets:
                 status = assoc.send_c_store(ds)

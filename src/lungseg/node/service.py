@@ -24,6 +24,7 @@ from lungseg.dicom.encoder import DicomEncoder
 from lungseg.node.scp import Peer, instance_ref, storage_ae
 from lungseg.node.send import Undelivered
 from lungseg.node.spool import Spool
+from lungseg.node.tls import TlsFiles
 
 if TYPE_CHECKING:
     from lungseg.inference.segmenter import Segmenter
@@ -56,6 +57,8 @@ class NodeSettings:
     linger_s: float = 0.2
     #: Longest wait between two tries of a destination that is down.
     max_backoff_s: float = 60.0
+    #: DICOM over TLS for senders (and the C-STORE destination's own): :mod:`lungseg.node.tls`.
+    tls: TlsFiles | None = None
 
 
 class Node:
@@ -91,9 +94,11 @@ class Node:
         ae, handlers = storage_ae(
             self.settings.ae_title, self.settings.allow, self._store, self._skipped
         )
+        tls = self.settings.tls
         self._server = ae.start_server(
-            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
-        )
+            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers,
+            ssl_context=tls.server_context() if tls else None,
+        )  # fmt: skip
         for target in (self._work_loop, self._send_loop, self._status_loop):
             thread = threading.Thread(target=target, name=f"lungseg-{target.__name__}", daemon=True)
             thread.start()
