@@ -34,7 +34,7 @@ PROFILE_ROWS = [
     ("  of both: header check (Pillow reads size, EXIF)", "lungseg/data/io.py", "_read_header"),
     ("  of both: PNG decode (cv2.imdecode)", "~", "<imdecode>"),
     ("  of both: to_gray8 (rint + clip + astype copy)", "lungseg/data/io.py", "to_gray8"),
-    ("  of the mask: binarize", "lungseg/data/io.py", "binarize_mask"),
+    ("  of the mask: binarize", "lungseg/data/masks.py", "binarize_mask"),
     ("preprocess filters + resize", "lungseg/data/preprocessing.py", "preprocess"),
     ("resize mask", "lungseg/data/preprocessing.py", "resize_mask"),
     ("list files + fingerprint (stat)", "lungseg/data/cache.py", "fingerprint"),

@@ -19,12 +19,12 @@ from dicom_files import dicom_bytes
 from lungseg.core.errors import LungsegError
 from lungseg.data.io import (
     MAX_PIXELS,
-    binarize_mask,
     check_header,
     decode_image,
     decode_mask,
     scale_to_uint8,
 )
+from lungseg.data.masks import binarize_mask
 from png_files import PNG_SIGNATURE, png_chunk, png_declaring
 
 STEM = "1d435a4b"
@@ -310,6 +310,23 @@ def test_mask_decoded_from_file_then_binarised(mask255: np.ndarray) -> None:
     np.testing.assert_array_equal(
         binarize_mask(decode_image(data, "m.png").pixels, "m.png"), mask255 > 0
     )
+
+
+@pytest.mark.parametrize("quality", [95, 75, 50])
+def test_a_jpeg_mask_is_its_binary_mask(mask255: np.ndarray, quality: int) -> None:
+    """JPEG's rounding leaves many grey levels near 0 and 255 (6 % of the pixels at quality 75,
+    which lungseg once refused as 'not a binary mask'), few in the middle."""
+    data = _cv2_bytes(mask255, ".jpg") if quality == 95 else cv2.imencode(
+        ".jpg", mask255, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()  # fmt: skip
+    mask = decode_mask(data, "m.jpg")
+    assert (mask != (mask255 > 0)).mean() < 0.002
+
+
+def test_labels_0_1_2_are_not_a_binary_mask(mask255: np.ndarray) -> None:
+    labels = (mask255 // 255).astype(np.uint8)
+    labels[:, : labels.shape[1] // 2] *= 2  # left and right lungs labelled apart
+    with pytest.raises(LungsegError, match="binary mask"):
+        binarize_mask(labels, "m.png")
 
 
 def test_grey_image_as_mask_rejected(xray: np.ndarray) -> None:

@@ -54,6 +54,7 @@ from lungseg.data.dicom_header import DISPLAY, Orientation, not_frontal_chest
 from lungseg.data.dicom_header import orientation as dicom_orientation
 from lungseg.data.dicom_header import spacing as dicom_spacing_source
 from lungseg.data.exif import exif_orientation, to_display
+from lungseg.data.masks import binarize_mask
 
 #: Largest image we agree to decode, in pixels (a decompression-bomb guard). The biggest real
 #: chest X-rays are about 4300x3500 = 15 MP; 100 MP leaves room for any detector.
@@ -419,32 +420,3 @@ def _voi_output_range(ds) -> tuple[float, float]:
         slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
         low, high = low * slope + intercept, high * slope + intercept
     return low, high
-
-
-#: A mask may hold at most this many distinct grey levels outside the two extremes as a share of
-#: its pixels; more than that is not an antialiased binary mask but probably an image.
-MASK_MAX_GREY_FRACTION = 0.05
-
-
-def binarize_mask(mask: np.ndarray, name: str) -> np.ndarray:
-    """``uint8[H, W]`` mask -> ``bool[H, W]`` lung.
-
-    Rule: masks stored as 0/1 are taken as is; otherwise a pixel is lung when it is at least half
-    the maximum value (so 0/255 and antialiased 0..255 edges both work). A mask whose pixels are
-    mostly intermediate grey levels is rejected, as is an empty mask.
-    """
-    top = int(mask.max())
-    if top == 0:
-        raise LungsegError("empty mask (no lung pixels)", name)
-    if top == 1:
-        return mask.astype(bool)
-    grey = np.count_nonzero((mask > 0) & (mask < top))
-    if grey > MASK_MAX_GREY_FRACTION * mask.size:
-        levels = np.unique(mask)
-        shown = ", ".join(str(v) for v in levels[:6]) + (", ..." if len(levels) > 6 else "")
-        raise LungsegError(
-            f"mask has {len(levels)} distinct values ({shown}) with {grey / mask.size:.0%} "
-            "intermediate pixels; expected a binary mask (0/1 or 0/255)",
-            name,
-        )
-    return mask >= (top + 1) // 2
