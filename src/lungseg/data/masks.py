@@ -26,9 +26,9 @@ def binarize_mask(mask: np.ndarray, name: str) -> np.ndarray:
         raise LungsegError("empty mask (no lung pixels)", name)
     if top == 1:
         return mask.astype(bool)
-    grey = np.count_nonzero(
-        (4 * mask.astype(np.int32) > top) & (4 * mask.astype(np.int32) < 3 * top)
-    )
+    # mid-grey: above a quarter and below three quarters of the top, in whole grey levels
+    low, high = top // 4, -(-3 * top // 4)
+    grey = np.count_nonzero((mask > low) & (mask < high))
     if grey > MASK_MAX_GREY_FRACTION * mask.size:
         levels = np.unique(mask)
         shown = ", ".join(str(v) for v in levels[:6]) + (", ..." if len(levels) > 6 else "")
