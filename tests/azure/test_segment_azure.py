@@ -13,9 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from azure.storage.blob import BlobServiceClient
 
+from dicom_files import dicom_bytes
 from held import PATCH, release
 from held import held as hold
 from lungseg.inference.segmenter import load_model
@@ -34,8 +37,9 @@ BAD = {
 
 
 def archive(examples_dir: Path, folder: Path) -> Path:
-    """The 12 real examples in two studies, three bad files, and files segment must pass by: a
-    text file and ground truth under masks/."""
+    """The 12 real examples in two studies, one more as a DICOM file named as a CD names it (no
+    suffix), three bad files, and files segment must pass by: text files (one without a
+    suffix), a DICOMDIR and ground truth under masks/."""
     images = sorted((examples_dir / "COVID" / "images").glob("*.png"))
     for i, source in enumerate(images):
         target = folder / f"study{i % 2}" / source.name
@@ -45,6 +49,11 @@ def archive(examples_dir: Path, folder: Path) -> Path:
         (folder / key).parent.mkdir(parents=True, exist_ok=True)
         (folder / key).write_bytes(data)
     (folder / "README.txt").write_text("not an image")
+    (folder / "cd").mkdir()
+    raw = cv2.imread(str(images[0]), cv2.IMREAD_GRAYSCALE).astype(np.uint16) * 16
+    (folder / "cd" / "IM000001").write_bytes(dicom_bytes(raw, "MONOCHROME2", (0.15, 0.15)))
+    (folder / "cd" / "DICOMDIR").write_bytes(dicom_bytes(raw))  # an index by name: passed by
+    (folder / "cd" / "LICENSE").write_text("no suffix, not DICOM\n" * 20)
     (folder / "study0" / "masks").mkdir()
     shutil.copyfile(examples_dir / "COVID" / "masks" / images[0].name,
                     folder / "study0" / "masks" / images[0].name)  # fmt: skip
@@ -92,12 +101,13 @@ def test_azure_in_and_out_equals_a_local_run(
     out = "az://segout/masks-v1"
     code, stdout, err = lungseg(["segment", source, "--out", out, *model], capsys)
     assert code == 0, err
-    assert "segmented 12 image(s)" in stdout and "3 file(s) skipped" in stdout
+    assert "segmented 13 image(s)" in stdout and "3 file(s) skipped" in stdout
 
     remote = blobs(azurite.connection_string, out)
     expected = local_files(local)
     assert outputs(remote) == outputs(expected)  # masks and overlays, byte for byte
-    assert len([k for k in remote if k.startswith("masks/")]) == 12
+    assert len([k for k in remote if k.startswith("masks/")]) == 13
+    assert "masks/cd/IM000001.png" in remote  # found by its content, as in the local run
     assert "masks/study0/masks" not in " ".join(remote)  # ground truth is not an X-ray
     measured = table(remote["measurements.csv"])
     assert table(remote["measurements.csv"], drop=("file",)) == table(
@@ -113,7 +123,7 @@ def test_azure_in_and_out_equals_a_local_run(
     # Again: everything is done, so nothing is downloaded or segmented.
     result = segment_files(load_model(tiny_run.run, device="cpu"), source, out, overlays=True,
                            progress=False)  # fmt: skip
-    assert (result.counts.read, result.counts.segmented, result.counts.skipped) == (0, 0, 15)
+    assert (result.counts.read, result.counts.segmented, result.counts.skipped) == (0, 0, 16)
     assert blobs(azurite.connection_string, out)["measurements.csv"] == remote["measurements.csv"]
 
     # Azure in, local out: the same outputs again.

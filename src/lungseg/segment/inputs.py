@@ -8,9 +8,9 @@ construction, name the image's outputs (``masks/<key>.png``), decide its shard, 
 the ledger records as done. Below a given folder, sub-folders named ``masks`` are skipped: in a
 dataset laid out as ``<Class>/images`` + ``<Class>/masks`` they hold ground truth, not X-rays;
 a ``masks`` folder given itself is searched like any other. Hidden files and folders are
-skipped. In a local folder, a file is an image by its suffix (:data:`IMAGE_SUFFIXES`) or, named
-otherwise, when it holds a DICOM file (DICOM media's ``IM000001``, storescp's ``DX.1.2.840...``);
-in a container, by its suffix. An output inside an input is refused (segment would write into
+skipped. A file is an image by its suffix (:data:`IMAGE_SUFFIXES`), or, named as DICOM files
+are without one (:func:`dicom_name`), when it holds a DICOM file (the first 132 bytes are read;
+one ranged read for a blob). An output inside an input is refused (segment would write into
 the dataset); one reached there through a symbolic link is still never listed. A local name
 whose bytes are not UTF-8 has them written ``\\xNN`` in its key (:mod:`lungseg.segment.names`).
 """
@@ -66,11 +66,24 @@ class Inputs(Protocol):
 
 def is_image_key(key: str) -> bool:
     """An image file (by suffix) that is not hidden and not under a ``masks`` folder."""
-    parts = PurePosixPath(key).parts
-    return (
-        PurePosixPath(key).suffix.lower() in IMAGE_SUFFIXES
-        and not any(p.startswith(".") for p in parts)
-        and "masks" not in (p.lower() for p in parts[:-1])
+    path = PurePosixPath(key)
+    return path.suffix.lower() in IMAGE_SUFFIXES and _listed(path)
+
+
+def dicom_name(key: str) -> bool:
+    """A name DICOM files have without an image suffix: none (DICOM media's ``IM000001``: PS3.12
+    file IDs have no extension) or a UID's last number (dcmtk's storescp writes
+    ``DX.1.2.840...``); not the media's ``DICOMDIR`` (an index, no image), nor a hidden file or
+    one under ``masks``."""
+    path = PurePosixPath(key)
+    suffix = path.suffix[1:]
+    return (not suffix or suffix.isdigit()) and path.name.upper() != "DICOMDIR" and _listed(path)
+
+
+def _listed(path: PurePosixPath) -> bool:
+    """Not hidden, and not ground truth under a ``masks`` folder."""
+    return not any(p.startswith(".") for p in path.parts) and "masks" not in (
+        p.lower() for p in path.parts[:-1]
     )
 
 
@@ -121,7 +134,8 @@ class LocalInputs:
                 for name in sorted(filenames):
                     full = os.path.join(dirpath, name)
                     if name.startswith(".") or not (
-                        Path(name).suffix.lower() in IMAGE_SUFFIXES or _holds_dicom(full, name)
+                        Path(name).suffix.lower() in IMAGE_SUFFIXES
+                        or (dicom_name(name) and _holds_dicom(full))
                     ):
                         continue
                     shown = os.path.join(str(given), os.path.relpath(full, absolute))
@@ -140,13 +154,8 @@ class LocalInputs:
         return read_regular(item.ref)
 
 
-def _holds_dicom(path: str, name: str) -> bool:
-    """A file named otherwise that holds a DICOM file (the ``DICM`` signature after its
-    preamble): DICOM media name theirs ``IM000001`` (PS3.12 file IDs have no extension), dcmtk's
-    storescp ``DX.1.2.840...`` after the SOP Instance UID. The media's ``DICOMDIR`` (an index, no
-    image) is not one."""
-    if name.upper() == "DICOMDIR":
-        return False
+def _holds_dicom(path: str) -> bool:
+    """A local file that holds a DICOM file (``DICM`` after the 128-byte preamble)."""
     try:
         if not S_ISREG(os.stat(path).st_mode):  # a named pipe would block the listing
             return False
@@ -175,7 +184,11 @@ class AzureInputs:
     def items(self) -> Iterator[Item]:
         container = self._source.location.container
         for blob in self._source.iter_blobs():
-            if not is_image_key(blob.key):
+            if not is_image_key(blob.key) and not (
+                dicom_name(blob.key)
+                and blob.size >= 132
+                and is_dicom_file(self._source.head(blob, 132))
+            ):
                 continue
             if self._exclude and f"{container}/{blob.name}".startswith(self._exclude):
                 continue
@@ -303,5 +316,5 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
 def no_images(where: str) -> str:
     return (
         f"no images found in {where} (looked for {', '.join(IMAGE_SUFFIXES)}, and for DICOM "
-        "files by their content in local folders)"
+        "files named without a suffix)"
     )
