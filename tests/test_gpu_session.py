@@ -55,7 +55,7 @@ def test_a_dry_run_packs_every_phase_keeps_a_timed_out_training_and_collect_adop
     """One dry run (each costs a minute of the suite): the training runs out of its time box,
     the phases before it are in the one archive, the run keeps the epochs it finished (fp16
     best weights, no optimizer state), and ``collect`` adopts it here."""
-    done, archive = _device(tmp_path, examples_dir, GPU_EPOCHS="400", GPU_TRAIN_S="25")
+    done, archive = _device(tmp_path, examples_dir, GPU_EPOCHS="400", GPU_TRAIN_S="15")
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in archive.parent.iterdir()) == ["session.tar"]
     phases = _phases(archive)
