@@ -168,8 +168,7 @@ def measure(
     ``review_threshold``; ``spacing_source`` and ``orientation``: as
     :class:`~lungseg.data.io.Decoded` has them; ``convention``: the mask convention of the model
     that drew it, so an area is never read against the other convention's;
-    ``not_frontal_chest``: why the file's header says it is not a frontal chest radiograph, which
-    comes first in ``review``: the models know no other film)."""
+    ``not_frontal_chest``: as :func:`~lungseg.inference.quality.review_reason` takes it)."""
     h, w = mask.shape
     right, left = lung_areas(mask, orientation)
     total = right + left
@@ -180,11 +179,7 @@ def measure(
         "spacing_mm": "", "spacing_source": "", "lung_cm2": "", "right_lung_cm2": "",
         "left_lung_cm2": "",
         "uncertain_fraction": "" if uncertainty is None else round(float(uncertainty), 6),
-        "review": (
-            f"not a frontal chest X-ray: {not_frontal_chest}"
-            if not_frontal_chest
-            else review_reason(mask, uncertainty, review_threshold)
-        ),
+        "review": review_reason(mask, uncertainty, review_threshold, not_frontal_chest),
         "convention": convention,
     }  # fmt: skip
     if spacing is not None:

@@ -61,7 +61,10 @@ def uncertain_fraction(prob: np.ndarray) -> np.ndarray:
 
 
 def review_reason(
-    mask: np.ndarray, uncertainty: float | None = None, threshold: float = REVIEW_THRESHOLD
+    mask: np.ndarray,
+    uncertainty: float | None = None,
+    threshold: float = REVIEW_THRESHOLD,
+    not_frontal_chest: str = "",
 ) -> str:
     """Why a mask must be looked at before it is used, or ``""``: the one rule that
     ``lungseg segment`` (the ``review`` column) and ``lungseg serve`` (the review flag) apply.
@@ -70,14 +73,20 @@ def review_reason(
         mask: ``bool[H, W]``, the final (postprocessed) mask.
         uncertainty: the image's :func:`uncertain_fraction`, when known.
         threshold: the model's review threshold (``Segmenter.review_threshold``).
+        not_frontal_chest: why the file's DICOM header says it is not a frontal chest
+            radiograph (:func:`lungseg.data.dicom_header.not_frontal_chest`); it comes first:
+            the models know no other film.
 
     Returns:
-        ``"no lung found"`` for an empty mask (a chest X-ray always shows lungs: the image is
-        not one, or the model failed); ``"implausible: ..."`` when the mask breaks the anatomy
+        ``"not a frontal chest X-ray: ..."`` when the header says so; ``"no lung found"`` for
+        an empty mask (a chest X-ray always shows lungs: the image is not one, or the model
+        failed); ``"implausible: ..."`` when the mask breaks the anatomy
         (:func:`lungseg.inference.anatomy.anatomy_problem`: more than one lung per side,
         lung outside the thorax); ``"uncertain (U > T)"`` when ``uncertainty`` is above
         ``threshold``; else ``""``.
     """
+    if not_frontal_chest:
+        return f"not a frontal chest X-ray: {not_frontal_chest}"
     if not np.any(mask):
         return "no lung found"
     problem = anatomy_problem(mask)
